@@ -1,0 +1,9 @@
+//! One module per subcommand. Each exposes `Args` (clap) and `run(Args) -> anyhow::Result<i32>`.
+
+pub mod chat;
+pub mod fetch;
+pub mod logits;
+pub mod plan;
+pub mod probe;
+pub mod profiles;
+pub mod run;

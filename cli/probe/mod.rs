@@ -1,0 +1,1 @@
+//! Machine probing: sysfs, cpuid, SMBIOS, NVML, bandwidth.

@@ -4,6 +4,12 @@
 //! sequence has a [`SeqState`] holding its position and its KV cache (model-specific, hence
 //! `Any`). `forward` appends tokens to the state and returns logits.
 
+pub mod common;
+pub mod error;
+pub mod weights;
+
+pub use error::ModelError;
+
 use std::any::Any;
 
 /// Static facts about a loaded model.
@@ -47,11 +53,20 @@ pub trait Model: Send + Sync {
     /// Runs `tokens` at positions `state.pos..`, appends them to the cache, advances `pos`,
     /// and returns logits per `which`. Errors (not panics) when the context would overflow or
     /// a token id is out of range.
-    fn forward(&self, state: &mut SeqState, tokens: &[u32], which: Logits) -> anyhow::Result<Vec<f32>>;
+    fn forward(
+        &self,
+        state: &mut SeqState,
+        tokens: &[u32],
+        which: Logits,
+    ) -> anyhow::Result<Vec<f32>>;
 
     /// One decode step for several sequences (one token each); returns one logits row per
     /// sequence. MoE models override this so each selected expert is read once per step.
-    fn forward_batch(&self, states: &mut [&mut SeqState], tokens: &[u32]) -> anyhow::Result<Vec<Vec<f32>>> {
+    fn forward_batch(
+        &self,
+        states: &mut [&mut SeqState],
+        tokens: &[u32],
+    ) -> anyhow::Result<Vec<Vec<f32>>> {
         anyhow::ensure!(states.len() == tokens.len(), "one token per sequence");
         states
             .iter_mut()

@@ -1,0 +1,600 @@
+//! Shared building blocks of the transformer architectures: RMSNorm, activations, RoPE
+//! (adjacent-pair and NeoX layouts, linear / frequency-factor / YaRN scaling), a per-sequence KV
+//! cache (f32 or f16) and causal (optionally sliding-window) attention over it.
+//!
+//! Everything here works on f32 activations laid out row-major, one row per token. Weight
+//! matrices go through `kernels` (see `weights::Weight::linear`); nothing here reads weights.
+
+use half::f16;
+use rayon::prelude::*;
+
+// ---------------------------------------------------------------------------------------------
+// Normalisation and activations
+// ---------------------------------------------------------------------------------------------
+
+/// `x ← x / rms(x) · w` for every row of `x` (row length = `w.len()`).
+///
+/// The sum of squares is accumulated in f64 so the result does not depend on the row length's
+/// rounding behaviour (the references accumulate in at least f32 pairwise / double).
+pub fn rms_norm_rows(x: &mut [f32], w: &[f32], eps: f32) {
+    let d = w.len();
+    if d == 0 {
+        return;
+    }
+    for row in x.chunks_exact_mut(d) {
+        let scale = rms_scale(row, eps);
+        for (v, &g) in row.iter_mut().zip(w) {
+            *v = *v * scale * g;
+        }
+    }
+}
+
+/// `out ← x / rms(x) · w` row by row, leaving `x` untouched (pre-norm of a residual stream).
+pub fn rms_norm_rows_into(x: &[f32], w: &[f32], eps: f32, out: &mut [f32]) {
+    let d = w.len();
+    if d == 0 {
+        return;
+    }
+    for (row, o) in x.chunks_exact(d).zip(out.chunks_exact_mut(d)) {
+        let scale = rms_scale(row, eps);
+        for ((o, &v), &g) in o.iter_mut().zip(row).zip(w) {
+            *o = v * scale * g;
+        }
+    }
+}
+
+fn rms_scale(row: &[f32], eps: f32) -> f32 {
+    let ss: f64 = row.iter().map(|&v| (v as f64) * (v as f64)).sum();
+    let mean = ss / row.len() as f64;
+    (1.0 / (mean + eps as f64).sqrt()) as f32
+}
+
+/// SiLU (swish): `x · σ(x)`.
+#[inline]
+pub fn silu(x: f32) -> f32 {
+    x / (1.0 + (-x).exp())
+}
+
+/// GELU, tanh approximation (what Gemma's `gelu_pytorch_tanh` and ggml's `gelu` compute).
+#[inline]
+pub fn gelu_tanh(x: f32) -> f32 {
+    const SQRT_2_OVER_PI: f32 = 0.797_884_6;
+    0.5 * x * (1.0 + (SQRT_2_OVER_PI * x * (1.0 + 0.044_715 * x * x)).tanh())
+}
+
+/// Gated FFN activation.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Activation {
+    /// SwiGLU: `silu(gate) · up` (llama, qwen, deepseek).
+    Silu,
+    /// GeGLU with tanh-approximated GELU: `gelu(gate) · up` (gemma).
+    GeluTanh,
+}
+
+/// `gate ← act(gate) · up`, element-wise.
+pub fn gated_activation(act: Activation, gate: &mut [f32], up: &[f32]) {
+    match act {
+        Activation::Silu => gate
+            .iter_mut()
+            .zip(up)
+            .for_each(|(g, &u)| *g = silu(*g) * u),
+        Activation::GeluTanh => gate
+            .iter_mut()
+            .zip(up)
+            .for_each(|(g, &u)| *g = gelu_tanh(*g) * u),
+    }
+}
+
+/// `x ← cap · tanh(x / cap)` (Gemma 2 style logit soft-capping).
+pub fn softcap(x: &mut [f32], cap: f32) {
+    if cap > 0.0 {
+        x.iter_mut().for_each(|v| *v = cap * (*v / cap).tanh());
+    }
+}
+
+/// `dst += src`, element-wise (residual connection).
+pub fn add_assign(dst: &mut [f32], src: &[f32]) {
+    dst.iter_mut().zip(src).for_each(|(d, &s)| *d += s);
+}
+
+/// Index of the largest value; ties go to the lowest index (as the references' greedy decoding).
+pub fn argmax(x: &[f32]) -> usize {
+    let mut best = 0;
+    for (i, &v) in x.iter().enumerate() {
+        if v > x[best] {
+            best = i;
+        }
+    }
+    best
+}
+
+// ---------------------------------------------------------------------------------------------
+// Rotary position embedding
+// ---------------------------------------------------------------------------------------------
+
+/// Which pairs of a head's dimensions RoPE rotates together.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RopeStyle {
+    /// Adjacent pairs `(x[2i], x[2i+1])`: llama.cpp's "normal" rope. GGUF llama files use it on
+    /// Q/K rows that llama.cpp's converter permuted back to Meta's original order; DeepSeek's
+    /// interleaved rope is the same rotation.
+    Interleaved,
+    /// Half-split pairs `(x[i], x[i + d/2])`: HF transformers' `rotate_half`, llama.cpp's NeoX
+    /// rope (gemma, qwen2/3, HF llama checkpoints).
+    NeoX,
+}
+
+/// A RoPE configuration: one inverse frequency per rotated pair, and a magnitude factor on
+/// cos/sin (YaRN's attention factor; 1.0 otherwise).
+#[derive(Clone, Debug)]
+pub struct Rope {
+    pub style: RopeStyle,
+    /// Number of leading dimensions of each head that are rotated (≤ head_dim, even).
+    pub rot_dim: usize,
+    /// `rot_dim / 2` inverse frequencies (radians per position).
+    pub inv_freq: Vec<f64>,
+    /// Multiplies cos and sin (YaRN `attention_factor`/mscale); 1.0 for plain RoPE.
+    pub attn_factor: f32,
+}
+
+/// YaRN parameters (HF `rope_scaling` with `type: yarn`, GGUF `rope.scaling.*`).
+#[derive(Clone, Copy, Debug)]
+pub struct YarnParams {
+    pub factor: f64,
+    pub original_context: f64,
+    pub beta_fast: f64,
+    pub beta_slow: f64,
+    /// Multiplier on cos/sin (HF `attention_factor`, computed by the caller from mscale and
+    /// mscale_all_dim, since DeepSeek moves part of it into the softmax scale).
+    pub attn_factor: f32,
+}
+
+impl Rope {
+    /// Plain RoPE with base `theta`; `freq_scale` < 1 is linear position interpolation
+    /// (positions multiplied by `freq_scale` = 1 / factor).
+    pub fn new(style: RopeStyle, rot_dim: usize, theta: f64, freq_scale: f64) -> Self {
+        let inv_freq = (0..rot_dim / 2)
+            .map(|i| freq_scale / theta.powf(2.0 * i as f64 / rot_dim as f64))
+            .collect();
+        Rope {
+            style,
+            rot_dim,
+            inv_freq,
+            attn_factor: 1.0,
+        }
+    }
+
+    /// Divides each frequency by a per-pair factor (llama 3.1's `rope_freqs.weight` in GGUF).
+    /// Extra or missing factors are ignored (the caller validates the length).
+    pub fn with_freq_factors(mut self, factors: &[f32]) -> Self {
+        for (f, &k) in self.inv_freq.iter_mut().zip(factors) {
+            if k != 0.0 {
+                *f /= k as f64;
+            }
+        }
+        self
+    }
+
+    /// YaRN ("NTK-by-parts") scaling as HF transformers computes it: frequencies above the
+    /// `beta_fast` correction dimension are kept, those below `beta_slow` are interpolated by
+    /// `factor`, with a linear ramp in between.
+    pub fn yarn(style: RopeStyle, rot_dim: usize, theta: f64, p: YarnParams) -> Self {
+        let d = rot_dim as f64;
+        let corr_dim = |n_rot: f64| {
+            d * (p.original_context / (n_rot * 2.0 * std::f64::consts::PI)).ln()
+                / (2.0 * theta.ln())
+        };
+        let low = corr_dim(p.beta_fast).floor().max(0.0);
+        let mut high = corr_dim(p.beta_slow).ceil().min(d - 1.0);
+        if high == low {
+            high += 0.001;
+        }
+        let inv_freq = (0..rot_dim / 2)
+            .map(|i| {
+                let extrap = 1.0 / theta.powf(2.0 * i as f64 / d);
+                let interp = extrap / p.factor;
+                let ramp = ((i as f64 - low) / (high - low)).clamp(0.0, 1.0);
+                let keep = 1.0 - ramp;
+                interp * (1.0 - keep) + extrap * keep
+            })
+            .collect();
+        Rope {
+            style,
+            rot_dim,
+            inv_freq,
+            attn_factor: p.attn_factor,
+        }
+    }
+
+    /// Rotates one token's heads in place: `x` holds `x.len() / head_dim` heads of `head_dim`
+    /// values each, at absolute position `pos`.
+    pub fn apply(&self, x: &mut [f32], pos: usize, head_dim: usize) {
+        let half = self.rot_dim / 2;
+        if head_dim == 0 || half == 0 {
+            return;
+        }
+        for (i, &f) in self.inv_freq.iter().enumerate().take(half) {
+            let (sin, cos) = (pos as f64 * f).sin_cos();
+            let (sin, cos) = (sin as f32 * self.attn_factor, cos as f32 * self.attn_factor);
+            let (a, b) = match self.style {
+                RopeStyle::Interleaved => (2 * i, 2 * i + 1),
+                RopeStyle::NeoX => (i, i + half),
+            };
+            for head in x.chunks_exact_mut(head_dim) {
+                let (x0, x1) = (head[a], head[b]);
+                head[a] = x0 * cos - x1 * sin;
+                head[b] = x0 * sin + x1 * cos;
+            }
+        }
+    }
+
+    /// Rotates `rows` consecutive tokens (row length `row_len`), the first at position `pos0`.
+    pub fn apply_rows(&self, x: &mut [f32], row_len: usize, pos0: usize, head_dim: usize) {
+        if row_len == 0 {
+            return;
+        }
+        for (t, row) in x.chunks_exact_mut(row_len).enumerate() {
+            self.apply(row, pos0 + t, head_dim);
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// KV cache
+// ---------------------------------------------------------------------------------------------
+
+/// Element type of a KV cache.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum KvDtype {
+    /// Exact (default; what `hy logits` compares against f32 references with).
+    #[default]
+    F32,
+    /// Half the memory; llama.cpp's default.
+    F16,
+}
+
+#[derive(Debug)]
+enum KvBuf {
+    F32(Vec<f32>),
+    F16(Vec<f16>),
+}
+
+impl KvBuf {
+    fn new(dtype: KvDtype) -> Self {
+        match dtype {
+            KvDtype::F32 => KvBuf::F32(Vec::new()),
+            KvDtype::F16 => KvBuf::F16(Vec::new()),
+        }
+    }
+
+    fn len(&self) -> usize {
+        match self {
+            KvBuf::F32(v) => v.len(),
+            KvBuf::F16(v) => v.len(),
+        }
+    }
+
+    /// Grows geometrically (capped at `cap` values) so appends do not reallocate per token.
+    fn ensure(&mut self, need: usize, cap: usize) {
+        if self.len() >= need {
+            return;
+        }
+        let target = need.max(self.len() * 2).min(cap.max(need));
+        match self {
+            KvBuf::F32(v) => v.resize(target, 0.0),
+            KvBuf::F16(v) => v.resize(target, f16::ZERO),
+        }
+    }
+
+    fn write(&mut self, at: usize, src: &[f32]) {
+        match self {
+            KvBuf::F32(v) => v[at..at + src.len()].copy_from_slice(src),
+            KvBuf::F16(v) => {
+                for (d, &s) in v[at..at + src.len()].iter_mut().zip(src) {
+                    *d = f16::from_f32(s);
+                }
+            }
+        }
+    }
+}
+
+/// One layer's keys and values, `[position][kv_head][dim]`.
+#[derive(Debug)]
+pub struct LayerKv {
+    k: KvBuf,
+    v: KvBuf,
+    k_dim: usize,
+    v_dim: usize,
+}
+
+impl LayerKv {
+    /// Row width of the keys (n_kv_heads × key head dim).
+    pub fn k_dim(&self) -> usize {
+        self.k_dim
+    }
+
+    /// Row width of the values.
+    pub fn v_dim(&self) -> usize {
+        self.v_dim
+    }
+}
+
+/// A sequence's KV cache for all layers. Memory grows with the tokens actually stored (up to
+/// `max_tokens`), so a state sized for a long context costs nothing until it is used.
+#[derive(Debug)]
+pub struct KvCache {
+    layers: Vec<LayerKv>,
+    max_tokens: usize,
+}
+
+impl KvCache {
+    /// `dims[l] = (k_dim, v_dim)` per layer.
+    pub fn new(dims: &[(usize, usize)], max_tokens: usize, dtype: KvDtype) -> Self {
+        let layers = dims
+            .iter()
+            .map(|&(k_dim, v_dim)| LayerKv {
+                k: KvBuf::new(dtype),
+                v: KvBuf::new(dtype),
+                k_dim,
+                v_dim,
+            })
+            .collect();
+        KvCache { layers, max_tokens }
+    }
+
+    pub fn max_tokens(&self) -> usize {
+        self.max_tokens
+    }
+
+    pub fn layer(&self, l: usize) -> &LayerKv {
+        &self.layers[l]
+    }
+
+    /// Stores `n` rows of keys and values for positions `pos0..pos0 + n` of layer `l`.
+    /// The caller has checked `pos0 + n <= max_tokens`.
+    pub fn store(&mut self, l: usize, pos0: usize, k: &[f32], v: &[f32]) {
+        let max = self.max_tokens;
+        let layer = &mut self.layers[l];
+        let n = k.len() / layer.k_dim.max(1);
+        let (kd, vd) = (layer.k_dim, layer.v_dim);
+        layer.k.ensure((pos0 + n) * kd, max * kd);
+        layer.v.ensure((pos0 + n) * vd, max * vd);
+        layer.k.write(pos0 * kd, &k[..n * kd]);
+        layer.v.write(pos0 * vd, &v[..n * vd]);
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Attention
+// ---------------------------------------------------------------------------------------------
+
+/// Shape and options of one layer's attention.
+#[derive(Clone, Copy, Debug)]
+pub struct AttnParams {
+    pub n_heads: usize,
+    pub n_kv_heads: usize,
+    /// Query/key head dimension.
+    pub head_dim: usize,
+    /// Value head dimension (usually = head_dim).
+    pub v_head_dim: usize,
+    /// Multiplies q·k before the softmax (usually 1/sqrt(head_dim)).
+    pub scale: f32,
+    /// Sliding window: a query at position p sees keys at positions > p - window.
+    pub window: Option<usize>,
+    /// Soft-capping of the attention scores (Gemma 2); None for most models.
+    pub softcap: Option<f32>,
+}
+
+/// Causal attention of `n` query rows (positions `pos0..pos0+n`, each `n_heads × head_dim`)
+/// over the cache (which already holds those positions). Writes `n × n_heads × v_head_dim`.
+///
+/// One task per (token, head), in parallel; each keeps a running max and sum (online softmax),
+/// so no score buffer is allocated however long the context is.
+pub fn attention(q: &[f32], kv: &LayerKv, pos0: usize, p: &AttnParams, out: &mut [f32]) {
+    let group = (p.n_heads / p.n_kv_heads.max(1)).max(1);
+    let q_row = p.n_heads * p.head_dim;
+    out.par_chunks_mut(p.v_head_dim)
+        .enumerate()
+        .for_each(|(idx, o)| {
+            let (t, h) = (idx / p.n_heads, idx % p.n_heads);
+            let pos = pos0 + t;
+            let qh = &q[t * q_row + h * p.head_dim..][..p.head_dim];
+            let kvh = h / group;
+            let first = match p.window {
+                Some(w) if w > 0 => (pos + 1).saturating_sub(w),
+                _ => 0,
+            };
+            attend_one(qh, kv, kvh, first, pos, p, o);
+        });
+}
+
+fn attend_one(
+    q: &[f32],
+    kv: &LayerKv,
+    kvh: usize,
+    first: usize,
+    last: usize,
+    p: &AttnParams,
+    o: &mut [f32],
+) {
+    o.iter_mut().for_each(|v| *v = 0.0);
+    let (mut max, mut sum) = (f32::NEG_INFINITY, 0.0f32);
+    for j in first..=last {
+        let k_off = j * kv.k_dim + kvh * p.head_dim;
+        let v_off = j * kv.v_dim + kvh * p.v_head_dim;
+        let mut s = dot_kv(q, &kv.k, k_off) * p.scale;
+        if let Some(cap) = p.softcap {
+            s = cap * (s / cap).tanh();
+        }
+        if s > max {
+            // Rescale what was accumulated under the old maximum.
+            let r = (max - s).exp();
+            sum *= r;
+            o.iter_mut().for_each(|v| *v *= r);
+            max = s;
+        }
+        let w = (s - max).exp();
+        sum += w;
+        axpy_kv(w, &kv.v, v_off, o);
+    }
+    if sum > 0.0 {
+        let inv = 1.0 / sum;
+        o.iter_mut().for_each(|v| *v *= inv);
+    }
+}
+
+#[inline]
+fn dot_kv(q: &[f32], buf: &KvBuf, off: usize) -> f32 {
+    match buf {
+        KvBuf::F32(k) => q
+            .iter()
+            .zip(&k[off..off + q.len()])
+            .map(|(a, b)| a * b)
+            .sum(),
+        KvBuf::F16(k) => q
+            .iter()
+            .zip(&k[off..off + q.len()])
+            .map(|(a, b)| a * b.to_f32())
+            .sum(),
+    }
+}
+
+#[inline]
+fn axpy_kv(w: f32, buf: &KvBuf, off: usize, o: &mut [f32]) {
+    let n = o.len();
+    match buf {
+        KvBuf::F32(v) => o
+            .iter_mut()
+            .zip(&v[off..off + n])
+            .for_each(|(d, &s)| *d += w * s),
+        KvBuf::F16(v) => o
+            .iter_mut()
+            .zip(&v[off..off + n])
+            .for_each(|(d, s)| *d += w * s.to_f32()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rms_norm_matches_definition() {
+        let mut x = vec![1.0f32, -2.0, 3.0, 4.0];
+        let w = [1.0f32, 0.5, 2.0, 1.0];
+        rms_norm_rows(&mut x, &w, 0.0);
+        let rms = ((1.0 + 4.0 + 9.0 + 16.0) / 4.0f32).sqrt();
+        let want = [1.0 / rms, -1.0 / rms, 6.0 / rms, 4.0 / rms];
+        for (a, b) in x.iter().zip(want) {
+            assert!((a - b).abs() < 1e-6, "{a} vs {b}");
+        }
+    }
+
+    #[test]
+    fn rope_styles_agree_up_to_permutation() {
+        // Rotating adjacent pairs of a permuted vector equals rotating half-split pairs of the
+        // original: the reason GGUF llama (permuted Q/K) and HF llama give the same logits.
+        let d = 8;
+        let x: Vec<f32> = (0..d).map(|i| i as f32 * 0.37 - 1.0).collect();
+        let neox = Rope::new(RopeStyle::NeoX, d, 10000.0, 1.0);
+        let inter = Rope::new(RopeStyle::Interleaved, d, 10000.0, 1.0);
+        let mut a = x.clone();
+        neox.apply(&mut a, 7, d);
+        // interleave: [x0, x4, x1, x5, ...]
+        let mut b: Vec<f32> = (0..d).map(|i| x[(i % 2) * d / 2 + i / 2]).collect();
+        inter.apply(&mut b, 7, d);
+        for i in 0..d {
+            assert!((a[(i % 2) * d / 2 + i / 2] - b[i]).abs() < 1e-6);
+        }
+    }
+
+    #[test]
+    fn rope_at_position_zero_is_identity_and_preserves_norm() {
+        let r = Rope::new(RopeStyle::NeoX, 4, 10000.0, 1.0);
+        let mut x = vec![1.0f32, 2.0, 3.0, 4.0];
+        r.apply(&mut x, 0, 4);
+        assert_eq!(x, vec![1.0, 2.0, 3.0, 4.0]);
+        r.apply(&mut x, 123, 4);
+        let n: f32 = x.iter().map(|v| v * v).sum();
+        assert!((n - 30.0).abs() < 1e-4);
+    }
+
+    #[test]
+    fn yarn_keeps_high_and_interpolates_low_frequencies() {
+        let p = YarnParams {
+            factor: 40.0,
+            original_context: 4096.0,
+            beta_fast: 32.0,
+            beta_slow: 1.0,
+            attn_factor: 1.0,
+        };
+        let plain = Rope::new(RopeStyle::NeoX, 64, 10000.0, 1.0);
+        let y = Rope::yarn(RopeStyle::NeoX, 64, 10000.0, p);
+        assert!((y.inv_freq[0] - plain.inv_freq[0]).abs() < 1e-12);
+        assert!((y.inv_freq[31] - plain.inv_freq[31] / 40.0).abs() < 1e-12);
+    }
+
+    fn naive_attention(
+        q: &[f32],
+        k: &[f32],
+        v: &[f32],
+        n_ctx: usize,
+        d: usize,
+        scale: f32,
+    ) -> Vec<f32> {
+        let s: Vec<f32> = (0..n_ctx)
+            .map(|j| q.iter().zip(&k[j * d..]).map(|(a, b)| a * b).sum::<f32>() * scale)
+            .collect();
+        let m = s.iter().cloned().fold(f32::NEG_INFINITY, f32::max);
+        let e: Vec<f32> = s.iter().map(|x| (x - m).exp()).collect();
+        let z: f32 = e.iter().sum();
+        (0..d)
+            .map(|c| (0..n_ctx).map(|j| e[j] / z * v[j * d + c]).sum())
+            .collect()
+    }
+
+    #[test]
+    fn attention_matches_naive_softmax_with_gqa_and_window() {
+        let (d, n_ctx) = (4, 5);
+        let k: Vec<f32> = (0..n_ctx * d)
+            .map(|i| ((i * 7 % 11) as f32 - 5.0) * 0.3)
+            .collect();
+        let v: Vec<f32> = (0..n_ctx * d)
+            .map(|i| ((i * 5 % 13) as f32 - 6.0) * 0.2)
+            .collect();
+        for dtype in [KvDtype::F32, KvDtype::F16] {
+            let mut cache = KvCache::new(&[(d, d)], 16, dtype);
+            cache.store(0, 0, &k, &v);
+            // Two query heads sharing the single KV head, at the last position.
+            let q: Vec<f32> = (0..2 * d).map(|i| (i as f32 - 3.0) * 0.25).collect();
+            let p = AttnParams {
+                n_heads: 2,
+                n_kv_heads: 1,
+                head_dim: d,
+                v_head_dim: d,
+                scale: 0.5,
+                window: None,
+                softcap: None,
+            };
+            let mut out = vec![0.0; 2 * d];
+            attention(&q, cache.layer(0), n_ctx - 1, &p, &mut out);
+            let tol = if dtype == KvDtype::F32 { 1e-5 } else { 3e-3 };
+            for h in 0..2 {
+                let want = naive_attention(&q[h * d..][..d], &k, &v, n_ctx, d, 0.5);
+                for c in 0..d {
+                    assert!((out[h * d + c] - want[c]).abs() < tol);
+                }
+            }
+            // Window 2: only the last two keys.
+            let pw = AttnParams {
+                window: Some(2),
+                ..p
+            };
+            attention(&q, cache.layer(0), n_ctx - 1, &pw, &mut out);
+            let want = naive_attention(&q[..d], &k[3 * d..], &v[3 * d..], 2, d, 0.5);
+            for c in 0..d {
+                assert!((out[c] - want[c]).abs() < tol);
+            }
+        }
+    }
+}

@@ -2,7 +2,34 @@
 //! the project; the planner reads headers through them, the engine maps tensors through them.
 
 use std::ops::Deref;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
+
+pub mod gguf;
+pub mod gguf_writer;
+pub mod safetensors;
+
+pub use gguf::{GgufFile, GgufTensor, MetaValue};
+pub use safetensors::{SafeTensors, StDtype, StTensor};
+
+/// Why a model file could not be read. Always names the file.
+#[derive(Debug, thiserror::Error)]
+pub enum FormatError {
+    #[error("cannot read {}: {source}", path.display())]
+    Io { path: PathBuf, source: std::io::Error },
+    #[error("{}: {message}", path.display())]
+    Invalid { path: PathBuf, message: String },
+}
+
+impl FormatError {
+    pub fn io(path: &Path, source: std::io::Error) -> Self {
+        FormatError::Io { path: path.to_path_buf(), source }
+    }
+
+    pub fn invalid(path: &Path, message: String) -> Self {
+        FormatError::Invalid { path: path.to_path_buf(), message }
+    }
+}
 
 /// Bytes of one tensor: a range of a memory-mapped file (no copy) or an owned buffer (made
 /// only when a plan asks for it: NUMA-local placement, repacking). Cheap to clone.

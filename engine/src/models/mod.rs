@@ -6,6 +6,7 @@
 
 pub mod common;
 pub mod error;
+pub mod hf;
 pub mod weights;
 
 pub use error::ModelError;

@@ -41,6 +41,8 @@ enum Command {
     Chat(cmd::chat::Args),
     /// Print logits for given token ids (verification against references).
     Logits(cmd::logits::Args),
+    /// Write a GGUF with a full-size model's shapes and random weights.
+    Synth(cmd::synth::Args),
 }
 
 fn main() {
@@ -60,6 +62,7 @@ fn main() {
         Command::Run(a) => cmd::run::run(a),
         Command::Chat(a) => cmd::chat::run(a),
         Command::Logits(a) => cmd::logits::run(a),
+        Command::Synth(a) => cmd::synth::run(a),
     };
     match result {
         Ok(code) => std::process::exit(code),

@@ -7,3 +7,4 @@ pub mod plan;
 pub mod probe;
 pub mod profiles;
 pub mod run;
+pub mod synth;

@@ -13,6 +13,7 @@ pub mod kernels;
 pub mod models;
 pub mod runtime;
 pub mod server;
+pub mod synth;
 pub mod tokenizer;
 
 pub use dtype::GgmlType;

@@ -53,38 +53,80 @@ impl GgufWriter {
 
     /// Streams the file to `w`.
     pub fn write_to(&self, w: &mut impl Write) -> std::io::Result<()> {
-        let mut header = Vec::new();
-        header.extend_from_slice(b"GGUF");
-        header.extend_from_slice(&3u32.to_le_bytes());
-        header.extend_from_slice(&(self.tensors.len() as u64).to_le_bytes());
-        header.extend_from_slice(&(self.meta.len() as u64).to_le_bytes());
-        for (k, v) in &self.meta {
-            put_str(&mut header, k);
-            header.extend_from_slice(&type_id(v).to_le_bytes());
-            put_value(&mut header, v);
-        }
-        let mut offset = 0u64;
-        for t in &self.tensors {
-            put_str(&mut header, &t.name);
-            header.extend_from_slice(&(t.dims.len() as u32).to_le_bytes());
-            for d in &t.dims {
-                header.extend_from_slice(&d.to_le_bytes());
-            }
-            header.extend_from_slice(&(t.ggml_type as u32).to_le_bytes());
-            header.extend_from_slice(&offset.to_le_bytes());
-            offset = (offset + t.data.len() as u64).div_ceil(ALIGNMENT) * ALIGNMENT;
-        }
-        let header_len = header.len() as u64;
-        pad(&mut header, header_len);
-        w.write_all(&header)?;
-        for t in &self.tensors {
-            w.write_all(&t.data)?;
-            let mut p = Vec::new();
-            pad(&mut p, t.data.len() as u64);
-            w.write_all(&p)?;
-        }
-        Ok(())
+        let specs: Vec<TensorSpec> = self
+            .tensors
+            .iter()
+            .map(|t| TensorSpec { name: t.name.clone(), dims: t.dims.clone(), ggml_type: t.ggml_type })
+            .collect();
+        write_streaming(w, &self.meta, &specs, |i, buf| {
+            buf.copy_from_slice(&self.tensors[i].data);
+            Ok(())
+        })
     }
+}
+
+/// A tensor's header fields, for streaming writes where the data is produced on the fly.
+#[derive(Clone, Debug)]
+pub struct TensorSpec {
+    pub name: String,
+    pub dims: Vec<u64>,
+    pub ggml_type: GgmlType,
+}
+
+impl TensorSpec {
+    /// Data bytes; panics only on a programming error (dims not whole blocks).
+    pub fn n_bytes(&self) -> u64 {
+        let n: u64 = self.dims.iter().product();
+        self.ggml_type
+            .bytes_for(n)
+            .unwrap_or_else(|| panic!("{}: {:?} not whole {} blocks", self.name, self.dims, self.ggml_type))
+    }
+}
+
+/// Writes header and data; `fill(i, buf)` must fill tensor `i`'s data into `buf` (exactly
+/// its size). Tensors are filled in order, one buffer at a time, so files larger than RAM
+/// can be written.
+pub fn write_streaming(
+    w: &mut impl Write,
+    meta: &[(String, MetaValue)],
+    tensors: &[TensorSpec],
+    mut fill: impl FnMut(usize, &mut [u8]) -> std::io::Result<()>,
+) -> std::io::Result<()> {
+    let mut header = Vec::new();
+    header.extend_from_slice(b"GGUF");
+    header.extend_from_slice(&3u32.to_le_bytes());
+    header.extend_from_slice(&(tensors.len() as u64).to_le_bytes());
+    header.extend_from_slice(&(meta.len() as u64).to_le_bytes());
+    for (k, v) in meta {
+        put_str(&mut header, k);
+        header.extend_from_slice(&type_id(v).to_le_bytes());
+        put_value(&mut header, v);
+    }
+    let mut offset = 0u64;
+    for t in tensors {
+        put_str(&mut header, &t.name);
+        header.extend_from_slice(&(t.dims.len() as u32).to_le_bytes());
+        for d in &t.dims {
+            header.extend_from_slice(&d.to_le_bytes());
+        }
+        header.extend_from_slice(&(t.ggml_type as u32).to_le_bytes());
+        header.extend_from_slice(&offset.to_le_bytes());
+        offset = (offset + t.n_bytes()).div_ceil(ALIGNMENT) * ALIGNMENT;
+    }
+    let header_len = header.len() as u64;
+    pad(&mut header, header_len);
+    w.write_all(&header)?;
+    let mut buf = Vec::new();
+    for (i, t) in tensors.iter().enumerate() {
+        buf.clear();
+        buf.resize(t.n_bytes() as usize, 0);
+        fill(i, &mut buf)?;
+        w.write_all(&buf)?;
+        let mut p = Vec::new();
+        pad(&mut p, t.n_bytes());
+        w.write_all(&p)?;
+    }
+    Ok(())
 }
 
 fn pad(buf: &mut Vec<u8>, len: u64) {

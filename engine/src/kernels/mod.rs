@@ -8,8 +8,28 @@
 //! - [`dequantize_row`]: one row of a GGML type to f32.
 //! - [`set_precision`]: `Exact` computes with f32 activations (for `hy logits`), `Fast` quantizes
 //!   activations to Q8 where the weight format is meant to be used that way (as llama.cpp).
+//!
+//! Shapes come from model code: validate each matrix once at load with [`QMatrix::new`] /
+//! [`QMatrix::validate`]; the products then only `debug_assert` shapes (slicing stays
+//! bounds-checked, so a wrong shape can never read out of bounds).
+
+pub mod blocks;
+pub mod dequant;
+pub mod fp;
+pub mod matvec;
+pub mod quant;
+pub mod scalar;
+pub mod simd;
 
 use crate::dtype::GgmlType;
+
+pub use dequant::{dequantize_fp8_e4m3, dequantize_row};
+pub use fp::{bf16_to_f32, f16_to_f32, fp8_e4m3_to_f32};
+pub use matvec::{
+    dequantize_matrix, matmul, matmul_rows, matmul_with, matvec, matvec_rows, matvec_with, precision, prepare,
+    prepare_with, set_precision, Isa, Prepared,
+};
+pub use scalar::dot_f32;
 
 /// Storage format of a weight matrix.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -35,3 +55,71 @@ pub enum Precision {
     Fast,
     Exact,
 }
+
+/// Why a kernel input was refused.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum KernelError {
+    #[error("tensor type {0} is not supported by the kernels (supported: F32 F16 BF16 Q4_0 Q4_1 Q5_0 Q5_1 Q8_0 Q2_K Q3_K Q4_K Q5_K Q6_K, FP8 e4m3)")]
+    Unsupported(&'static str),
+    #[error("{n} values is not a whole number of {ty} blocks")]
+    NotBlockMultiple { ty: &'static str, n: usize },
+    #[error("{what}: expected {expected}, got {got}")]
+    Length { what: &'static str, expected: usize, got: usize },
+}
+
+impl<'a> QMatrix<'a> {
+    /// A validated view of a GGML-typed matrix.
+    pub fn new(ty: GgmlType, rows: usize, cols: usize, data: &'a [u8]) -> Result<Self, KernelError> {
+        let m = QMatrix { ty: WeightType::Ggml(ty), rows, cols, data, block_scales: &[] };
+        m.validate()?;
+        Ok(m)
+    }
+
+    /// A validated view of an FP8 e4m3 matrix with 128×128 block `scale_inv` (f32 LE bytes).
+    pub fn new_fp8(rows: usize, cols: usize, data: &'a [u8], block_scales: &'a [u8]) -> Result<Self, KernelError> {
+        let m = QMatrix { ty: WeightType::Fp8E4M3Block128, rows, cols, data, block_scales };
+        m.validate()?;
+        Ok(m)
+    }
+
+    /// Checks the type is supported and the byte lengths match the shape.
+    pub fn validate(&self) -> Result<(), KernelError> {
+        match self.ty {
+            WeightType::Ggml(t) => {
+                dequant::check_row(t, self.row_bytes(), self.cols)?;
+                expect_len("matrix bytes", self.rows * self.row_bytes(), self.data.len())
+            }
+            WeightType::Fp8E4M3Block128 => {
+                expect_len("fp8 matrix bytes", self.rows * self.cols, self.data.len())?;
+                let blocks = self.rows.div_ceil(128) * self.cols.div_ceil(128);
+                expect_len("fp8 scale_inv bytes", blocks * 4, self.block_scales.len())
+            }
+        }
+    }
+
+    /// Bytes of one row (0 when `cols` is not a whole number of blocks; `validate` says so).
+    pub fn row_bytes(&self) -> usize {
+        match self.ty {
+            WeightType::Ggml(t) => t.bytes_for(self.cols as u64).unwrap_or(0) as usize,
+            WeightType::Fp8E4M3Block128 => self.cols,
+        }
+    }
+}
+
+fn expect_len(what: &'static str, expected: usize, got: usize) -> Result<(), KernelError> {
+    if expected == got {
+        Ok(())
+    } else {
+        Err(KernelError::Length { what, expected, got })
+    }
+}
+
+/// `y += a · x`.
+pub fn axpy(a: f32, x: &[f32], y: &mut [f32]) {
+    for (yi, &xi) in y.iter_mut().zip(x) {
+        *yi += a * xi;
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,292 @@
+//! Matrix-vector and matrix-matrix products over [`QMatrix`] weights, with run-time ISA
+//! dispatch and row-parallel drivers.
+//!
+//! Building blocks for callers with their own threads (per-NUMA pools, issue 6):
+//! [`prepare`] quantizes the activations once, then any thread runs [`matmul_rows`] on the
+//! contiguous weight rows it owns.
+
+use std::ops::Range;
+use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::OnceLock;
+
+use rayon::prelude::*;
+
+use super::blocks::{is_k_quant, is_small_block};
+use super::quant::{quantize_q8_0, quantize_q8_k, BlockQ8K, BlockQ8_0};
+use super::{scalar, simd, Precision, QMatrix, WeightType};
+
+/// Instruction set a kernel runs with. Variants other than `Scalar` are only run when the
+/// CPU has them ([`Isa::supported`]); asking for an unsupported one falls back to scalar.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Isa {
+    Scalar,
+    /// AVX2 + FMA + F16C.
+    Avx2,
+    /// AVX-512 F/BW/VL (+ VNNI where present).
+    Avx512,
+}
+
+impl Isa {
+    pub fn name(self) -> &'static str {
+        match self {
+            Isa::Scalar => "scalar",
+            Isa::Avx2 => "avx2",
+            Isa::Avx512 => "avx512",
+        }
+    }
+
+    /// Whether this CPU can run the variant.
+    pub fn supported(self) -> bool {
+        match self {
+            Isa::Scalar => true,
+            Isa::Avx2 => simd::avx2_supported(),
+            Isa::Avx512 => simd::avx512_supported(),
+        }
+    }
+
+    /// All variants this CPU runs, scalar first.
+    pub fn all_supported() -> Vec<Isa> {
+        [Isa::Scalar, Isa::Avx2, Isa::Avx512].into_iter().filter(|i| i.supported()).collect()
+    }
+
+    /// The best supported variant, capped by the `HY_ISA` environment variable
+    /// (`scalar`, `avx2`, `avx512`) when set; detected once per process.
+    pub fn best() -> Isa {
+        static BEST: OnceLock<Isa> = OnceLock::new();
+        *BEST.get_or_init(|| {
+            let cap = match std::env::var("HY_ISA").as_deref() {
+                Ok("scalar") => Isa::Scalar,
+                Ok("avx2") => Isa::Avx2,
+                _ => Isa::Avx512,
+            };
+            let order = [Isa::Avx512, Isa::Avx2, Isa::Scalar];
+            let start = order.iter().position(|&i| i == cap).unwrap_or(0);
+            order[start..].iter().copied().find(|i| i.supported()).unwrap_or(Isa::Scalar)
+        })
+    }
+}
+
+static PRECISION: AtomicU8 = AtomicU8::new(0);
+
+/// Sets the process-wide precision (default [`Precision::Fast`]).
+pub fn set_precision(p: Precision) {
+    PRECISION.store(matches!(p, Precision::Exact) as u8, Ordering::Relaxed);
+}
+
+pub fn precision() -> Precision {
+    if PRECISION.load(Ordering::Relaxed) == 1 {
+        Precision::Exact
+    } else {
+        Precision::Fast
+    }
+}
+
+/// Activations ready for one weight format: `n` rows of `cols` values, either as f32 or
+/// quantized to the 8-bit blocks the weight format's integer kernels use.
+pub struct Prepared<'x> {
+    pub n: usize,
+    pub cols: usize,
+    act: Act<'x>,
+}
+
+enum Act<'x> {
+    F32(&'x [f32]),
+    Q8_0(Vec<BlockQ8_0>),
+    Q8K(Vec<BlockQ8K>),
+}
+
+/// Prepares `x` (n × cols, row-major) for weights of type `ty` at the process precision.
+pub fn prepare<'x>(ty: WeightType, cols: usize, x: &'x [f32], n: usize) -> Prepared<'x> {
+    prepare_with(ty, cols, x, n, precision())
+}
+
+/// As [`prepare`] with an explicit precision.
+pub fn prepare_with<'x>(ty: WeightType, cols: usize, x: &'x [f32], n: usize, p: Precision) -> Prepared<'x> {
+    debug_assert_eq!(x.len(), n * cols, "activations must be n × cols");
+    let act = match (p, ty) {
+        (Precision::Fast, WeightType::Ggml(t)) if is_k_quant(t) => Act::Q8K(quantize_q8_k(x)),
+        (Precision::Fast, WeightType::Ggml(t)) if is_small_block(t) => Act::Q8_0(quantize_q8_0(x)),
+        _ => Act::F32(x),
+    };
+    Prepared { n, cols, act }
+}
+
+/// Bytes of one weight row.
+fn row_bytes(w: &QMatrix) -> usize {
+    w.row_bytes()
+}
+
+/// Computes weight rows `rows` against all `p.n` activation rows on the calling thread:
+/// `out[(r − rows.start)·n + i] = W[r] · x[i]`. Each weight row is read once.
+pub fn matmul_rows(isa: Isa, w: &QMatrix, p: &Prepared, rows: Range<usize>, out: &mut [f32]) {
+    debug_assert_eq!(out.len(), rows.len() * p.n);
+    debug_assert_eq!(p.cols, w.cols);
+    let isa = if isa.supported() { isa } else { Isa::Scalar };
+    let rb = row_bytes(w);
+    let data = &w.data[rows.start * rb..rows.end * rb];
+    match (&p.act, w.ty) {
+        (Act::Q8K(a), WeightType::Ggml(t)) => {
+            let f = simd::k_kernel(isa, t);
+            each_row(data, rb, a, w.cols / 256, p.n, out, |row, a| f(t, row, a));
+        }
+        (Act::Q8_0(a), WeightType::Ggml(t)) => {
+            let f = simd::s_kernel(isa, t);
+            each_row(data, rb, a, w.cols / 32, p.n, out, |row, a| f(t, row, a));
+        }
+        (Act::F32(x), WeightType::Ggml(t)) => {
+            let f = simd::f_kernel(isa, t);
+            each_row(data, rb, x, w.cols, p.n, out, |row, x| f(t, row, x));
+        }
+        (Act::F32(x), WeightType::Fp8E4M3Block128) => fp8_rows(isa, w, x, rows, p.n, out),
+        // prepare() never quantizes for FP8 weights.
+        (_, WeightType::Fp8E4M3Block128) => unreachable_fp8(out),
+    }
+}
+
+/// Defensive: a Prepared made for another weight type. Gives NaN rather than a wrong number.
+fn unreachable_fp8(out: &mut [f32]) {
+    debug_assert!(false, "activations prepared for a different weight type");
+    out.fill(f32::NAN);
+}
+
+fn each_row<A>(
+    data: &[u8],
+    rb: usize,
+    acts: &[A],
+    per_row: usize,
+    n: usize,
+    out: &mut [f32],
+    f: impl Fn(&[u8], &[A]) -> f32,
+) {
+    for (row, o) in data.chunks_exact(rb).zip(out.chunks_exact_mut(n)) {
+        for (i, oi) in o.iter_mut().enumerate() {
+            *oi = f(row, &acts[i * per_row..(i + 1) * per_row]);
+        }
+    }
+}
+
+fn fp8_rows(isa: Isa, w: &QMatrix, x: &[f32], rows: Range<usize>, n: usize, out: &mut [f32]) {
+    let cb = w.cols.div_ceil(128);
+    let f = simd::fp8_kernel(isa);
+    let mut scales = vec![0f32; cb];
+    let mut group = usize::MAX;
+    for (r, o) in rows.zip(out.chunks_exact_mut(n)) {
+        if r / 128 != group {
+            group = r / 128;
+            let s = &w.block_scales[group * cb * 4..(group + 1) * cb * 4];
+            for (d, c) in scales.iter_mut().zip(s.chunks_exact(4)) {
+                *d = f32::from_le_bytes([c[0], c[1], c[2], c[3]]);
+            }
+        }
+        let row = &w.data[r * w.cols..(r + 1) * w.cols];
+        for (i, oi) in o.iter_mut().enumerate() {
+            *oi = f(row, &scales, &x[i * w.cols..(i + 1) * w.cols]);
+        }
+    }
+}
+
+/// Below this many weight bytes a product runs on the calling thread (thread hand-off would
+/// cost more than the work).
+const PAR_MIN_BYTES: usize = 128 * 1024;
+
+/// Runs all rows, split into one contiguous chunk per rayon thread; `yt` is rows × n.
+fn drive(isa: Isa, w: &QMatrix, p: &Prepared, yt: &mut [f32]) {
+    let n = p.n;
+    let threads = rayon::current_num_threads();
+    if threads <= 1 || w.rows < 2 || w.data.len() < PAR_MIN_BYTES {
+        matmul_rows(isa, w, p, 0..w.rows, yt);
+        return;
+    }
+    let chunk = w.rows.div_ceil(threads);
+    yt.par_chunks_mut(chunk * n).enumerate().for_each(|(c, out)| {
+        let r0 = c * chunk;
+        matmul_rows(isa, w, p, r0..r0 + out.len() / n, out);
+    });
+}
+
+/// `y = W · x` with the best ISA.
+pub fn matvec(w: &QMatrix, x: &[f32], y: &mut [f32]) {
+    matvec_with(Isa::best(), w, x, y)
+}
+
+/// `y = W · x` with a chosen ISA (tests, benchmarks).
+pub fn matvec_with(isa: Isa, w: &QMatrix, x: &[f32], y: &mut [f32]) {
+    debug_assert_eq!(x.len(), w.cols);
+    debug_assert_eq!(y.len(), w.rows);
+    let p = prepare(w.ty, w.cols, x, 1);
+    drive(isa, w, &p, y);
+}
+
+/// `y[..] = W[rows] · x` on the calling thread (quantizes x itself; for several calls on the
+/// same x, use [`prepare`] + [`matmul_rows`]).
+pub fn matvec_rows(w: &QMatrix, x: &[f32], rows: Range<usize>, y: &mut [f32]) {
+    let p = prepare(w.ty, w.cols, x, 1);
+    matmul_rows(Isa::best(), w, &p, rows, y);
+}
+
+/// `Y = X · Wᵀ`: X is n × cols, Y is n × rows (row-major); W is read once for all n rows.
+pub fn matmul(w: &QMatrix, x: &[f32], n: usize, y: &mut [f32]) {
+    matmul_with(Isa::best(), w, x, n, y)
+}
+
+/// [`matmul`] with a chosen ISA.
+pub fn matmul_with(isa: Isa, w: &QMatrix, x: &[f32], n: usize, y: &mut [f32]) {
+    debug_assert_eq!(x.len(), n * w.cols);
+    debug_assert_eq!(y.len(), n * w.rows);
+    let p = prepare(w.ty, w.cols, x, n);
+    if n == 1 {
+        drive(isa, w, &p, y);
+        return;
+    }
+    let mut yt = vec![0f32; w.rows * n];
+    drive(isa, w, &p, &mut yt);
+    for (r, row) in yt.chunks_exact(n).enumerate() {
+        for (i, &v) in row.iter().enumerate() {
+            y[i * w.rows + r] = v;
+        }
+    }
+}
+
+/// The whole matrix as f32 (rows × cols).
+pub fn dequantize_matrix(w: &QMatrix) -> Vec<f32> {
+    let mut out = vec![0f32; w.rows * w.cols];
+    let rb = row_bytes(w);
+    match w.ty {
+        WeightType::Ggml(t) => {
+            for (row, o) in w.data.chunks_exact(rb).zip(out.chunks_exact_mut(w.cols)) {
+                super::dequant::dequantize_unchecked(t, row, o);
+            }
+        }
+        WeightType::Fp8E4M3Block128 => {
+            let cb = w.cols.div_ceil(128);
+            for (r, o) in out.chunks_exact_mut(w.cols).enumerate() {
+                for (c, v) in o.iter_mut().enumerate() {
+                    let si = ((r / 128) * cb + c / 128) * 4;
+                    let s = &w.block_scales[si..si + 4];
+                    let s = f32::from_le_bytes([s[0], s[1], s[2], s[3]]);
+                    *v = super::fp::fp8_e4m3_to_f32(w.data[r * w.cols + c]) * s;
+                }
+            }
+        }
+    }
+    out
+}
+
+/// The scalar kernels with the signatures the dispatch tables use.
+pub(crate) mod reference {
+    use super::*;
+    use crate::dtype::GgmlType;
+
+    pub fn k(t: GgmlType, row: &[u8], a: &[BlockQ8K]) -> f32 {
+        scalar::dot_k_row(t, row, a)
+    }
+    pub fn s(t: GgmlType, row: &[u8], a: &[BlockQ8_0]) -> f32 {
+        scalar::dot_s_row(t, row, a)
+    }
+    pub fn f(t: GgmlType, row: &[u8], x: &[f32]) -> f32 {
+        scalar::dot_exact_row(t, row, x)
+    }
+    pub fn fp8(row: &[u8], scales: &[f32], x: &[f32]) -> f32 {
+        scalar::dot_fp8_row(row, scales, x)
+    }
+}

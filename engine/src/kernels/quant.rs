@@ -1,0 +1,97 @@
+//! Activation quantization (the "Fast" path, as llama.cpp does it): x is quantized once per
+//! call to 8-bit blocks that match the weight blocks, so dot products run on integers.
+
+/// 32 activations for the Q4_0/Q5_0/Q8_0 family: `x[i] ≈ d·qs[i]`; `s = d·Σqs` serves the
+/// types with an offset (Q4_1/Q5_1).
+#[derive(Clone, Copy, Debug)]
+#[repr(C)]
+pub struct BlockQ8_0 {
+    pub d: f32,
+    pub s: f32,
+    pub qs: [i8; 32],
+}
+
+/// 256 activations for the k-quants: `x[i] ≈ d·qs[i]`; `bsums[j]` = Σ qs[16j..16j+16]
+/// (for the per-sub-block mins).
+#[derive(Clone, Copy, Debug)]
+#[repr(C)]
+pub struct BlockQ8K {
+    pub d: f32,
+    pub qs: [i8; 256],
+    pub bsums: [i16; 16],
+}
+
+/// Symmetric scale for a block: values map to −127..=127 (never −128, which keeps the
+/// sign tricks of the SIMD kernels exact).
+fn scale_for(x: &[f32]) -> (f32, f32) {
+    let amax = x.iter().fold(0f32, |m, v| m.max(v.abs()));
+    let d = amax / 127.0;
+    let id = if d > 0.0 { 1.0 / d } else { 0.0 };
+    (d, id)
+}
+
+#[inline]
+fn q8(v: f32, id: f32) -> i8 {
+    (v * id).round().clamp(-127.0, 127.0) as i8
+}
+
+/// Quantizes `x` (a multiple of 32 long) to Q8_0 blocks.
+pub fn quantize_q8_0(x: &[f32]) -> Vec<BlockQ8_0> {
+    x.chunks_exact(32)
+        .map(|c| {
+            let (d, id) = scale_for(c);
+            let mut qs = [0i8; 32];
+            for (q, &v) in qs.iter_mut().zip(c) {
+                *q = q8(v, id);
+            }
+            let sum: i32 = qs.iter().map(|&q| q as i32).sum();
+            BlockQ8_0 { d, s: d * sum as f32, qs }
+        })
+        .collect()
+}
+
+/// Quantizes `x` (a multiple of 256 long) to Q8_K blocks.
+pub fn quantize_q8_k(x: &[f32]) -> Vec<BlockQ8K> {
+    x.chunks_exact(256)
+        .map(|c| {
+            let (d, id) = scale_for(c);
+            let mut qs = [0i8; 256];
+            for (q, &v) in qs.iter_mut().zip(c) {
+                *q = q8(v, id);
+            }
+            let mut bsums = [0i16; 16];
+            for (s, g) in bsums.iter_mut().zip(qs.chunks_exact(16)) {
+                *s = g.iter().map(|&q| q as i16).sum();
+            }
+            BlockQ8K { d, qs, bsums }
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn q8_k_round_trip_error_is_half_a_step() {
+        let x: Vec<f32> = (0..512).map(|i| ((i * 37 % 101) as f32 - 50.0) * 0.013).collect();
+        let q = quantize_q8_k(&x);
+        assert_eq!(q.len(), 2);
+        for (b, c) in q.iter().zip(x.chunks_exact(256)) {
+            for (i, &v) in c.iter().enumerate() {
+                assert!((b.qs[i] as f32 * b.d - v).abs() <= b.d * 0.5 + 1e-6);
+            }
+            for j in 0..16 {
+                let s: i32 = b.qs[16 * j..16 * j + 16].iter().map(|&q| q as i32).sum();
+                assert_eq!(b.bsums[j] as i32, s);
+            }
+            assert!(b.qs.iter().any(|&q| q.abs() == 127));
+        }
+    }
+
+    #[test]
+    fn zeros_quantize_to_zero() {
+        let q = quantize_q8_0(&[0.0; 64]);
+        assert!(q.iter().all(|b| b.d == 0.0 && b.s == 0.0 && b.qs.iter().all(|&v| v == 0)));
+    }
+}

@@ -1,7 +1,9 @@
 //! Runtime: sampling, generation (stop strings, EOS, streaming detokenization) and the
 //! engine thread that batches decode steps over all active sequences.
 
+pub mod experts;
 pub mod generate;
+pub mod pool;
 pub mod sampling;
 pub mod scheduler;
 #[cfg(test)]

@@ -1,0 +1,295 @@
+//! The routed-expert pass of one MoE layer, designed for memory bandwidth.
+//!
+//! Decode reads each selected expert's three matrices once per step, whatever the batch:
+//! the experts chosen by any sequence in the batch are gathered, and every sequence routed to
+//! an expert is computed from the same read of its rows.
+//!
+//! Work split: thread `t` of `T` owns the same contiguous row range of every expert's matrices
+//! (rows `share(n_ff, T, t)` of gate and up, rows `share(hidden, T, t)` of down). Its reads are
+//! long sequential streams, no rows move between threads, and when a placement step first
+//! touches those rows from the same thread they sit on that thread's NUMA node. Phases:
+//!
+//! 1. gate and up rows → `silu(gate) · up` for the owned rows (fused; no gate/up round trip);
+//! 2. barrier; each expert's hidden activations are quantized once (threads split experts);
+//! 3. barrier; down rows → weighted sum into the owned output rows (no write conflicts).
+//!
+//! Activations entering the layer are quantized once per expert before the pass, shared by all
+//! threads.
+
+use std::cell::RefCell;
+use std::sync::OnceLock;
+
+use crate::kernels::{self, Isa, Prepared, QMatrix};
+
+use super::pool::{share, Pool};
+
+/// One expert's matrices: gate and up are `n_ff × hidden`, down is `hidden × n_ff`.
+#[derive(Clone, Copy, Debug)]
+pub struct ExpertMats<'a> {
+    pub gate: QMatrix<'a>,
+    pub up: QMatrix<'a>,
+    pub down: QMatrix<'a>,
+}
+
+impl ExpertMats<'_> {
+    /// Weight bytes read when this expert runs.
+    pub fn bytes(&self) -> usize {
+        self.gate.data.len()
+            + self.up.data.len()
+            + self.down.data.len()
+            + self.gate.block_scales.len()
+            + self.up.block_scales.len()
+            + self.down.block_scales.len()
+    }
+}
+
+/// The tokens routed to one active expert, with their routing weights.
+struct Active {
+    expert: usize,
+    tokens: Vec<usize>,
+    weights: Vec<f32>,
+}
+
+/// A raw pointer that worker threads write through at disjoint indices.
+#[derive(Clone, Copy)]
+struct SharedMut(*mut f32);
+// SAFETY: only used for writes to disjoint index sets from different threads (see callers),
+// and the buffer outlives the pool job.
+unsafe impl Send for SharedMut {}
+unsafe impl Sync for SharedMut {}
+
+impl SharedMut {
+    /// Accessor so closures capture the whole (Sync) wrapper, not the raw pointer field.
+    fn ptr(self) -> *mut f32 {
+        self.0
+    }
+}
+
+thread_local! {
+    static SCRATCH: RefCell<(Vec<f32>, Vec<f32>)> = const { RefCell::new((Vec::new(), Vec::new())) };
+}
+
+/// Groups per-token routes `(expert, weight)` by expert, in expert order.
+fn group_by_expert(routes: &[Vec<(usize, f32)>]) -> Vec<Active> {
+    let mut by: std::collections::BTreeMap<usize, Active> = Default::default();
+    for (tok, r) in routes.iter().enumerate() {
+        for &(e, w) in r {
+            let a = by.entry(e).or_insert_with(|| Active { expert: e, tokens: Vec::new(), weights: Vec::new() });
+            a.tokens.push(tok);
+            a.weights.push(w);
+        }
+    }
+    by.into_values().collect()
+}
+
+/// Number of distinct experts `routes` selects (each is read once per pass).
+pub fn distinct_experts(routes: &[Vec<(usize, f32)>]) -> usize {
+    group_by_expert(routes).len()
+}
+
+/// `out[t] += Σ_e w_{t,e} · down_e(silu(gate_e x_t) · up_e x_t)` for every token `t` of `x`
+/// (`routes.len()` rows of `hidden`), over the experts in `routes[t]`. `out` is added to,
+/// not overwritten. All experts must share shapes.
+pub fn expert_pass(pool: &Pool, experts: &[ExpertMats], x: &[f32], routes: &[Vec<(usize, f32)>], out: &mut [f32]) {
+    let active = group_by_expert(routes);
+    let Some(first) = active.first().map(|a| experts[a.expert]) else { return };
+    let hidden = first.gate.cols;
+    let n_ff = first.gate.rows;
+    debug_assert_eq!(x.len(), routes.len() * hidden);
+    debug_assert_eq!(out.len(), routes.len() * hidden);
+
+    // Gather each expert's input rows once; quantized below, once per expert.
+    let offsets: Vec<usize> = active
+        .iter()
+        .scan(0, |acc, a| {
+            let o = *acc;
+            *acc += a.tokens.len();
+            Some(o)
+        })
+        .collect();
+    let total_rows: usize = active.iter().map(|a| a.tokens.len()).sum();
+    let mut xs = vec![0f32; total_rows * hidden];
+    for (a, &o) in active.iter().zip(&offsets) {
+        for (i, &t) in a.tokens.iter().enumerate() {
+            xs[(o + i) * hidden..(o + i + 1) * hidden].copy_from_slice(&x[t * hidden..(t + 1) * hidden]);
+        }
+    }
+    let mut h = vec![0f32; total_rows * n_ff];
+    let h_ptr = SharedMut(h.as_mut_ptr());
+    let out_ptr = SharedMut(out.as_mut_ptr());
+    let x_prep: Vec<OnceLock<Prepared>> = active.iter().map(|_| OnceLock::new()).collect();
+    let h_prep: Vec<OnceLock<Prepared>> = active.iter().map(|_| OnceLock::new()).collect();
+    let h_len = h.len();
+    let threads = pool.threads();
+    let isa = Isa::best();
+
+    pool.run(&|t| {
+        // Phase 0: quantize the inputs, experts split across threads.
+        for j in (t..active.len()).step_by(threads) {
+            let n = active[j].tokens.len();
+            let rows = &xs[offsets[j] * hidden..(offsets[j] + n) * hidden];
+            let _ = x_prep[j].set(kernels::prepare(first.gate.ty, hidden, rows, n));
+        }
+        pool.barrier();
+        // Phase 1: fused gate/up + SiLU on the owned rows of every active expert.
+        let rows = share(n_ff, threads, t);
+        SCRATCH.with(|s| {
+            let (g, u) = &mut *s.borrow_mut();
+            for (j, a) in active.iter().enumerate() {
+                let n = a.tokens.len();
+                let p = x_prep[j].get().expect("prepared in phase 0");
+                let e = &experts[a.expert];
+                g.resize(rows.len() * n, 0.0);
+                u.resize(rows.len() * n, 0.0);
+                kernels::matmul_rows(isa, &e.gate, p, rows.clone(), g);
+                kernels::matmul_rows(isa, &e.up, p, rows.clone(), u);
+                for (ri, r) in rows.clone().enumerate() {
+                    for i in 0..n {
+                        let v = silu(g[ri * n + i]) * u[ri * n + i];
+                        // SAFETY: row r belongs to this thread only; index inside `h`.
+                        unsafe { *h_ptr.ptr().add((offsets[j] + i) * n_ff + r) = v };
+                    }
+                }
+            }
+        });
+        pool.barrier();
+        // Phase 2: quantize each expert's hidden activations once.
+        // SAFETY: phase 1 (all writes to `h`) ended at the barrier above; from here to the end
+        // of the job `h` is only read, and it outlives the job.
+        let h_ref: &[f32] = unsafe { std::slice::from_raw_parts(h_ptr.ptr(), h_len) };
+        for j in (t..active.len()).step_by(threads) {
+            let n = active[j].tokens.len();
+            let rows = &h_ref[offsets[j] * n_ff..(offsets[j] + n) * n_ff];
+            let _ = h_prep[j].set(kernels::prepare(first.down.ty, n_ff, rows, n));
+        }
+        pool.barrier();
+        // Phase 3: down projection on the owned output rows, weighted into `out`.
+        let rows = share(hidden, threads, t);
+        SCRATCH.with(|s| {
+            let (d, _) = &mut *s.borrow_mut();
+            for (j, a) in active.iter().enumerate() {
+                let n = a.tokens.len();
+                let p = h_prep[j].get().expect("prepared in phase 2");
+                d.resize(rows.len() * n, 0.0);
+                kernels::matmul_rows(isa, &experts[a.expert].down, p, rows.clone(), d);
+                for (ri, r) in rows.clone().enumerate() {
+                    for (i, (&tok, &w)) in a.tokens.iter().zip(&a.weights).enumerate() {
+                        // SAFETY: output row r of every token belongs to this thread only.
+                        unsafe { *out_ptr.ptr().add(tok * hidden + r) += w * d[ri * n + i] };
+                    }
+                }
+            }
+        });
+    });
+    drop(h);
+}
+
+fn silu(x: f32) -> f32 {
+    x / (1.0 + (-x).exp())
+}
+
+/// Reads `bytes` through the pool: thread `t` sums the `t`-th share of every buffer with a
+/// plain vectorizable loop. The ceiling an expert pass over the same memory can reach.
+pub fn read_all(pool: &Pool, buffers: &[&[u8]]) -> u64 {
+    let sums: Vec<std::sync::atomic::AtomicU64> =
+        (0..pool.threads()).map(|_| std::sync::atomic::AtomicU64::new(0)).collect();
+    pool.run(&|t| {
+        let mut acc = [0u64; 8];
+        for b in buffers {
+            let r = share(b.len() / 64, pool.threads(), t);
+            let s = &b[r.start * 64..r.end * 64];
+            for line in s.chunks_exact(64) {
+                for (k, a) in acc.iter_mut().enumerate() {
+                    let w = u64::from_le_bytes(line[k * 8..k * 8 + 8].try_into().unwrap_or([0; 8]));
+                    *a = a.wrapping_add(w);
+                }
+            }
+        }
+        sums[t].store(acc.iter().fold(0, |x, &y| x ^ y), std::sync::atomic::Ordering::Relaxed);
+    });
+    sums.iter().fold(0, |x, s| x ^ s.load(std::sync::atomic::Ordering::Relaxed))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::dtype::GgmlType;
+    use crate::runtime::pool::ThreadLayout;
+    use crate::synth::fill_random;
+
+    struct Owned {
+        g: Vec<u8>,
+        u: Vec<u8>,
+        d: Vec<u8>,
+    }
+
+    fn make(ty: GgmlType, hidden: usize, n_ff: usize, e: usize, seed: u64) -> Vec<Owned> {
+        (0..e)
+            .map(|i| {
+                let mut g = vec![0u8; ty.bytes_for((n_ff * hidden) as u64).unwrap() as usize];
+                let mut u = g.clone();
+                let mut d = g.clone();
+                fill_random(ty, &mut g, seed + 3 * i as u64);
+                fill_random(ty, &mut u, seed + 3 * i as u64 + 1);
+                fill_random(ty, &mut d, seed + 3 * i as u64 + 2);
+                Owned { g, u, d }
+            })
+            .collect()
+    }
+
+    /// The reference: per token, per expert, plain matvec from the kernels module.
+    fn reference(experts: &[ExpertMats], x: &[f32], routes: &[Vec<(usize, f32)>], hidden: usize) -> Vec<f32> {
+        let mut out = vec![0f32; x.len()];
+        for (t, r) in routes.iter().enumerate() {
+            for &(e, w) in r {
+                let m = &experts[e];
+                let xt = &x[t * hidden..(t + 1) * hidden];
+                let mut g = vec![0f32; m.gate.rows];
+                let mut u = vec![0f32; m.up.rows];
+                kernels::matvec(&m.gate, xt, &mut g);
+                kernels::matvec(&m.up, xt, &mut u);
+                let hv: Vec<f32> = g.iter().zip(&u).map(|(&a, &b)| silu(a) * b).collect();
+                let mut y = vec![0f32; hidden];
+                kernels::matvec(&m.down, &hv, &mut y);
+                for (o, v) in out[t * hidden..(t + 1) * hidden].iter_mut().zip(y) {
+                    *o += w * v;
+                }
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn pass_equals_per_token_reference_for_every_layout() {
+        let (hidden, n_ff, n_exp) = (512, 256, 6);
+        for ty in [GgmlType::Q4_K, GgmlType::Q8_0, GgmlType::Q6_K] {
+            let owned = make(ty, hidden, n_ff, n_exp, 11);
+            let experts: Vec<ExpertMats> = owned
+                .iter()
+                .map(|o| ExpertMats {
+                    gate: QMatrix::new(ty, n_ff, hidden, &o.g).unwrap(),
+                    up: QMatrix::new(ty, n_ff, hidden, &o.u).unwrap(),
+                    down: QMatrix::new(ty, hidden, n_ff, &o.d).unwrap(),
+                })
+                .collect();
+            let routes = vec![vec![(0, 0.5), (3, 1.5)], vec![(3, 0.25), (5, 1.0)], vec![(1, 2.0)]];
+            let x: Vec<f32> = (0..routes.len() * hidden).map(|i| ((i * 37 % 101) as f32 - 50.0) / 25.0).collect();
+            let want = reference(&experts, &x, &routes, hidden);
+            let scale = want.iter().fold(0f32, |m, v| m.max(v.abs()));
+            for layout in [ThreadLayout::unpinned(1), ThreadLayout::unpinned(3), ThreadLayout::simulated(4, 2)] {
+                let pool = Pool::new(layout.clone());
+                let mut got = vec![0f32; x.len()];
+                expert_pass(&pool, &experts, &x, &routes, &mut got);
+                for (a, b) in got.iter().zip(&want) {
+                    assert!((a - b).abs() <= 1e-4 * scale.max(1e-6), "{ty} {layout:?}: {a} vs {b}");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn shared_experts_are_counted_once() {
+        let routes = vec![vec![(1, 1.0), (2, 1.0)], vec![(2, 1.0), (7, 1.0)]];
+        assert_eq!(distinct_experts(&routes), 3);
+    }
+}

@@ -74,14 +74,8 @@ pub enum Activation {
 /// `gate ← act(gate) · up`, element-wise.
 pub fn gated_activation(act: Activation, gate: &mut [f32], up: &[f32]) {
     match act {
-        Activation::Silu => gate
-            .iter_mut()
-            .zip(up)
-            .for_each(|(g, &u)| *g = silu(*g) * u),
-        Activation::GeluTanh => gate
-            .iter_mut()
-            .zip(up)
-            .for_each(|(g, &u)| *g = gelu_tanh(*g) * u),
+        Activation::Silu => gate.iter_mut().zip(up).for_each(|(g, &u)| *g = silu(*g) * u),
+        Activation::GeluTanh => gate.iter_mut().zip(up).for_each(|(g, &u)| *g = gelu_tanh(*g) * u),
     }
 }
 
@@ -153,15 +147,8 @@ impl Rope {
     /// Plain RoPE with base `theta`; `freq_scale` < 1 is linear position interpolation
     /// (positions multiplied by `freq_scale` = 1 / factor).
     pub fn new(style: RopeStyle, rot_dim: usize, theta: f64, freq_scale: f64) -> Self {
-        let inv_freq = (0..rot_dim / 2)
-            .map(|i| freq_scale / theta.powf(2.0 * i as f64 / rot_dim as f64))
-            .collect();
-        Rope {
-            style,
-            rot_dim,
-            inv_freq,
-            attn_factor: 1.0,
-        }
+        let inv_freq = (0..rot_dim / 2).map(|i| freq_scale / theta.powf(2.0 * i as f64 / rot_dim as f64)).collect();
+        Rope { style, rot_dim, inv_freq, attn_factor: 1.0 }
     }
 
     /// Divides each frequency by a per-pair factor (llama 3.1's `rope_freqs.weight` in GGUF).
@@ -180,10 +167,8 @@ impl Rope {
     /// `factor`, with a linear ramp in between.
     pub fn yarn(style: RopeStyle, rot_dim: usize, theta: f64, p: YarnParams) -> Self {
         let d = rot_dim as f64;
-        let corr_dim = |n_rot: f64| {
-            d * (p.original_context / (n_rot * 2.0 * std::f64::consts::PI)).ln()
-                / (2.0 * theta.ln())
-        };
+        let corr_dim =
+            |n_rot: f64| d * (p.original_context / (n_rot * 2.0 * std::f64::consts::PI)).ln() / (2.0 * theta.ln());
         let low = corr_dim(p.beta_fast).floor().max(0.0);
         let mut high = corr_dim(p.beta_slow).ceil().min(d - 1.0);
         if high == low {
@@ -198,12 +183,7 @@ impl Rope {
                 interp * (1.0 - keep) + extrap * keep
             })
             .collect();
-        Rope {
-            style,
-            rot_dim,
-            inv_freq,
-            attn_factor: p.attn_factor,
-        }
+        Rope { style, rot_dim, inv_freq, attn_factor: p.attn_factor }
     }
 
     /// Rotates one token's heads in place: `x` holds `x.len() / head_dim` heads of `head_dim`
@@ -332,12 +312,7 @@ impl KvCache {
     pub fn new(dims: &[(usize, usize)], max_tokens: usize, dtype: KvDtype) -> Self {
         let layers = dims
             .iter()
-            .map(|&(k_dim, v_dim)| LayerKv {
-                k: KvBuf::new(dtype),
-                v: KvBuf::new(dtype),
-                k_dim,
-                v_dim,
-            })
+            .map(|&(k_dim, v_dim)| LayerKv { k: KvBuf::new(dtype), v: KvBuf::new(dtype), k_dim, v_dim })
             .collect();
         KvCache { layers, max_tokens }
     }
@@ -393,30 +368,20 @@ pub struct AttnParams {
 pub fn attention(q: &[f32], kv: &LayerKv, pos0: usize, p: &AttnParams, out: &mut [f32]) {
     let group = (p.n_heads / p.n_kv_heads.max(1)).max(1);
     let q_row = p.n_heads * p.head_dim;
-    out.par_chunks_mut(p.v_head_dim)
-        .enumerate()
-        .for_each(|(idx, o)| {
-            let (t, h) = (idx / p.n_heads, idx % p.n_heads);
-            let pos = pos0 + t;
-            let qh = &q[t * q_row + h * p.head_dim..][..p.head_dim];
-            let kvh = h / group;
-            let first = match p.window {
-                Some(w) if w > 0 => (pos + 1).saturating_sub(w),
-                _ => 0,
-            };
-            attend_one(qh, kv, kvh, first, pos, p, o);
-        });
+    out.par_chunks_mut(p.v_head_dim).enumerate().for_each(|(idx, o)| {
+        let (t, h) = (idx / p.n_heads, idx % p.n_heads);
+        let pos = pos0 + t;
+        let qh = &q[t * q_row + h * p.head_dim..][..p.head_dim];
+        let kvh = h / group;
+        let first = match p.window {
+            Some(w) if w > 0 => (pos + 1).saturating_sub(w),
+            _ => 0,
+        };
+        attend_one(qh, kv, kvh, first, pos, p, o);
+    });
 }
 
-fn attend_one(
-    q: &[f32],
-    kv: &LayerKv,
-    kvh: usize,
-    first: usize,
-    last: usize,
-    p: &AttnParams,
-    o: &mut [f32],
-) {
+fn attend_one(q: &[f32], kv: &LayerKv, kvh: usize, first: usize, last: usize, p: &AttnParams, o: &mut [f32]) {
     o.iter_mut().for_each(|v| *v = 0.0);
     let (mut max, mut sum) = (f32::NEG_INFINITY, 0.0f32);
     for j in first..=last {
@@ -446,16 +411,8 @@ fn attend_one(
 #[inline]
 fn dot_kv(q: &[f32], buf: &KvBuf, off: usize) -> f32 {
     match buf {
-        KvBuf::F32(k) => q
-            .iter()
-            .zip(&k[off..off + q.len()])
-            .map(|(a, b)| a * b)
-            .sum(),
-        KvBuf::F16(k) => q
-            .iter()
-            .zip(&k[off..off + q.len()])
-            .map(|(a, b)| a * b.to_f32())
-            .sum(),
+        KvBuf::F32(k) => q.iter().zip(&k[off..off + q.len()]).map(|(a, b)| a * b).sum(),
+        KvBuf::F16(k) => q.iter().zip(&k[off..off + q.len()]).map(|(a, b)| a * b.to_f32()).sum(),
     }
 }
 
@@ -463,14 +420,8 @@ fn dot_kv(q: &[f32], buf: &KvBuf, off: usize) -> f32 {
 fn axpy_kv(w: f32, buf: &KvBuf, off: usize, o: &mut [f32]) {
     let n = o.len();
     match buf {
-        KvBuf::F32(v) => o
-            .iter_mut()
-            .zip(&v[off..off + n])
-            .for_each(|(d, &s)| *d += w * s),
-        KvBuf::F16(v) => o
-            .iter_mut()
-            .zip(&v[off..off + n])
-            .for_each(|(d, s)| *d += w * s.to_f32()),
+        KvBuf::F32(v) => o.iter_mut().zip(&v[off..off + n]).for_each(|(d, &s)| *d += w * s),
+        KvBuf::F16(v) => o.iter_mut().zip(&v[off..off + n]).for_each(|(d, s)| *d += w * s.to_f32()),
     }
 }
 
@@ -521,47 +472,28 @@ mod tests {
 
     #[test]
     fn yarn_keeps_high_and_interpolates_low_frequencies() {
-        let p = YarnParams {
-            factor: 40.0,
-            original_context: 4096.0,
-            beta_fast: 32.0,
-            beta_slow: 1.0,
-            attn_factor: 1.0,
-        };
+        let p =
+            YarnParams { factor: 40.0, original_context: 4096.0, beta_fast: 32.0, beta_slow: 1.0, attn_factor: 1.0 };
         let plain = Rope::new(RopeStyle::NeoX, 64, 10000.0, 1.0);
         let y = Rope::yarn(RopeStyle::NeoX, 64, 10000.0, p);
         assert!((y.inv_freq[0] - plain.inv_freq[0]).abs() < 1e-12);
         assert!((y.inv_freq[31] - plain.inv_freq[31] / 40.0).abs() < 1e-12);
     }
 
-    fn naive_attention(
-        q: &[f32],
-        k: &[f32],
-        v: &[f32],
-        n_ctx: usize,
-        d: usize,
-        scale: f32,
-    ) -> Vec<f32> {
-        let s: Vec<f32> = (0..n_ctx)
-            .map(|j| q.iter().zip(&k[j * d..]).map(|(a, b)| a * b).sum::<f32>() * scale)
-            .collect();
+    fn naive_attention(q: &[f32], k: &[f32], v: &[f32], n_ctx: usize, d: usize, scale: f32) -> Vec<f32> {
+        let s: Vec<f32> =
+            (0..n_ctx).map(|j| q.iter().zip(&k[j * d..]).map(|(a, b)| a * b).sum::<f32>() * scale).collect();
         let m = s.iter().cloned().fold(f32::NEG_INFINITY, f32::max);
         let e: Vec<f32> = s.iter().map(|x| (x - m).exp()).collect();
         let z: f32 = e.iter().sum();
-        (0..d)
-            .map(|c| (0..n_ctx).map(|j| e[j] / z * v[j * d + c]).sum())
-            .collect()
+        (0..d).map(|c| (0..n_ctx).map(|j| e[j] / z * v[j * d + c]).sum()).collect()
     }
 
     #[test]
     fn attention_matches_naive_softmax_with_gqa_and_window() {
         let (d, n_ctx) = (4, 5);
-        let k: Vec<f32> = (0..n_ctx * d)
-            .map(|i| ((i * 7 % 11) as f32 - 5.0) * 0.3)
-            .collect();
-        let v: Vec<f32> = (0..n_ctx * d)
-            .map(|i| ((i * 5 % 13) as f32 - 6.0) * 0.2)
-            .collect();
+        let k: Vec<f32> = (0..n_ctx * d).map(|i| ((i * 7 % 11) as f32 - 5.0) * 0.3).collect();
+        let v: Vec<f32> = (0..n_ctx * d).map(|i| ((i * 5 % 13) as f32 - 6.0) * 0.2).collect();
         for dtype in [KvDtype::F32, KvDtype::F16] {
             let mut cache = KvCache::new(&[(d, d)], 16, dtype);
             cache.store(0, 0, &k, &v);
@@ -586,10 +518,7 @@ mod tests {
                 }
             }
             // Window 2: only the last two keys.
-            let pw = AttnParams {
-                window: Some(2),
-                ..p
-            };
+            let pw = AttnParams { window: Some(2), ..p };
             attention(&q, cache.layer(0), n_ctx - 1, &pw, &mut out);
             let want = naive_attention(&q[..d], &k[3 * d..], &v[3 * d..], 2, d, 0.5);
             for c in 0..d {

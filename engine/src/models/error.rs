@@ -4,11 +4,7 @@
 #[derive(Debug, thiserror::Error)]
 pub enum ModelError {
     #[error("tensor `{name}` is missing from {source_desc}; the file is incomplete or not a supported {arch} model")]
-    MissingTensor {
-        name: String,
-        source_desc: String,
-        arch: String,
-    },
+    MissingTensor { name: String, source_desc: String, arch: String },
 
     #[error("tensor `{name}`: {msg}")]
     BadTensor { name: String, msg: String },
@@ -23,11 +19,7 @@ pub enum ModelError {
     TokenOutOfRange { id: u32, vocab: usize },
 
     #[error("context overflow: {have} tokens in the cache + {adding} new exceed the state's capacity of {max}; start a new sequence or raise the context size")]
-    ContextOverflow {
-        have: usize,
-        adding: usize,
-        max: usize,
-    },
+    ContextOverflow { have: usize, adding: usize, max: usize },
 
     #[error("the sequence state does not belong to this model (wrong cache type)")]
     WrongState,
@@ -38,16 +30,10 @@ pub enum ModelError {
 
 impl ModelError {
     pub fn config(key: &str, msg: impl Into<String>) -> Self {
-        ModelError::BadConfig {
-            key: key.to_string(),
-            msg: msg.into(),
-        }
+        ModelError::BadConfig { key: key.to_string(), msg: msg.into() }
     }
 
     pub fn tensor(name: &str, msg: impl Into<String>) -> Self {
-        ModelError::BadTensor {
-            name: name.to_string(),
-            msg: msg.into(),
-        }
+        ModelError::BadTensor { name: name.to_string(), msg: msg.into() }
     }
 }

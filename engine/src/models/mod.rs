@@ -5,8 +5,12 @@
 //! `Any`). `forward` appends tokens to the state and returns logits.
 
 pub mod common;
+pub mod dense;
 pub mod error;
+pub mod gemma3;
 pub mod hf;
+pub mod llama;
+pub mod loader;
 pub mod weights;
 
 pub use error::ModelError;

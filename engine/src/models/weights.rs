@@ -4,9 +4,11 @@
 //! names (`token_embd.weight`, `blk.3.attn_q.weight`, ...) — whatever the file format, so model
 //! code is written once; the safetensors source maps internal names to HF names.
 
+use std::sync::Arc;
+
 use crate::dtype::GgmlType;
-use crate::formats::TensorBytes;
-use crate::kernels::{QMatrix, WeightType};
+use crate::formats::{GgufFile, TensorBytes};
+use crate::kernels::{self, QMatrix, WeightType};
 
 use super::error::ModelError;
 
@@ -27,30 +29,13 @@ pub struct Weight {
 impl Weight {
     /// Checks that the byte length matches the type and shape (so kernels never read out of
     /// bounds) and builds the view.
-    pub fn new(
-        name: &str,
-        bytes: TensorBytes,
-        ty: WeightType,
-        rows: usize,
-        cols: usize,
-    ) -> Result<Self, ModelError> {
-        let w = Weight {
-            name: name.to_string(),
-            bytes,
-            ty,
-            rows,
-            cols,
-            block_scales: None,
-        };
+    pub fn new(name: &str, bytes: TensorBytes, ty: WeightType, rows: usize, cols: usize) -> Result<Self, ModelError> {
+        let w = Weight { name: name.to_string(), bytes, ty, rows, cols, block_scales: None };
         let want = w.row_bytes()? * rows;
         if want != w.bytes.len() {
             return Err(ModelError::tensor(
                 name,
-                format!(
-                    "{} bytes for {rows}×{cols} {:?}, expected {want}",
-                    w.bytes.len(),
-                    ty
-                ),
+                format!("{} bytes for {rows}×{cols} {:?}, expected {want}", w.bytes.len(), ty),
             ));
         }
         Ok(w)
@@ -59,20 +44,12 @@ impl Weight {
     /// Bytes of one row.
     pub fn row_bytes(&self) -> Result<usize, ModelError> {
         match self.ty {
-            WeightType::Ggml(t) => t
-                .bytes_for(self.cols as u64)
-                .map(|b| b as usize)
-                .ok_or_else(|| {
-                    ModelError::tensor(
-                        &self.name,
-                        format!(
-                            "row length {} is not a multiple of {}'s block of {}",
-                            self.cols,
-                            t,
-                            t.block_size()
-                        ),
-                    )
-                }),
+            WeightType::Ggml(t) => t.bytes_for(self.cols as u64).map(|b| b as usize).ok_or_else(|| {
+                ModelError::tensor(
+                    &self.name,
+                    format!("row length {} is not a multiple of {}'s block of {}", self.cols, t, t.block_size()),
+                )
+            }),
             WeightType::Fp8E4M3Block128 => Ok(self.cols),
         }
     }
@@ -100,36 +77,19 @@ impl Weight {
     /// stacked GGUF expert tensor, or one head's slice. Not for FP8 (block scales span rows).
     pub fn slice_rows(&self, start: usize, n: usize) -> Result<Weight, ModelError> {
         if start + n > self.rows {
-            return Err(ModelError::tensor(
-                &self.name,
-                format!("rows {start}..{} out of {}", start + n, self.rows),
-            ));
+            return Err(ModelError::tensor(&self.name, format!("rows {start}..{} out of {}", start + n, self.rows)));
         }
         if self.block_scales.is_some() {
-            return Err(ModelError::tensor(
-                &self.name,
-                "row slices of block-scaled FP8 weights are not supported",
-            ));
+            return Err(ModelError::tensor(&self.name, "row slices of block-scaled FP8 weights are not supported"));
         }
         let rb = self.row_bytes()?;
         let bytes = match &self.bytes {
-            TensorBytes::Mapped { map, start: s, .. } => TensorBytes::Mapped {
-                map: map.clone(),
-                start: s + start * rb,
-                len: n * rb,
-            },
-            TensorBytes::Owned(v) => TensorBytes::Owned(std::sync::Arc::new(
-                v[start * rb..(start + n) * rb].to_vec(),
-            )),
+            TensorBytes::Mapped { map, start: s, .. } => {
+                TensorBytes::Mapped { map: map.clone(), start: s + start * rb, len: n * rb }
+            }
+            TensorBytes::Owned(v) => TensorBytes::Owned(std::sync::Arc::new(v[start * rb..(start + n) * rb].to_vec())),
         };
-        Ok(Weight {
-            name: self.name.clone(),
-            bytes,
-            ty: self.ty,
-            rows: n,
-            cols: self.cols,
-            block_scales: None,
-        })
+        Ok(Weight { name: self.name.clone(), bytes, ty: self.ty, rows: n, cols: self.cols, block_scales: None })
     }
 
     /// Number of elements.
@@ -173,12 +133,36 @@ pub fn require_shape(
 /// Errors unless `w` is `rows × cols`.
 pub fn check_shape(w: &Weight, rows: usize, cols: usize) -> Result<(), ModelError> {
     if w.rows != rows || w.cols != cols {
-        return Err(ModelError::tensor(
-            &w.name,
-            format!("shape {}×{}, expected {rows}×{cols}", w.rows, w.cols),
-        ));
+        return Err(ModelError::tensor(&w.name, format!("shape {}×{}, expected {rows}×{cols}", w.rows, w.cols)));
     }
     Ok(())
+}
+
+/// Weights of a GGUF file (internal names are its own tensor names).
+pub struct GgufSource {
+    pub file: Arc<GgufFile>,
+}
+
+impl GgufSource {
+    pub fn new(file: Arc<GgufFile>) -> Self {
+        GgufSource { file }
+    }
+}
+
+impl WeightSource for GgufSource {
+    fn weight(&self, name: &str) -> Result<Option<Weight>, ModelError> {
+        let Some(t) = self.file.tensor(name) else { return Ok(None) };
+        let cols = t.row_len();
+        let rows = t.n_rows();
+        Weight::new(name, self.file.tensor_bytes(t), WeightType::Ggml(t.ggml_type), rows, cols).map(Some)
+    }
+
+    fn describe(&self) -> String {
+        match self.file.paths().first() {
+            Some(p) => format!("GGUF file {}", p.display()),
+            None => "GGUF file".to_string(),
+        }
+    }
 }
 
 /// Maps an internal (GGUF) tensor name to its HF transformers name for the tensors that all
@@ -217,10 +201,81 @@ pub fn hf_common_name(internal: &str) -> Option<String> {
     Some(format!("model.layers.{layer}.{hf_tail}"))
 }
 
+// ---------------------------------------------------------------------------------------------
+// Compute through the kernels (one implementation of dequantization and matvec in the project)
+// ---------------------------------------------------------------------------------------------
+
+impl Weight {
+    /// `y = x · Wᵀ` for `n` rows of `x` (each `cols` long) into `n` rows of `y` (each `rows`
+    /// long): a matvec for one row, a matmul (weights read once) for several.
+    pub fn linear(&self, x: &[f32], n: usize, y: &mut [f32]) -> Result<(), ModelError> {
+        if x.len() < n * self.cols || y.len() < n * self.rows {
+            return Err(ModelError::Kernel {
+                name: self.name.clone(),
+                msg: format!(
+                    "{n} rows: input {} / output {} values for a {}×{} matrix",
+                    x.len(),
+                    y.len(),
+                    self.rows,
+                    self.cols
+                ),
+            });
+        }
+        let (x, y) = (&x[..n * self.cols], &mut y[..n * self.rows]);
+        let w = self.qmatrix();
+        if n == 1 {
+            kernels::matvec(&w, x, y);
+        } else {
+            kernels::matmul(&w, x, n, y);
+        }
+        Ok(())
+    }
+
+    /// Row `r` as f32 (an embedding lookup reads one row of a possibly quantized table).
+    pub fn row_f32(&self, r: usize, out: &mut [f32]) -> Result<(), ModelError> {
+        let ty = self.ggml_type().ok_or_else(|| ModelError::tensor(&self.name, "row lookup of an FP8 matrix"))?;
+        if r >= self.rows || out.len() != self.cols {
+            return Err(ModelError::tensor(
+                &self.name,
+                format!("row {r} of {} (output {} values)", self.rows, out.len()),
+            ));
+        }
+        let rb = self.row_bytes()?;
+        kernels::dequantize_row(ty, &self.bytes[r * rb..(r + 1) * rb], out)
+            .map_err(|e| ModelError::Kernel { name: self.name.clone(), msg: e.to_string() })
+    }
+
+    /// The whole tensor as f32 (for small tensors: norm weights, biases).
+    pub fn to_f32(&self) -> Result<Vec<f32>, ModelError> {
+        let mut v = vec![0.0; self.n_elements()];
+        for (r, row) in v.chunks_exact_mut(self.cols.max(1)).enumerate() {
+            self.row_f32(r, row)?;
+        }
+        Ok(v)
+    }
+}
+
+/// A required vector (norm weight) of `len` values as f32.
+pub fn require_vec(src: &dyn WeightSource, name: &str, arch: &str, len: usize) -> Result<Vec<f32>, ModelError> {
+    let w = require(src, name, arch)?;
+    vec_of_len(w, len)
+}
+
+/// An optional vector (bias, optional norm) of `len` values as f32.
+pub fn optional_vec(src: &dyn WeightSource, name: &str, len: usize) -> Result<Option<Vec<f32>>, ModelError> {
+    src.weight(name)?.map(|w| vec_of_len(w, len)).transpose()
+}
+
+fn vec_of_len(w: Weight, len: usize) -> Result<Vec<f32>, ModelError> {
+    if w.n_elements() != len {
+        return Err(ModelError::tensor(&w.name, format!("{} values, expected {len}", w.n_elements())));
+    }
+    w.to_f32()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::sync::Arc;
 
     fn owned(n: usize) -> TensorBytes {
         TensorBytes::Owned(Arc::new((0..n).map(|i| i as u8).collect()))
@@ -230,13 +285,7 @@ mod tests {
     fn new_rejects_wrong_byte_count() {
         let ok = Weight::new("w", owned(2 * 34), WeightType::Ggml(GgmlType::Q8_0), 2, 32);
         assert!(ok.is_ok());
-        let bad = Weight::new(
-            "w",
-            owned(2 * 34 - 1),
-            WeightType::Ggml(GgmlType::Q8_0),
-            2,
-            32,
-        );
+        let bad = Weight::new("w", owned(2 * 34 - 1), WeightType::Ggml(GgmlType::Q8_0), 2, 32);
         assert!(bad.is_err());
         let not_blocks = Weight::new("w", owned(34), WeightType::Ggml(GgmlType::Q8_0), 1, 31);
         assert!(not_blocks.is_err());
@@ -252,14 +301,8 @@ mod tests {
 
     #[test]
     fn hf_names() {
-        assert_eq!(
-            hf_common_name("blk.12.attn_q.weight").as_deref(),
-            Some("model.layers.12.self_attn.q_proj.weight")
-        );
-        assert_eq!(
-            hf_common_name("output.weight").as_deref(),
-            Some("lm_head.weight")
-        );
+        assert_eq!(hf_common_name("blk.12.attn_q.weight").as_deref(), Some("model.layers.12.self_attn.q_proj.weight"));
+        assert_eq!(hf_common_name("output.weight").as_deref(), Some("lm_head.weight"));
         assert_eq!(hf_common_name("blk.x.attn_q.weight"), None);
         assert_eq!(hf_common_name("blk.1.unknown.weight"), None);
     }

@@ -1,0 +1,85 @@
+//! Opens a model file or folder and builds the right architecture.
+//!
+//! - A GGUF file (or the first shard of a split GGUF): dispatch on `general.architecture`.
+//! - An HF folder (or a file inside it): dispatch on `config.json`'s `model_type`.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use anyhow::Context;
+use serde_json::Value;
+
+use super::common::KvDtype;
+use super::error::ModelError;
+use super::{gemma3, llama, Model};
+use crate::formats::GgufFile;
+
+/// Options for loading a model.
+#[derive(Clone, Debug, Default)]
+pub struct LoadOptions {
+    /// Element type of the KV cache (f32 by default: exact; f16 halves its memory).
+    pub kv_dtype: KvDtype,
+}
+
+/// Loads the model at `path` (GGUF file, HF folder, or a file inside an HF folder).
+pub fn load(path: &Path, opts: &LoadOptions) -> anyhow::Result<Box<dyn Model>> {
+    if !path.exists() {
+        anyhow::bail!("model path {} does not exist; pass a .gguf file or a folder with config.json", path.display());
+    }
+    match hf_folder(path) {
+        Some(dir) => load_hf(&dir, opts),
+        None => load_gguf(path, opts),
+    }
+}
+
+/// The HF folder `path` denotes: the folder itself, or the parent of a non-GGUF file, when it
+/// has a config.json.
+fn hf_folder(path: &Path) -> Option<PathBuf> {
+    let dir = if path.is_dir() {
+        path.to_path_buf()
+    } else if path.extension().is_some_and(|e| e == "gguf") {
+        return None;
+    } else {
+        path.parent()?.to_path_buf()
+    };
+    dir.join("config.json").is_file().then_some(dir)
+}
+
+/// Loads a GGUF model.
+pub fn load_gguf(path: &Path, opts: &LoadOptions) -> anyhow::Result<Box<dyn Model>> {
+    let file = Arc::new(GgufFile::open(path).with_context(|| format!("opening GGUF model {}", path.display()))?);
+    let arch = file
+        .architecture()
+        .ok_or_else(|| ModelError::config("general.architecture", format!("missing in {}", path.display())))?
+        .to_string();
+    let model: Box<dyn Model> = match arch.as_str() {
+        a if llama::GGUF_ARCHS.contains(&a) => Box::new(llama::load_gguf(file, opts.kv_dtype)?),
+        "gemma3" => Box::new(gemma3::load_gguf(file, opts.kv_dtype)?),
+        other => return Err(unsupported(other, path)),
+    };
+    Ok(model)
+}
+
+/// Loads an HF transformers folder (config.json + safetensors).
+pub fn load_hf(dir: &Path, opts: &LoadOptions) -> anyhow::Result<Box<dyn Model>> {
+    let cfg_path = dir.join("config.json");
+    let text = std::fs::read_to_string(&cfg_path).with_context(|| format!("reading {}", cfg_path.display()))?;
+    let config: Value = serde_json::from_str(&text).with_context(|| format!("parsing {}", cfg_path.display()))?;
+    let model_type = config.get("model_type").and_then(Value::as_str).unwrap_or("").to_string();
+    let model: Box<dyn Model> = match model_type.as_str() {
+        t if llama::HF_TYPES.contains(&t) => Box::new(
+            llama::load_hf(dir, &config, opts.kv_dtype)
+                .with_context(|| format!("loading HF model {}", dir.display()))?,
+        ),
+        other => return Err(unsupported(other, dir)),
+    };
+    Ok(model)
+}
+
+fn unsupported(arch: &str, path: &Path) -> anyhow::Error {
+    ModelError::Unsupported(format!(
+        "architecture `{arch}` of {} (supported: llama, qwen2, mistral, gemma3)",
+        path.display()
+    ))
+    .into()
+}

@@ -1,0 +1,193 @@
+//! The llama architecture against the tiny-llama references (tests/fixtures/tiny-llama):
+//! transformers logits for the float sources, and transformers on the weights dequantized from
+//! each quantized GGUF (`hf-dequant-gguf-*`), with the rule of `shared/tools/check-logits`:
+//! normalised RMS error ≤ 1e-2 for float sources, ≤ max(1e-2, 1.5 × llama.cpp's own error
+//! against the same reference) for quantized ones.
+
+use std::path::{Path, PathBuf};
+
+use hy_engine::kernels::{set_precision, Precision};
+use hy_engine::models::loader::{load, LoadOptions};
+use hy_engine::models::{Logits, Model};
+use serde_json::Value;
+
+fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures/tiny-llama")
+}
+
+fn f32_file(path: &Path) -> Vec<f32> {
+    let bytes = std::fs::read(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    bytes.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect()
+}
+
+fn nrmse(got: &[f32], want: &[f32]) -> f64 {
+    assert_eq!(got.len(), want.len());
+    let num: f64 = got.iter().zip(want).map(|(&a, &b)| ((a - b) as f64).powi(2)).sum();
+    let den: f64 = want.iter().map(|&b| (b as f64).powi(2)).sum();
+    (num / den.max(1e-30)).sqrt()
+}
+
+fn json(path: &Path) -> Value {
+    serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
+}
+
+fn prompts() -> Vec<Vec<u32>> {
+    let p = json(&root().join("ref/prompts.json"));
+    p["prompts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|ids| ids.as_array().unwrap().iter().map(|v| v.as_u64().unwrap() as u32).collect())
+        .collect()
+}
+
+/// The reference logits file of `source` for prompt `p`.
+fn ref_logits(index: &Value, source: &str, p: usize) -> Option<Vec<f32>> {
+    let files = index["sources"].get(source)?["logits_files"].as_array()?;
+    let f = files.iter().find(|f| f["prompt"].as_u64() == Some(p as u64))?;
+    Some(f32_file(&root().join("ref").join(f["file"].as_str()?)))
+}
+
+fn all_logits(model: &dyn Model, ids: &[u32]) -> Vec<f32> {
+    let mut st = model.new_state(ids.len());
+    model.forward(&mut st, ids, Logits::All).unwrap()
+}
+
+/// Worst error of `model` over all prompts against `source`'s rule; returns (error, limit).
+fn check_source(model: &dyn Model, source: &str) -> (f64, f64) {
+    let index = json(&root().join("ref/index.json"));
+    let (mut worst, mut limit) = (0.0f64, 1e-2f64);
+    for (p, ids) in prompts().iter().enumerate() {
+        let mut want = ref_logits(&index, source, p).expect("reference logits");
+        if let Some(dq) = ref_logits(&index, &format!("hf-dequant-{source}"), p) {
+            limit = limit.max(1.5 * nrmse(&want, &dq));
+            want = dq;
+        }
+        let got = all_logits(model, ids);
+        worst = worst.max(nrmse(&got, &want));
+    }
+    (worst, limit)
+}
+
+fn gguf(q: &str) -> PathBuf {
+    root().join(format!("gguf/tiny-llama-{q}.gguf"))
+}
+
+fn load_exact(path: &Path) -> Box<dyn Model> {
+    set_precision(Precision::Exact);
+    load(path, &LoadOptions::default()).unwrap_or_else(|e| panic!("{}: {e:#}", path.display()))
+}
+
+#[test]
+fn gguf_sources_match_references() {
+    for q in ["F16", "Q8_0", "Q4_K_M"] {
+        let model = load_exact(&gguf(q));
+        assert_eq!(model.info().arch, "llama");
+        assert_eq!(model.info().vocab_size, 512);
+        let (err, limit) = check_source(model.as_ref(), &format!("gguf-{q}"));
+        eprintln!("gguf-{q}: nrmse {err:.2e} (limit {limit:.1e})");
+        assert!(err <= limit, "gguf-{q}: nrmse {err:.3e} > {limit:.1e}");
+    }
+}
+
+#[test]
+fn hf_folder_matches_transformers_when_present() {
+    let dir = root().join("hf");
+    if !dir.join("model.safetensors").exists() {
+        eprintln!("skipped: tiny-llama/hf/model.safetensors is not in this checkout (see tests/fixtures/README.md)");
+        return;
+    }
+    let model = load_exact(&dir);
+    let (err, limit) = check_source(model.as_ref(), "hf");
+    assert!(err <= limit, "hf: nrmse {err:.3e} > {limit:.1e}");
+}
+
+/// Greedy decoding one token at a time through the KV cache reproduces transformers' greedy
+/// continuations (F16 GGUF: the weights are the bf16 ones, exactly representable).
+#[test]
+fn incremental_greedy_decode_matches_reference() {
+    let model = load_exact(&gguf("F16"));
+    let index = json(&root().join("ref/index.json"));
+    let greedy = index["sources"]["hf"]["greedy"].as_array().unwrap();
+    for (p, ids) in prompts().iter().enumerate() {
+        let want: Vec<u32> = greedy[p].as_array().unwrap().iter().map(|v| v.as_u64().unwrap() as u32).collect();
+        let mut st = model.new_state(ids.len() + want.len());
+        let mut logits = model.forward(&mut st, ids, Logits::Last).unwrap();
+        let mut got = Vec::new();
+        for _ in 0..want.len() {
+            let next = argmax(&logits);
+            got.push(next);
+            logits = model.forward(&mut st, &[next], Logits::Last).unwrap();
+        }
+        assert_eq!(got, want, "prompt {p}");
+    }
+}
+
+fn argmax(x: &[f32]) -> u32 {
+    let mut best = 0;
+    for (i, &v) in x.iter().enumerate() {
+        if v > x[best] {
+            best = i;
+        }
+    }
+    best as u32
+}
+
+/// Prefill in one call, prefill in pieces, and batched decode of several sequences all give
+/// the same logits (the KV cache and the batch path are consistent with the reference path).
+#[test]
+fn chunked_prefill_and_batched_decode_agree() {
+    let model = load_exact(&gguf("Q8_0"));
+    let ids = &prompts()[2];
+    let full = all_logits(model.as_ref(), ids);
+    let v = model.info().vocab_size;
+
+    let mut st = model.new_state(ids.len());
+    let mut pieces = model.forward(&mut st, &ids[..5], Logits::All).unwrap();
+    pieces.extend(model.forward(&mut st, &ids[5..6], Logits::All).unwrap());
+    pieces.extend(model.forward(&mut st, &ids[6..], Logits::All).unwrap());
+    assert_eq!(st.pos, ids.len());
+    assert!(nrmse(&pieces, &full) < 1e-5);
+
+    // Three sequences at different positions, one token each, in one forward_batch.
+    let lens = [3usize, 10, 20];
+    let mut states: Vec<_> = lens
+        .iter()
+        .map(|&n| {
+            let mut s = model.new_state(64);
+            model.forward(&mut s, &ids[..n], Logits::Last).unwrap();
+            s
+        })
+        .collect();
+    let next: Vec<u32> = lens.iter().map(|&n| ids[n]).collect();
+    let mut refs: Vec<_> = states.iter_mut().collect();
+    let batch = model.forward_batch(&mut refs, &next).unwrap();
+    for (i, &n) in lens.iter().enumerate() {
+        let want = &full[n * v..(n + 1) * v];
+        assert!(nrmse(&batch[i], want) < 1e-5, "sequence {i}");
+        assert_eq!(states[i].pos, n + 1);
+    }
+}
+
+#[test]
+fn bad_inputs_are_errors_not_panics() {
+    let model = load_exact(&gguf("Q4_K_M"));
+    let mut st = model.new_state(4);
+    let err = model.forward(&mut st, &[1, 512], Logits::Last).unwrap_err().to_string();
+    assert!(err.contains("512") && err.contains("out of range"), "{err}");
+    assert_eq!(st.pos, 0);
+    let err = model.forward(&mut st, &[1, 2, 3, 4, 5], Logits::Last).unwrap_err().to_string();
+    assert!(err.contains("context"), "{err}");
+    assert!(model.forward(&mut st, &[1, 2, 3, 4], Logits::Last).is_ok());
+    assert!(model.forward(&mut st, &[1], Logits::Last).is_err());
+
+    let other = model.new_state(4);
+    let mut foreign = hy_engine::models::SeqState { pos: 0, max_tokens: 4, cache: Box::new(()) };
+    assert!(model.forward(&mut foreign, &[1], Logits::Last).is_err());
+    drop(other);
+
+    let missing = load(Path::new("/nonexistent/model.gguf"), &LoadOptions::default());
+    assert!(missing.is_err());
+    let not_gguf = load(&root().join("ref/prompts.json"), &LoadOptions::default());
+    assert!(not_gguf.is_err());
+}

@@ -5,10 +5,13 @@
 //! `Any`). `forward` appends tokens to the state and returns logits.
 
 pub mod common;
+pub mod deepseek2;
 pub mod dense;
 pub mod error;
 pub mod gemma3;
 pub mod hf;
+pub mod moe;
+pub mod qwen3moe;
 pub mod llama;
 pub mod loader;
 pub mod weights;

@@ -1,0 +1,684 @@
+//! DeepSeek-V3/R1 and Kimi-K2: GGUF arch `deepseek2`, HF `DeepseekV3ForCausalLM`.
+//!
+//! Attention is MLA (multi-head latent attention). Per token and layer the cache holds only
+//! the compressed latent: `kv_lora_rank` values (`kv_a_norm(kv_a_proj(x))[..kv_lora_rank]`)
+//! plus the `qk_rope_head_dim` roped key part shared by all heads — 576 values for
+//! DeepSeek-V3 instead of 2 × 128 heads × 128–192.
+//!
+//! Scores and outputs use the weight-absorbed form: with `W_UK_h` / `W_UV_h` the key/value
+//! up-projections of head h (the two halves of `kv_b_proj`),
+//!   `q_nope_h · (W_UK_h c) = (W_UK_hᵀ q_nope_h) · c`  and  `Σ a_t W_UV_h c_t = W_UV_h Σ a_t c_t`,
+//! so attention runs over the latents directly and keys/values are never expanded. GGUF files
+//! from current llama.cpp store exactly `W_UK_hᵀ` (`attn_k_b`, `[n_head, kv_lora, qk_nope]`)
+//! and `W_UV_h` (`attn_v_b`); for HF checkpoints and older GGUFs (`attn_kv_b`) the load splits
+//! `kv_b_proj` into those per-head f32 matrices once (DeepSeek-V3: 1.0 B of 671 B weights).
+//!
+//! RoPE on the `qk_rope` part rotates adjacent pairs: HF's `rope_interleave` de-interleaves
+//! then applies `rotate_half`, which is the same rotation with the output permuted identically
+//! for q and k (dot products unchanged); llama.cpp runs deepseek2 with its "normal" rope on
+//! unpermuted weights. The softmax scale is `1/sqrt(qk_nope + qk_rope)`, times `mscale²` when
+//! YaRN scaling is configured (`mscale = 0.1 · mscale_all_dim · ln(factor) + 1`).
+
+use std::path::Path;
+use std::sync::Arc;
+
+use anyhow::{bail, ensure, Context, Result};
+use rayon::prelude::*;
+
+use crate::formats::TensorBytes;
+use crate::kernels::WeightType;
+use crate::models::common::{add_assign, rms_norm_rows, rms_norm_rows_into, Rope, RopeStyle};
+use crate::models::hf::{yarn_get_mscale, HfConfig, RopeScaling};
+use crate::models::moe::{
+    embed, linear_new, load_dense_ffn, load_moe, to_f32, vector, FfnWeights, GroupScore, MoeFfn, RouterConfig, Scoring,
+    Segments,
+};
+use crate::models::weights::{require, require_shape, Weight, WeightSource};
+use crate::models::{Logits, Model, ModelError, ModelInfo, SeqState};
+
+const ARCH: &str = "deepseek2";
+
+/// Hyper-parameters, from config.json or GGUF metadata.
+#[derive(Clone, Debug)]
+pub struct DeepseekConfig {
+    pub name: String,
+    pub n_layers: usize,
+    pub hidden: usize,
+    pub n_heads: usize,
+    pub vocab: usize,
+    pub context_length: usize,
+    /// `None`: queries come from a plain `q_proj` (DeepSeek-V2-Lite).
+    pub q_lora_rank: Option<usize>,
+    pub kv_lora_rank: usize,
+    pub qk_nope: usize,
+    pub qk_rope: usize,
+    pub v_head: usize,
+    /// Dense FFN width (the first `first_k_dense` layers).
+    pub intermediate: usize,
+    pub moe_intermediate: usize,
+    pub n_shared: usize,
+    pub first_k_dense: usize,
+    pub moe_layer_freq: usize,
+    /// `None`: no routed experts at all.
+    pub router: Option<RouterConfig>,
+    pub rms_eps: f32,
+    pub rope_theta: f64,
+    pub rope_scaling: Option<RopeScaling>,
+    pub rope_style: RopeStyle,
+}
+
+impl DeepseekConfig {
+    /// From an HF `config.json` (DeepseekV3ForCausalLM / Kimi-K2).
+    pub fn from_hf(c: &HfConfig, name: &str) -> Result<Self> {
+        let n_experts = c.opt_usize("n_routed_experts")?;
+        let router = match n_experts {
+            Some(n) if n > 0 => Some(hf_router(c, n)?),
+            _ => None,
+        };
+        let cfg = DeepseekConfig {
+            name: name.to_string(),
+            n_layers: c.usize("num_hidden_layers")?,
+            hidden: c.usize("hidden_size")?,
+            n_heads: c.usize("num_attention_heads")?,
+            vocab: c.usize("vocab_size")?,
+            context_length: c.opt_usize("max_position_embeddings")?.unwrap_or(4096),
+            q_lora_rank: c.opt_usize("q_lora_rank")?.filter(|&r| r > 0),
+            kv_lora_rank: c.usize("kv_lora_rank")?,
+            qk_nope: c.usize("qk_nope_head_dim")?,
+            qk_rope: c.usize("qk_rope_head_dim")?,
+            v_head: c.usize("v_head_dim")?,
+            intermediate: c.usize("intermediate_size")?,
+            moe_intermediate: c.opt_usize("moe_intermediate_size")?.unwrap_or(0),
+            n_shared: c.opt_usize("n_shared_experts")?.unwrap_or(0),
+            first_k_dense: c.opt_usize("first_k_dense_replace")?.unwrap_or(0),
+            moe_layer_freq: c.opt_usize("moe_layer_freq")?.unwrap_or(1).max(1),
+            router,
+            rms_eps: c.opt_f64("rms_norm_eps")?.unwrap_or(1e-6) as f32,
+            rope_theta: c.opt_f64("rope_theta")?.unwrap_or(10000.0),
+            rope_scaling: c.rope_scaling()?,
+            // transformers' DeepseekV3Config defaults rope_interleave to true (the official
+            // checkpoints do not set it).
+            rope_style: if c.opt_bool("rope_interleave")?.unwrap_or(true) {
+                RopeStyle::Interleaved
+            } else {
+                RopeStyle::NeoX
+            },
+        };
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    /// From GGUF `deepseek2.*` metadata (both the `attn_kv_b` and split `attn_k_b/v_b` forms).
+    pub fn from_gguf(g: &crate::formats::GgufFile) -> Result<Self> {
+        let key = |s: &str| format!("{ARCH}.{s}");
+        let req = |s: &str| {
+            g.get_u64(&key(s)).map(|v| v as usize).with_context(|| format!("GGUF metadata `{}` is missing", key(s)))
+        };
+        let opt = |s: &str| g.get_u64(&key(s)).map(|v| v as usize);
+        let qk_rope = req("rope.dimension_count")?;
+        // Split-MLA files store the MQA view in key/value_length and the real head sizes in
+        // the `_mla` keys.
+        let (qk_nope, v_head) = match (opt("attention.key_length_mla"), opt("attention.value_length_mla")) {
+            (Some(k), Some(v)) => (k.checked_sub(qk_rope), v),
+            _ => (req("attention.key_length")?.checked_sub(qk_rope), req("attention.value_length")?),
+        };
+        let qk_nope = qk_nope.context("GGUF key length is smaller than the rope dimension")?;
+        let router = match opt("expert_count") {
+            Some(n) if n > 0 => Some(gguf_router(g, n)?),
+            _ => None,
+        };
+        let vocab = match opt("vocab_size") {
+            Some(v) => v,
+            None => g
+                .get_str_array("tokenizer.ggml.tokens")
+                .map(|t| t.len())
+                .context("GGUF has neither deepseek2.vocab_size nor a token list")?,
+        };
+        let cfg = DeepseekConfig {
+            name: g.get_str("general.name").unwrap_or(ARCH).to_string(),
+            n_layers: req("block_count")?,
+            hidden: req("embedding_length")?,
+            n_heads: req("attention.head_count")?,
+            vocab,
+            context_length: opt("context_length").unwrap_or(4096),
+            q_lora_rank: opt("attention.q_lora_rank").filter(|&r| r > 0),
+            kv_lora_rank: req("attention.kv_lora_rank")?,
+            qk_nope,
+            qk_rope,
+            v_head,
+            intermediate: req("feed_forward_length")?,
+            moe_intermediate: opt("expert_feed_forward_length").unwrap_or(0),
+            n_shared: opt("expert_shared_count").unwrap_or(0),
+            first_k_dense: opt("leading_dense_block_count").unwrap_or(0),
+            moe_layer_freq: 1,
+            router,
+            rms_eps: g.get_f64(&key("attention.layer_norm_rms_epsilon")).unwrap_or(1e-6) as f32,
+            rope_theta: g.get_f64(&key("rope.freq_base")).unwrap_or(10000.0),
+            rope_scaling: gguf_rope_scaling(g)?,
+            rope_style: RopeStyle::Interleaved,
+        };
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    fn validate(&self) -> Result<()> {
+        ensure!(
+            self.n_layers > 0 && self.hidden > 0 && self.n_heads > 0 && self.vocab > 0,
+            "{}: layer count, hidden size, head count and vocabulary must be positive",
+            self.name
+        );
+        ensure!(
+            self.kv_lora_rank > 0 && self.v_head > 0 && self.qk_rope % 2 == 0,
+            "{}: MLA dims kv_lora_rank {}, v_head {}, qk_rope {} (must be even) are invalid",
+            self.name,
+            self.kv_lora_rank,
+            self.v_head,
+            self.qk_rope
+        );
+        if let Some(r) = &self.router {
+            r.validate()?;
+            ensure!(self.moe_intermediate > 0, "{}: moe_intermediate_size is 0", self.name);
+        }
+        if let Some(s) = &self.rope_scaling {
+            ensure!(
+                s.kind == "yarn" || s.kind == "linear",
+                "{}: rope scaling `{}` is not supported (yarn, linear)",
+                self.name,
+                s.kind
+            );
+        }
+        Ok(())
+    }
+
+    /// Whether layer `l` has routed experts (else a dense FFN).
+    pub fn is_moe_layer(&self, l: usize) -> bool {
+        self.router.is_some() && l >= self.first_k_dense && l % self.moe_layer_freq == 0
+    }
+
+    /// Softmax scale of the attention scores.
+    pub fn softmax_scale(&self) -> f32 {
+        let base = 1.0 / ((self.qk_nope + self.qk_rope) as f64).sqrt();
+        let m = match &self.rope_scaling {
+            Some(s) => match s.mscale_all_dim {
+                Some(all) if all != 0.0 => yarn_get_mscale(s.factor, all),
+                _ => 1.0,
+            },
+            None => 1.0,
+        };
+        (base * m * m) as f32
+    }
+
+    pub fn rope(&self) -> Result<Rope> {
+        match &self.rope_scaling {
+            Some(s) => s.rope(self.rope_style, self.qk_rope, self.rope_theta),
+            None => Ok(Rope::new(self.rope_style, self.qk_rope, self.rope_theta, 1.0)),
+        }
+    }
+
+    /// Values cached per token per layer: the latent plus the shared roped key part.
+    pub fn latent_width(&self) -> usize {
+        self.kv_lora_rank + self.qk_rope
+    }
+}
+
+fn hf_router(c: &HfConfig, n_experts: usize) -> Result<RouterConfig> {
+    let scoring = match c.opt_str("scoring_func").unwrap_or("softmax") {
+        "sigmoid" => Scoring::Sigmoid,
+        "softmax" => Scoring::Softmax,
+        other => bail!("{}: scoring_func `{other}` is not supported", c.path.display()),
+    };
+    let method = c.opt_str("topk_method").unwrap_or("greedy");
+    let (n_group, topk_group) = match method {
+        "greedy" => (1, 1),
+        "noaux_tc" | "group_limited_greedy" => {
+            (c.opt_usize("n_group")?.unwrap_or(1).max(1), c.opt_usize("topk_group")?.unwrap_or(1).max(1))
+        }
+        other => bail!("{}: topk_method `{other}` is not supported", c.path.display()),
+    };
+    Ok(RouterConfig {
+        n_experts,
+        top_k: c.usize("num_experts_per_tok")?,
+        n_group,
+        topk_group,
+        group_score: if method == "noaux_tc" { GroupScore::Top2Sum } else { GroupScore::Max },
+        scoring,
+        norm_topk_prob: c.opt_bool("norm_topk_prob")?.unwrap_or(false),
+        routed_scaling_factor: c.opt_f64("routed_scaling_factor")?.unwrap_or(1.0) as f32,
+    })
+}
+
+fn gguf_router(g: &crate::formats::GgufFile, n_experts: usize) -> Result<RouterConfig> {
+    let key = |s: &str| format!("{ARCH}.{s}");
+    // llama.cpp: expert_gating_func 1 = softmax, 2 = sigmoid; DeepSeek-V2 files lack it.
+    let scoring = match g.get_u64(&key("expert_gating_func")).unwrap_or(1) {
+        1 => Scoring::Softmax,
+        2 => Scoring::Sigmoid,
+        other => bail!("GGUF expert_gating_func {other} is not supported"),
+    };
+    let n_group = g.get_u64(&key("expert_group_count")).unwrap_or(1).max(1) as usize;
+    Ok(RouterConfig {
+        n_experts,
+        top_k: g.get_u64(&key("expert_used_count")).context("GGUF metadata deepseek2.expert_used_count is missing")?
+            as usize,
+        n_group,
+        topk_group: g.get_u64(&key("expert_group_used_count")).map_or(n_group, |v| v as usize),
+        group_score: if scoring == Scoring::Sigmoid { GroupScore::Top2Sum } else { GroupScore::Max },
+        scoring,
+        norm_topk_prob: g.get_bool(&key("expert_weights_norm")).unwrap_or(false),
+        routed_scaling_factor: g.get_f64(&key("expert_weights_scale")).unwrap_or(1.0) as f32,
+    })
+}
+
+/// GGUF `rope.scaling.*`: llama.cpp stores YaRN's `0.1 · mscale_all_dim` as
+/// `yarn_log_multiplier` and keeps the cos/sin factor at 1 for deepseek2.
+fn gguf_rope_scaling(g: &crate::formats::GgufFile) -> Result<Option<RopeScaling>> {
+    let key = |s: &str| format!("{ARCH}.rope.scaling.{s}");
+    let kind = match g.get_str(&key("type")) {
+        None | Some("none") => return Ok(None),
+        Some(k) => k.to_string(),
+    };
+    let factor = g.get_f64(&key("factor")).unwrap_or(1.0);
+    if factor <= 1.0 {
+        return Ok(None);
+    }
+    let log_mul = g.get_f64(&key("yarn_log_multiplier")).unwrap_or(0.0);
+    Ok(Some(RopeScaling {
+        kind,
+        factor,
+        original_max_position_embeddings: g.get_u64(&key("original_context_length")).map(|v| v as usize),
+        beta_fast: g.get_f64(&key("yarn_beta_fast")).unwrap_or(32.0),
+        beta_slow: g.get_f64(&key("yarn_beta_slow")).unwrap_or(1.0),
+        mscale: Some(1.0),
+        mscale_all_dim: Some(log_mul / 0.1),
+        attention_factor: Some(1.0),
+    }))
+}
+
+/// One layer's MLA weights.
+struct Mla {
+    attn_norm: Vec<f32>,
+    /// `(q_a_proj, q_a_layernorm)` when queries are low-rank.
+    q_a: Option<(Weight, Vec<f32>)>,
+    /// `q_b_proj` (or `q_proj`): `[n_heads·(qk_nope+qk_rope) × (q_lora_rank | hidden)]`.
+    q_b: Weight,
+    /// `kv_a_proj_with_mqa`: `[(kv_lora_rank + qk_rope) × hidden]`.
+    kv_a: Weight,
+    kv_a_norm: Vec<f32>,
+    /// Per head `W_UKᵀ`: `[kv_lora_rank × qk_nope]`.
+    k_b: Vec<Weight>,
+    /// Per head `W_UV`: `[v_head × kv_lora_rank]`.
+    v_b: Vec<Weight>,
+    o: Weight,
+}
+
+enum Ffn {
+    Dense(FfnWeights),
+    Moe(MoeFfn),
+}
+
+struct Layer {
+    attn: Mla,
+    ffn_norm: Vec<f32>,
+    ffn: Ffn,
+}
+
+/// A loaded DeepSeek-V3 family model.
+pub struct Deepseek2 {
+    info: ModelInfo,
+    cfg: DeepseekConfig,
+    rope: Rope,
+    scale: f32,
+    embed: Weight,
+    layers: Vec<Layer>,
+    norm: Vec<f32>,
+    output: Weight,
+}
+
+/// Per-sequence cache: per layer, `[token][kv_lora_rank + qk_rope]` (normalised latent, then
+/// the roped shared key part). Grows with the tokens stored.
+pub struct MlaCache {
+    layers: Vec<Vec<f32>>,
+    width: usize,
+}
+
+impl MlaCache {
+    fn store(&mut self, l: usize, pos: usize, row: &[f32]) {
+        let w = self.width;
+        let buf = &mut self.layers[l];
+        if buf.len() < (pos + 1) * w {
+            let grow = ((pos + 1) * w).max(buf.len() * 2);
+            buf.resize(grow, 0.0);
+        }
+        buf[pos * w..(pos + 1) * w].copy_from_slice(row);
+    }
+
+    /// Bytes held for `n` tokens (f32), for reporting; `(kv_lora + rope) · 4 · layers`.
+    pub fn bytes_per_token(&self) -> usize {
+        self.width * 4 * self.layers.len()
+    }
+}
+
+impl Deepseek2 {
+    pub fn load(cfg: DeepseekConfig, src: &dyn WeightSource) -> Result<Self> {
+        let h = cfg.hidden;
+        let embed = require_shape(src, "token_embd.weight", ARCH, cfg.vocab, h)?;
+        let output = match src.weight("output.weight")? {
+            Some(w) => w,
+            None => embed.clone(),
+        };
+        ensure!(
+            output.rows == cfg.vocab && output.cols == h,
+            "output.weight is {}x{}, expected {}x{h}",
+            output.rows,
+            output.cols,
+            cfg.vocab
+        );
+        let norm = vector(&require(src, "output_norm.weight", ARCH)?, h)?;
+        let layers = (0..cfg.n_layers)
+            .map(|l| load_layer(&cfg, src, l).with_context(|| format!("loading layer {l}")))
+            .collect::<Result<Vec<_>>>()?;
+        let info = ModelInfo {
+            arch: ARCH.to_string(),
+            name: cfg.name.clone(),
+            vocab_size: cfg.vocab,
+            context_length: cfg.context_length,
+            n_layers: cfg.n_layers,
+            hidden_size: h,
+        };
+        Ok(Deepseek2 { info, rope: cfg.rope()?, scale: cfg.softmax_scale(), cfg, embed, layers, norm, output })
+    }
+
+    pub fn config(&self) -> &DeepseekConfig {
+        &self.cfg
+    }
+
+    /// Runs the rows of `segs` (sequence `s` contributes tokens at its positions) through the
+    /// network, storing their latents in `caches`; returns logits for `out_rows`.
+    fn run(
+        &self,
+        caches: &mut [&mut MlaCache],
+        segs: &Segments,
+        tokens: &[u32],
+        out_rows: &[usize],
+    ) -> Result<Vec<f32>> {
+        let h = self.cfg.hidden;
+        let n = tokens.len();
+        let mut x = embed(&self.embed, tokens)?;
+        let mut xn = vec![0.0f32; n * h];
+        for (l, layer) in self.layers.iter().enumerate() {
+            rms_norm_rows_into(&x, &layer.attn.attn_norm, self.cfg.rms_eps, &mut xn);
+            let a = self.attention(l, &layer.attn, caches, segs, &xn)?;
+            add_assign(&mut x, &a);
+            rms_norm_rows_into(&x, &layer.ffn_norm, self.cfg.rms_eps, &mut xn);
+            let mut y = vec![0.0f32; n * h];
+            match &layer.ffn {
+                Ffn::Dense(f) => f.forward(&xn, n, &mut y)?,
+                Ffn::Moe(m) => m.forward(&xn, n, &mut y)?,
+            }
+            add_assign(&mut x, &y);
+        }
+        let mut last: Vec<f32> = out_rows.iter().flat_map(|&r| x[r * h..(r + 1) * h].iter().copied()).collect();
+        rms_norm_rows(&mut last, &self.norm, self.cfg.rms_eps);
+        linear_new(&self.output, &last, out_rows.len())
+    }
+
+    /// MLA for all rows of one layer; returns `n × hidden`.
+    fn attention(
+        &self,
+        l: usize,
+        w: &Mla,
+        caches: &mut [&mut MlaCache],
+        segs: &Segments,
+        xn: &[f32],
+    ) -> Result<Vec<f32>> {
+        let c = &self.cfg;
+        let n = segs.n_rows();
+        let (nh, nope, rope, lora) = (c.n_heads, c.qk_nope, c.qk_rope, c.kv_lora_rank);
+        let q_head = nope + rope;
+        let mut q = match &w.q_a {
+            Some((qa, qa_norm)) => {
+                let mut t = linear_new(qa, xn, n)?;
+                rms_norm_rows(&mut t, qa_norm, c.rms_eps);
+                linear_new(&w.q_b, &t, n)?
+            }
+            None => linear_new(&w.q_b, xn, n)?,
+        };
+        let mut kv = linear_new(&w.kv_a, xn, n)?;
+        let width = c.latent_width();
+        for (r, (seq, pos)) in segs.rows().enumerate() {
+            let latent = &mut kv[r * width..(r + 1) * width];
+            rms_norm_rows(&mut latent[..lora], &w.kv_a_norm, c.rms_eps);
+            self.rope.apply(&mut latent[lora..], pos, rope);
+            caches[seq].store(l, pos, latent);
+            for hd in 0..nh {
+                let off = r * nh * q_head + hd * q_head + nope;
+                self.rope.apply(&mut q[off..off + rope], pos, rope);
+            }
+        }
+        // Absorbed queries: per head [W_UKᵀ q_nope | q_pe], width kv_lora + rope.
+        let mut qq = vec![0.0f32; n * nh * width];
+        for hd in 0..nh {
+            let q_nope: Vec<f32> =
+                (0..n).flat_map(|r| q[r * nh * q_head + hd * q_head..][..nope].iter().copied()).collect();
+            let q_abs = linear_new(&w.k_b[hd], &q_nope, n)?;
+            for r in 0..n {
+                let dst = &mut qq[(r * nh + hd) * width..][..width];
+                dst[..lora].copy_from_slice(&q_abs[r * lora..(r + 1) * lora]);
+                dst[lora..].copy_from_slice(&q[r * nh * q_head + hd * q_head + nope..][..rope]);
+            }
+        }
+        let ctx = self.latent_attention(l, &qq, caches, segs);
+        // Per head W_UV · context, gathered into `n × (n_heads · v_head)` for o_proj.
+        let mut o_in = vec![0.0f32; n * nh * c.v_head];
+        for hd in 0..nh {
+            let ch: Vec<f32> = (0..n).flat_map(|r| ctx[(r * nh + hd) * lora..][..lora].iter().copied()).collect();
+            let oh = linear_new(&w.v_b[hd], &ch, n)?;
+            for r in 0..n {
+                o_in[(r * nh + hd) * c.v_head..][..c.v_head].copy_from_slice(&oh[r * c.v_head..(r + 1) * c.v_head]);
+            }
+        }
+        linear_new(&w.o, &o_in, n)
+    }
+
+    /// Softmax attention of every (row, head) absorbed query over its sequence's latents up to
+    /// its own position; returns `n × n_heads × kv_lora_rank` latent contexts.
+    fn latent_attention(&self, l: usize, qq: &[f32], caches: &[&mut MlaCache], segs: &Segments) -> Vec<f32> {
+        let (nh, lora) = (self.cfg.n_heads, self.cfg.kv_lora_rank);
+        let width = self.cfg.latent_width();
+        let rows: Vec<(usize, usize)> = segs.rows().collect();
+        let mut ctx = vec![0.0f32; rows.len() * nh * lora];
+        ctx.par_chunks_mut(lora).enumerate().for_each(|(idx, out)| {
+            let (seq, pos) = rows[idx / nh];
+            let q = &qq[idx * width..(idx + 1) * width];
+            let cache = &caches[seq].layers[l];
+            attend_latent(q, &cache[..(pos + 1) * width], width, self.scale, out);
+        });
+        ctx
+    }
+}
+
+/// Online-softmax attention of one query over `latents` (rows of `width`), accumulating the
+/// first `out.len()` values of each row (the latent itself) as the value.
+fn attend_latent(q: &[f32], latents: &[f32], width: usize, scale: f32, out: &mut [f32]) {
+    out.fill(0.0);
+    let (mut max, mut sum) = (f32::NEG_INFINITY, 0.0f32);
+    for row in latents.chunks_exact(width) {
+        let s = q.iter().zip(row).map(|(a, b)| a * b).sum::<f32>() * scale;
+        if s > max {
+            let r = (max - s).exp();
+            sum *= r;
+            out.iter_mut().for_each(|v| *v *= r);
+            max = s;
+        }
+        let p = (s - max).exp();
+        sum += p;
+        out.iter_mut().zip(row).for_each(|(o, &v)| *o += p * v);
+    }
+    if sum > 0.0 {
+        out.iter_mut().for_each(|v| *v /= sum);
+    }
+}
+
+fn load_layer(cfg: &DeepseekConfig, src: &dyn WeightSource, l: usize) -> Result<Layer> {
+    let name = |s: &str| format!("blk.{l}.{s}");
+    let attn = load_mla(cfg, src, l)?;
+    let ffn_norm = vector(&require(src, &name("ffn_norm.weight"), ARCH)?, cfg.hidden)?;
+    let ffn = match (&cfg.router, cfg.is_moe_layer(l)) {
+        (Some(rc), true) => Ffn::Moe(load_moe(
+            src,
+            ARCH,
+            l,
+            rc.clone(),
+            cfg.hidden,
+            cfg.moe_intermediate,
+            cfg.moe_intermediate * cfg.n_shared,
+        )?),
+        _ => Ffn::Dense(load_dense_ffn(src, ARCH, l, cfg.hidden, cfg.intermediate)?),
+    };
+    Ok(Layer { attn, ffn_norm, ffn })
+}
+
+fn load_mla(cfg: &DeepseekConfig, src: &dyn WeightSource, l: usize) -> Result<Mla> {
+    let name = |s: &str| format!("blk.{l}.{s}");
+    let (h, nh) = (cfg.hidden, cfg.n_heads);
+    let q_out = nh * (cfg.qk_nope + cfg.qk_rope);
+    let (q_a, q_b) = match cfg.q_lora_rank {
+        Some(r) => {
+            let qa = require_shape(src, &name("attn_q_a.weight"), ARCH, r, h)?;
+            let qn = vector(&require(src, &name("attn_q_a_norm.weight"), ARCH)?, r)?;
+            let qb = require_shape(src, &name("attn_q_b.weight"), ARCH, q_out, r)?;
+            (Some((qa, qn)), qb)
+        }
+        None => (None, require_shape(src, &name("attn_q.weight"), ARCH, q_out, h)?),
+    };
+    let kv_a = require_shape(src, &name("attn_kv_a_mqa.weight"), ARCH, cfg.latent_width(), h)?;
+    let kv_a_norm = vector(&require(src, &name("attn_kv_a_norm.weight"), ARCH)?, cfg.kv_lora_rank)?;
+    let (k_b, v_b) = load_kv_b(cfg, src, l)?;
+    let o = require_shape(src, &name("attn_output.weight"), ARCH, h, nh * cfg.v_head)?;
+    Ok(Mla {
+        attn_norm: vector(&require(src, &name("attn_norm.weight"), ARCH)?, h)?,
+        q_a,
+        q_b,
+        kv_a,
+        kv_a_norm,
+        k_b,
+        v_b,
+        o,
+    })
+}
+
+/// Per-head `W_UKᵀ` and `W_UV`: views of the split GGUF tensors, or split from `kv_b_proj`.
+fn load_kv_b(cfg: &DeepseekConfig, src: &dyn WeightSource, l: usize) -> Result<(Vec<Weight>, Vec<Weight>)> {
+    let (nh, nope, lora, vh) = (cfg.n_heads, cfg.qk_nope, cfg.kv_lora_rank, cfg.v_head);
+    let k_name = format!("blk.{l}.attn_k_b.weight");
+    if let Some(kb) = src.weight(&k_name)? {
+        ensure!(
+            kb.rows == nh * lora && kb.cols == nope,
+            "{k_name}: {}x{}, expected {}x{nope}",
+            kb.rows,
+            kb.cols,
+            nh * lora
+        );
+        let vb = require_shape(src, &format!("blk.{l}.attn_v_b.weight"), ARCH, nh * vh, lora)?;
+        let k = (0..nh).map(|hd| kb.slice_rows(hd * lora, lora)).collect::<Result<_, _>>()?;
+        let v = (0..nh).map(|hd| vb.slice_rows(hd * vh, vh)).collect::<Result<_, _>>()?;
+        return Ok((k, v));
+    }
+    let kv_b_name = format!("blk.{l}.attn_kv_b.weight");
+    let kv_b = require_shape(src, &kv_b_name, ARCH, nh * (nope + vh), lora)?;
+    let full = to_f32(&kv_b)?;
+    let mut k = Vec::with_capacity(nh);
+    let mut v = Vec::with_capacity(nh);
+    for hd in 0..nh {
+        let base = hd * (nope + vh) * lora;
+        // W_UK_h is rows [base, base + nope·lora) as [nope × lora]; store its transpose.
+        let mut kt = vec![0.0f32; lora * nope];
+        for i in 0..nope {
+            for j in 0..lora {
+                kt[j * nope + i] = full[base + i * lora + j];
+            }
+        }
+        let vv = full[base + nope * lora..base + (nope + vh) * lora].to_vec();
+        k.push(f32_weight(&format!("{kv_b_name}[k_b {hd}]"), kt, lora, nope)?);
+        v.push(f32_weight(&format!("{kv_b_name}[v_b {hd}]"), vv, vh, lora)?);
+    }
+    Ok((k, v))
+}
+
+/// An owned f32 matrix as a weight.
+fn f32_weight(name: &str, data: Vec<f32>, rows: usize, cols: usize) -> Result<Weight> {
+    let bytes: Vec<u8> = data.iter().flat_map(|v| v.to_le_bytes()).collect();
+    Ok(Weight::new(
+        name,
+        TensorBytes::Owned(Arc::new(bytes)),
+        WeightType::Ggml(crate::dtype::GgmlType::F32),
+        rows,
+        cols,
+    )?)
+}
+
+fn cache_of(state: &mut SeqState) -> Result<&mut MlaCache, ModelError> {
+    state.cache.downcast_mut::<MlaCache>().ok_or(ModelError::WrongState)
+}
+
+impl Model for Deepseek2 {
+    fn info(&self) -> &ModelInfo {
+        &self.info
+    }
+
+    fn new_state(&self, max_tokens: usize) -> SeqState {
+        SeqState {
+            pos: 0,
+            max_tokens,
+            cache: Box::new(MlaCache { layers: vec![Vec::new(); self.cfg.n_layers], width: self.cfg.latent_width() }),
+        }
+    }
+
+    fn forward(&self, state: &mut SeqState, tokens: &[u32], which: Logits) -> Result<Vec<f32>> {
+        if tokens.is_empty() {
+            return Ok(Vec::new());
+        }
+        let segs = Segments::new(&[(state.pos, tokens.len(), state.max_tokens)])?;
+        let out_rows: Vec<usize> = match which {
+            Logits::All => (0..tokens.len()).collect(),
+            Logits::Last => vec![tokens.len() - 1],
+        };
+        let pos = state.pos;
+        let cache = cache_of(state)?;
+        let logits = self.run(&mut [cache], &segs, tokens, &out_rows)?;
+        state.pos = pos + tokens.len();
+        Ok(logits)
+    }
+
+    fn forward_batch(&self, states: &mut [&mut SeqState], tokens: &[u32]) -> Result<Vec<Vec<f32>>> {
+        ensure!(states.len() == tokens.len(), "one token per sequence");
+        if tokens.is_empty() {
+            return Ok(Vec::new());
+        }
+        let spec: Vec<(usize, usize, usize)> = states.iter().map(|s| (s.pos, 1, s.max_tokens)).collect();
+        let segs = Segments::new(&spec)?;
+        let mut caches = states.iter_mut().map(|s| cache_of(s)).collect::<Result<Vec<_>, _>>()?;
+        let rows: Vec<usize> = (0..tokens.len()).collect();
+        let logits = self.run(&mut caches, &segs, tokens, &rows)?;
+        for s in states.iter_mut() {
+            s.pos += 1;
+        }
+        Ok(logits.chunks(self.cfg.vocab).map(<[f32]>::to_vec).collect())
+    }
+}
+
+/// Loads from a GGUF file (`general.architecture == "deepseek2"`).
+pub fn load_gguf(file: Arc<crate::formats::GgufFile>) -> Result<Box<dyn Model>> {
+    let cfg = DeepseekConfig::from_gguf(&file)?;
+    let src = crate::models::weights::GgufSource::new(file);
+    Ok(Box::new(Deepseek2::load(cfg, &src)?))
+}
+
+/// Loads from an HF folder (config.json + safetensors, BF16 or DeepSeek FP8).
+pub fn load_hf(dir: &Path, cfg: &HfConfig) -> Result<Box<dyn Model>> {
+    cfg.fp8_block()?;
+    let name = dir.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| ARCH.to_string());
+    let dc = DeepseekConfig::from_hf(cfg, &name)?;
+    let src = crate::models::hf::SafetensorsSource::open(dir)?;
+    Ok(Box::new(Deepseek2::load(dc, &src)?))
+}

@@ -1,0 +1,688 @@
+//! Mixture-of-Experts building blocks shared by DeepSeek-V3 (`deepseek2`) and Qwen3-MoE:
+//! the router (which experts a token uses, with what weight) and the expert FFN execution.
+//!
+//! Routing, as the reference implementations define it:
+//! - DeepSeek-V3 / Kimi-K2 (`noaux_tc`): `s = sigmoid(logits)`; the selection uses
+//!   `s + e_score_correction_bias`, restricted to the `topk_group` best of `n_group` groups,
+//!   a group's score being the sum of its two best biased scores; the weights are the
+//!   *unbiased* `s` of the chosen experts, normalised to sum 1 (`norm_topk_prob`) and then
+//!   multiplied by `routed_scaling_factor`.
+//! - Qwen3-MoE: `p = softmax(logits)`, the `top_k` largest, renormalised when `norm_topk_prob`.
+//!
+//! Ties are broken towards the lower index (expert or group), so selection is deterministic.
+//! Experts outside the chosen groups are excluded outright (as the official DeepSeek code and
+//! llama.cpp do with -inf), never picked by a zero fill.
+//!
+//! Execution ([`MoeFfn::forward`]) handles `n` token rows at once: it routes every row, then
+//! runs each selected expert once over all the rows that chose it (one read of its weights per
+//! step, however many sequences are batched), and adds the shared experts.
+
+use std::cmp::Ordering;
+
+use anyhow::{ensure, Context, Result};
+
+use crate::kernels::{self, QMatrix, WeightType};
+use crate::models::weights::{require_shape, Weight, WeightSource};
+
+/// How router logits become expert scores.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Scoring {
+    Softmax,
+    Sigmoid,
+}
+
+/// How a group's score is formed from its experts' (biased) scores.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum GroupScore {
+    /// Sum of the two best scores (DeepSeek-V3 `noaux_tc`).
+    Top2Sum,
+    /// The best score (DeepSeek-V2 `group_limited_greedy`).
+    Max,
+}
+
+/// Router hyper-parameters (from config.json or GGUF metadata).
+#[derive(Clone, Debug, PartialEq)]
+pub struct RouterConfig {
+    pub n_experts: usize,
+    pub top_k: usize,
+    /// Number of expert groups; 1 disables group-limited routing.
+    pub n_group: usize,
+    /// Groups kept per token when `n_group > 1`.
+    pub topk_group: usize,
+    pub group_score: GroupScore,
+    pub scoring: Scoring,
+    pub norm_topk_prob: bool,
+    pub routed_scaling_factor: f32,
+}
+
+impl RouterConfig {
+    /// Checks the invariants routing relies on, so a bad config is an error at load time.
+    pub fn validate(&self) -> Result<()> {
+        ensure!(self.n_experts > 0, "router: expert count is 0");
+        ensure!(
+            self.top_k > 0 && self.top_k <= self.n_experts,
+            "router: top_k {} must be in 1..={}",
+            self.top_k,
+            self.n_experts
+        );
+        ensure!(
+            self.n_group > 0 && self.n_experts % self.n_group == 0,
+            "router: {} experts cannot be split into {} groups",
+            self.n_experts,
+            self.n_group
+        );
+        if self.n_group > 1 {
+            let per_group = self.n_experts / self.n_group;
+            ensure!(
+                self.topk_group > 0 && self.topk_group <= self.n_group,
+                "router: topk_group {} must be in 1..={}",
+                self.topk_group,
+                self.n_group
+            );
+            ensure!(
+                self.topk_group * per_group >= self.top_k,
+                "router: {} groups of {} experts cannot supply top_k {}",
+                self.topk_group,
+                per_group,
+                self.top_k
+            );
+            ensure!(
+                self.group_score != GroupScore::Top2Sum || per_group >= 2,
+                "router: top-2 group scores need at least 2 experts per group"
+            );
+        }
+        ensure!(self.routed_scaling_factor.is_finite(), "router: routed_scaling_factor is not finite");
+        Ok(())
+    }
+}
+
+/// The experts chosen for one token and their weights (scaling included), best first.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Selection {
+    pub experts: Vec<usize>,
+    pub weights: Vec<f32>,
+}
+
+/// Descending by value, ascending by index on ties; NaN ranks last.
+fn rank(a: (usize, f32), b: (usize, f32)) -> Ordering {
+    let key = |v: f32| if v.is_nan() { f32::NEG_INFINITY } else { v };
+    key(b.1).total_cmp(&key(a.1)).then(a.0.cmp(&b.0))
+}
+
+/// Indices of the `k` best values (see [`rank`]), best first.
+fn top_k_indices(values: impl Iterator<Item = (usize, f32)>, k: usize) -> Vec<usize> {
+    let mut all: Vec<(usize, f32)> = values.collect();
+    all.sort_by(|&a, &b| rank(a, b));
+    all.truncate(k);
+    all.into_iter().map(|(i, _)| i).collect()
+}
+
+fn sigmoid(x: f32) -> f32 {
+    1.0 / (1.0 + (-x).exp())
+}
+
+/// Softmax in place (max-subtracted, f32 like the reference).
+pub fn softmax_in_place(v: &mut [f32]) {
+    let max = v.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    let mut sum = 0.0f32;
+    for x in v.iter_mut() {
+        *x = (*x - max).exp();
+        sum += *x;
+    }
+    if sum > 0.0 {
+        for x in v.iter_mut() {
+            *x /= sum;
+        }
+    }
+}
+
+/// The groups a token may use (all of them when group routing is off).
+fn allowed_groups(cfg: &RouterConfig, choice: &[f32]) -> Vec<bool> {
+    if cfg.n_group <= 1 || cfg.topk_group >= cfg.n_group {
+        return vec![true; cfg.n_group.max(1)];
+    }
+    let per_group = cfg.n_experts / cfg.n_group;
+    let group_scores = choice.chunks(per_group).map(|g| match cfg.group_score {
+        GroupScore::Max => g.iter().copied().fold(f32::NEG_INFINITY, f32::max),
+        GroupScore::Top2Sum => {
+            let best = top_k_indices(g.iter().copied().enumerate(), 2);
+            best.iter().map(|&i| g[i]).sum()
+        }
+    });
+    let mut allowed = vec![false; cfg.n_group];
+    for g in top_k_indices(group_scores.enumerate(), cfg.topk_group) {
+        allowed[g] = true;
+    }
+    allowed
+}
+
+/// Routes one token. `logits` has `n_experts` router outputs; `bias` is the
+/// `e_score_correction_bias`, added for the choice only. `cfg` must be validated.
+pub fn route(cfg: &RouterConfig, logits: &[f32], bias: Option<&[f32]>) -> Selection {
+    let n = cfg.n_experts.min(logits.len());
+    let mut scores = logits[..n].to_vec();
+    match cfg.scoring {
+        Scoring::Softmax => softmax_in_place(&mut scores),
+        Scoring::Sigmoid => scores.iter_mut().for_each(|x| *x = sigmoid(*x)),
+    }
+    let choice: Vec<f32> = match bias {
+        Some(b) => scores.iter().zip(b).map(|(s, b)| s + b).collect(),
+        None => scores.clone(),
+    };
+    let allowed = allowed_groups(cfg, &choice);
+    let per_group = (n / allowed.len()).max(1);
+    let candidates =
+        choice.iter().copied().enumerate().filter(|&(e, _)| allowed.get(e / per_group).copied().unwrap_or(false));
+    let experts = top_k_indices(candidates, cfg.top_k);
+    let mut weights: Vec<f32> = experts.iter().map(|&e| scores[e]).collect();
+    if cfg.norm_topk_prob {
+        // The reference adds 1e-20 to the denominator (sigmoid scores can be tiny).
+        let sum: f32 = weights.iter().sum::<f32>() + 1e-20;
+        weights.iter_mut().for_each(|w| *w /= sum);
+    }
+    weights.iter_mut().for_each(|w| *w *= cfg.routed_scaling_factor);
+    Selection { experts, weights }
+}
+
+/// `gate = silu(gate) * up`, the SwiGLU activation of every expert and dense FFN here.
+pub fn swiglu_in_place(gate: &mut [f32], up: &[f32]) {
+    for (g, u) in gate.iter_mut().zip(up) {
+        *g = *g / (1.0 + (-*g).exp()) * u;
+    }
+}
+
+/// The three matrices of one SwiGLU FFN (an expert, a shared expert or a dense MLP):
+/// `down(silu(gate(x)) * up(x))`.
+pub struct FfnWeights {
+    pub gate: Weight,
+    pub up: Weight,
+    pub down: Weight,
+}
+
+impl FfnWeights {
+    /// Checks that the three shapes chain: gate/up `[ff × hidden]`, down `[hidden × ff]`.
+    pub fn validate(&self, hidden: usize, what: &str) -> Result<()> {
+        let (g, u, d) = (self.gate.qmatrix(), self.up.qmatrix(), self.down.qmatrix());
+        ensure!(
+            g.cols == hidden && u.cols == hidden && g.rows == u.rows,
+            "{what}: gate {}x{} / up {}x{} do not match hidden size {hidden}",
+            g.rows,
+            g.cols,
+            u.rows,
+            u.cols
+        );
+        ensure!(
+            d.rows == hidden && d.cols == g.rows,
+            "{what}: down is {}x{}, expected {hidden}x{}",
+            d.rows,
+            d.cols,
+            g.rows
+        );
+        Ok(())
+    }
+
+    /// The FFN on `n` rows of `x` (row-major `n × hidden`), written to `y` (`n × hidden`).
+    pub fn forward(&self, x: &[f32], n: usize, y: &mut [f32]) -> Result<()> {
+        let ff = self.gate.qmatrix().rows;
+        let mut g = vec![0.0f32; n * ff];
+        let mut u = vec![0.0f32; n * ff];
+        matmul(&self.gate.qmatrix(), x, n, &mut g)?;
+        matmul(&self.up.qmatrix(), x, n, &mut u)?;
+        swiglu_in_place(&mut g, &u);
+        matmul(&self.down.qmatrix(), &g, n, y)
+    }
+}
+
+/// `Y = X · Wᵀ` for `n` rows, through the kernels (matvec for a single row).
+fn matmul(w: &QMatrix, x: &[f32], n: usize, y: &mut [f32]) -> Result<()> {
+    ensure!(x.len() == n * w.cols && y.len() == n * w.rows, "matmul shapes: W {}x{}, {} input rows", w.rows, w.cols, n);
+    if n == 1 {
+        kernels::matvec(w, x, y);
+    } else {
+        kernels::matmul(w, x, n, y);
+    }
+    Ok(())
+}
+
+/// One MoE block: router, routed experts, optional shared experts.
+pub struct MoeFfn {
+    pub router_cfg: RouterConfig,
+    /// Router weight `[n_experts × hidden]` (kept f32 or as stored; computed exactly).
+    pub router: Weight,
+    /// `e_score_correction_bias` (DeepSeek-V3), selection only.
+    pub bias: Option<Vec<f32>>,
+    pub experts: Vec<FfnWeights>,
+    /// Shared experts, run on every token with weight 1 (DeepSeek). Several are fused into one.
+    pub shared: Option<FfnWeights>,
+}
+
+impl MoeFfn {
+    /// Checks shapes and the router config once, at load time.
+    pub fn validate(&self, hidden: usize, layer: usize) -> Result<()> {
+        self.router_cfg.validate().with_context(|| format!("layer {layer}"))?;
+        let r = self.router.qmatrix();
+        ensure!(
+            r.rows == self.router_cfg.n_experts && r.cols == hidden,
+            "layer {layer}: router is {}x{}, expected {}x{hidden}",
+            r.rows,
+            r.cols,
+            self.router_cfg.n_experts
+        );
+        ensure!(
+            self.experts.len() == self.router_cfg.n_experts,
+            "layer {layer}: {} experts loaded, config says {}",
+            self.experts.len(),
+            self.router_cfg.n_experts
+        );
+        if let Some(b) = &self.bias {
+            ensure!(
+                b.len() == self.router_cfg.n_experts,
+                "layer {layer}: expert bias has {} values, expected {}",
+                b.len(),
+                self.router_cfg.n_experts
+            );
+        }
+        for (e, ffn) in self.experts.iter().enumerate() {
+            ffn.validate(hidden, &format!("layer {layer} expert {e}"))?;
+        }
+        if let Some(s) = &self.shared {
+            s.validate(hidden, &format!("layer {layer} shared expert"))?;
+        }
+        Ok(())
+    }
+
+    /// Routing decisions for `n` rows of `x` (`n × hidden`).
+    pub fn route_rows(&self, x: &[f32], n: usize) -> Result<Vec<Selection>> {
+        let ne = self.router_cfg.n_experts;
+        let mut logits = vec![0.0f32; n * ne];
+        matmul(&self.router.qmatrix(), x, n, &mut logits)?;
+        Ok(logits.chunks(ne).map(|l| route(&self.router_cfg, l, self.bias.as_deref())).collect())
+    }
+
+    /// The MoE output for `n` rows of `x` (`n × hidden`) into `y` (`n × hidden`, overwritten).
+    /// Each selected expert runs once over all the rows that chose it.
+    pub fn forward(&self, x: &[f32], n: usize, y: &mut [f32]) -> Result<()> {
+        let hidden = self.router.qmatrix().cols;
+        ensure!(x.len() == n * hidden && y.len() == n * hidden, "moe: bad input shape");
+        let selections = self.route_rows(x, n)?;
+        y.fill(0.0);
+        for (e, rows) in rows_per_expert(&selections, self.experts.len()).into_iter().enumerate() {
+            if rows.is_empty() {
+                continue;
+            }
+            let xs: Vec<f32> =
+                rows.iter().flat_map(|&(r, _)| x[r * hidden..(r + 1) * hidden].iter().copied()).collect();
+            let mut out = vec![0.0f32; rows.len() * hidden];
+            self.experts[e].forward(&xs, rows.len(), &mut out)?;
+            for (&(r, w), o) in rows.iter().zip(out.chunks(hidden)) {
+                for (yv, ov) in y[r * hidden..(r + 1) * hidden].iter_mut().zip(o) {
+                    *yv += w * ov;
+                }
+            }
+        }
+        if let Some(shared) = &self.shared {
+            let mut out = vec![0.0f32; n * hidden];
+            shared.forward(x, n, &mut out)?;
+            y.iter_mut().zip(&out).for_each(|(a, b)| *a += b);
+        }
+        Ok(())
+    }
+}
+
+/// For each expert, the `(row, weight)` pairs that selected it, in row order.
+pub fn rows_per_expert(selections: &[Selection], n_experts: usize) -> Vec<Vec<(usize, f32)>> {
+    let mut per = vec![Vec::new(); n_experts];
+    for (r, s) in selections.iter().enumerate() {
+        for (&e, &w) in s.experts.iter().zip(&s.weights) {
+            if let Some(list) = per.get_mut(e) {
+                list.push((r, w));
+            }
+        }
+    }
+    per
+}
+
+// ---------------------------------------------------------------------------------------------
+// Helpers shared by the MoE models (weights → f32, linear layers, embeddings)
+// ---------------------------------------------------------------------------------------------
+
+/// `Y = X · Wᵀ` for `n` rows of `x` (row-major `n × cols`) into `y` (`n × rows`).
+pub fn linear(w: &Weight, x: &[f32], n: usize, y: &mut [f32]) -> Result<()> {
+    matmul(&w.qmatrix(), x, n, y).with_context(|| format!("tensor {}", w.name))
+}
+
+/// Like [`linear`], returning a fresh buffer.
+pub fn linear_new(w: &Weight, x: &[f32], n: usize) -> Result<Vec<f32>> {
+    let mut y = vec![0.0f32; n * w.rows];
+    linear(w, x, n, &mut y)?;
+    Ok(y)
+}
+
+/// The whole tensor as f32 (norm weights, biases, small matrices the models rearrange).
+pub fn to_f32(w: &Weight) -> Result<Vec<f32>> {
+    let q = w.qmatrix();
+    q.validate().map_err(|e| anyhow::anyhow!("tensor {}: {e}", w.name))?;
+    Ok(kernels::dequantize_matrix(&q))
+}
+
+/// A 1-D weight (norm, bias) of exactly `len` values, as f32.
+pub fn vector(w: &Weight, len: usize) -> Result<Vec<f32>> {
+    ensure!(w.rows * w.cols == len, "tensor {} has {} values, expected {len}", w.name, w.rows * w.cols);
+    to_f32(w)
+}
+
+/// Embedding rows for `tokens` from a `[vocab × hidden]` table (any storage type).
+pub fn embed(table: &Weight, tokens: &[u32]) -> Result<Vec<f32>> {
+    let hidden = table.cols;
+    let mut out = vec![0.0f32; tokens.len() * hidden];
+    for (&t, dst) in tokens.iter().zip(out.chunks_mut(hidden)) {
+        ensure!((t as usize) < table.rows, crate::models::ModelError::TokenOutOfRange { id: t, vocab: table.rows });
+        let row = table.slice_rows(t as usize, 1).ok();
+        match (table.ty, row) {
+            (WeightType::Ggml(ty), Some(r)) => {
+                kernels::dequantize_row(ty, &r.bytes, dst).map_err(|e| anyhow::anyhow!("tensor {}: {e}", table.name))?
+            }
+            // FP8 tables cannot be row-sliced; the reference keeps embeddings in bf16 anyway.
+            _ => {
+                let all = to_f32(table)?;
+                let i = t as usize * hidden;
+                dst.copy_from_slice(&all[i..i + hidden]);
+            }
+        }
+    }
+    Ok(out)
+}
+
+// ---------------------------------------------------------------------------------------------
+// Loading
+// ---------------------------------------------------------------------------------------------
+
+/// A dense SwiGLU FFN `blk.{l}.ffn_{gate,up,down}.weight` of width `ff`.
+pub fn load_dense_ffn(src: &dyn WeightSource, arch: &str, l: usize, hidden: usize, ff: usize) -> Result<FfnWeights> {
+    let name = |s: &str| format!("blk.{l}.{s}");
+    Ok(FfnWeights {
+        gate: require_shape(src, &name("ffn_gate.weight"), arch, ff, hidden)?,
+        up: require_shape(src, &name("ffn_up.weight"), arch, ff, hidden)?,
+        down: require_shape(src, &name("ffn_down.weight"), arch, hidden, ff)?,
+    })
+}
+
+/// An MoE block: router `ffn_gate_inp`, optional `exp_probs_b.bias`, routed experts (stacked
+/// GGUF `ffn_*_exps` or per-expert `ffn_*.E`) and, when `shared_ff > 0`, `ffn_*_shexp`.
+pub fn load_moe(
+    src: &dyn WeightSource,
+    arch: &str,
+    l: usize,
+    router_cfg: RouterConfig,
+    hidden: usize,
+    ff: usize,
+    shared_ff: usize,
+) -> Result<MoeFfn> {
+    let name = |s: &str| format!("blk.{l}.{s}");
+    let ne = router_cfg.n_experts;
+    let router = require_shape(src, &name("ffn_gate_inp.weight"), arch, ne, hidden)?;
+    let bias = match src.weight(&name("exp_probs_b.bias"))? {
+        Some(b) => Some(vector(&b, ne)?),
+        None => None,
+    };
+    let shared = if shared_ff > 0 {
+        Some(FfnWeights {
+            gate: require_shape(src, &name("ffn_gate_shexp.weight"), arch, shared_ff, hidden)?,
+            up: require_shape(src, &name("ffn_up_shexp.weight"), arch, shared_ff, hidden)?,
+            down: require_shape(src, &name("ffn_down_shexp.weight"), arch, hidden, shared_ff)?,
+        })
+    } else {
+        None
+    };
+    let moe = MoeFfn { router_cfg, router, bias, experts: load_experts(src, arch, l, ne, hidden, ff)?, shared };
+    moe.validate(hidden, l)?;
+    Ok(moe)
+}
+
+/// Routed experts: zero-copy row slices of the stacked GGUF tensors (`ffn_gate_exps` is
+/// `[n_expert × ff × hidden]`, expert e = rows `e·ff..(e+1)·ff`), else per-expert tensors.
+pub fn load_experts(
+    src: &dyn WeightSource,
+    arch: &str,
+    l: usize,
+    ne: usize,
+    hidden: usize,
+    ff: usize,
+) -> Result<Vec<FfnWeights>> {
+    let name = |s: &str| format!("blk.{l}.{s}");
+    if let Some(gate) = src.weight(&name("ffn_gate_exps.weight"))? {
+        crate::models::weights::check_shape(&gate, ne * ff, hidden)?;
+        let up = require_shape(src, &name("ffn_up_exps.weight"), arch, ne * ff, hidden)?;
+        let down = require_shape(src, &name("ffn_down_exps.weight"), arch, ne * hidden, ff)?;
+        return (0..ne)
+            .map(|e| {
+                Ok(FfnWeights {
+                    gate: gate.slice_rows(e * ff, ff)?,
+                    up: up.slice_rows(e * ff, ff)?,
+                    down: down.slice_rows(e * hidden, hidden)?,
+                })
+            })
+            .collect();
+    }
+    (0..ne)
+        .map(|e| {
+            Ok(FfnWeights {
+                gate: require_shape(src, &name(&format!("ffn_gate.{e}.weight")), arch, ff, hidden)?,
+                up: require_shape(src, &name(&format!("ffn_up.{e}.weight")), arch, ff, hidden)?,
+                down: require_shape(src, &name(&format!("ffn_down.{e}.weight")), arch, hidden, ff)?,
+            })
+        })
+        .collect()
+}
+
+// ---------------------------------------------------------------------------------------------
+// Batch layout
+// ---------------------------------------------------------------------------------------------
+
+/// How the rows of a step map to sequences: sequence `s` contributes `n` consecutive rows at
+/// positions `pos0..pos0+n` (a prefill is one sequence with many rows; a batched decode step
+/// is many sequences with one row each).
+#[derive(Clone, Debug)]
+pub struct Segments {
+    /// `(pos0, n)` per sequence, rows in this order.
+    segs: Vec<(usize, usize)>,
+}
+
+impl Segments {
+    /// `spec[s] = (pos0, n, max_tokens)`; errors when a sequence would overflow its state.
+    pub fn new(spec: &[(usize, usize, usize)]) -> Result<Segments, crate::models::ModelError> {
+        for &(pos0, n, max) in spec {
+            if pos0 + n > max {
+                return Err(crate::models::ModelError::ContextOverflow { have: pos0, adding: n, max });
+            }
+        }
+        Ok(Segments { segs: spec.iter().map(|&(p, n, _)| (p, n)).collect() })
+    }
+
+    pub fn n_rows(&self) -> usize {
+        self.segs.iter().map(|s| s.1).sum()
+    }
+
+    /// `(sequence, position)` of every row, in row order.
+    pub fn rows(&self) -> impl Iterator<Item = (usize, usize)> + '_ {
+        self.segs.iter().enumerate().flat_map(|(s, &(p, n))| (p..p + n).map(move |pos| (s, pos)))
+    }
+
+    /// `(sequence, pos0, first_row, n)` per sequence.
+    pub fn spans(&self) -> impl Iterator<Item = (usize, usize, usize, usize)> + '_ {
+        let mut row = 0;
+        self.segs.iter().enumerate().map(move |(s, &(p, n))| {
+            let r = row;
+            row += n;
+            (s, p, r, n)
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn deepseek_cfg() -> RouterConfig {
+        RouterConfig {
+            n_experts: 16,
+            top_k: 4,
+            n_group: 4,
+            topk_group: 2,
+            group_score: GroupScore::Top2Sum,
+            scoring: Scoring::Sigmoid,
+            norm_topk_prob: true,
+            routed_scaling_factor: 2.5,
+        }
+    }
+
+    /// Router logits that give exactly the sigmoid scores `s`.
+    fn logits_for(s: &[f32]) -> Vec<f32> {
+        s.iter().map(|&p| (p / (1.0 - p)).ln()).collect()
+    }
+
+    fn sorted(mut v: Vec<usize>) -> Vec<usize> {
+        v.sort();
+        v
+    }
+
+    #[test]
+    fn group_limit_excludes_the_best_single_expert() {
+        // Group 0 holds the single best expert (0.95) but its top-2 sum (0.95+0.05) = 1.0
+        // loses to group 1 (0.6+0.6 = 1.2) and group 2 (0.55+0.55 = 1.1). Group 3: 0.5+0.5.
+        let s = [
+            0.95, 0.05, 0.05, 0.05, // g0
+            0.6, 0.6, 0.1, 0.1, // g1
+            0.55, 0.55, 0.52, 0.1, // g2
+            0.5, 0.5, 0.5, 0.5, // g3
+        ];
+        let sel = route(&deepseek_cfg(), &logits_for(&s), None);
+        assert_eq!(sel.experts, vec![4, 5, 8, 9]);
+        // Without the group limit, expert 0 wins.
+        let mut flat = deepseek_cfg();
+        flat.n_group = 1;
+        let sel = route(&flat, &logits_for(&s), None);
+        assert_eq!(sel.experts[0], 0);
+    }
+
+    #[test]
+    fn bias_steers_selection_but_not_weights() {
+        let s = [
+            0.9, 0.8, 0.7, 0.6, // g0
+            0.5, 0.5, 0.5, 0.5, // g1
+            0.3, 0.3, 0.3, 0.3, // g2
+            0.2, 0.2, 0.2, 0.2, // g3
+        ];
+        let mut bias = vec![0.0f32; 16];
+        // Lift group 3 above group 1 and expert 13 to the top inside it.
+        bias[12] = 0.35;
+        bias[13] = 0.45;
+        let sel = route(&deepseek_cfg(), &logits_for(&s), Some(&bias));
+        // Groups 0 (0.9+0.8) and 3 (0.65+0.55) beat group 1 (0.5+0.5); by biased score the
+        // experts are 0 (0.9), 1 (0.8), 2 (0.7), 13 (0.65), ahead of 3 (0.6) and all of g1.
+        assert_eq!(sel.experts, vec![0, 1, 2, 13]);
+        // Weights come from the unbiased scores 0.9, 0.8, 0.7, 0.2, normalised, x2.5.
+        let raw = [0.9f32, 0.8, 0.7, 0.2];
+        let sum: f32 = raw.iter().sum();
+        for (w, r) in sel.weights.iter().zip(raw) {
+            assert!((w - r / sum * 2.5).abs() < 1e-5, "{w} vs {}", r / sum * 2.5);
+        }
+    }
+
+    #[test]
+    fn ties_resolve_to_lower_indices() {
+        // All groups tie on their top-2 sums: groups 0 and 1 are kept.
+        let s = [0.5f32; 16];
+        let sel = route(&deepseek_cfg(), &logits_for(&s), None);
+        assert_eq!(sel.experts, vec![0, 1, 2, 3]);
+        // Groups 1 and 3 tie with each other above groups 0 and 2; equal experts inside.
+        let mut s = [0.4f32; 16];
+        for e in [4, 5, 12, 13] {
+            s[e] = 0.7;
+        }
+        let sel = route(&deepseek_cfg(), &logits_for(&s), None);
+        assert_eq!(sel.experts, vec![4, 5, 12, 13]);
+        for w in &sel.weights {
+            assert!((w - 2.5 / 4.0).abs() < 1e-6);
+        }
+    }
+
+    #[test]
+    fn negative_biased_scores_never_pick_excluded_groups() {
+        // Inside the chosen groups the biased scores are negative; experts from other groups
+        // must still not be chosen (a zero fill would pick them).
+        let mut s = [0.1f32; 16];
+        s[0] = 0.12;
+        s[1] = 0.11;
+        s[4] = 0.115;
+        s[5] = 0.114;
+        let bias = vec![-0.15f32; 16];
+        let sel = route(&deepseek_cfg(), &logits_for(&s), Some(&bias));
+        assert_eq!(sorted(sel.experts.clone()), vec![0, 1, 4, 5]);
+    }
+
+    #[test]
+    fn scaling_and_normalisation() {
+        let logits: Vec<f32> = (0..16).map(|i| (i as f32 * 0.37).sin() * 3.0).collect();
+        let sel = route(&deepseek_cfg(), &logits, None);
+        let sum: f32 = sel.weights.iter().sum();
+        assert!((sum - 2.5).abs() < 1e-5);
+        let mut raw = deepseek_cfg();
+        raw.norm_topk_prob = false;
+        raw.routed_scaling_factor = 1.0;
+        let plain = route(&raw, &logits, None);
+        assert_eq!(plain.experts, sel.experts);
+        for (&e, w) in plain.experts.iter().zip(&plain.weights) {
+            assert!((w - sigmoid(logits[e])).abs() < 1e-6);
+        }
+    }
+
+    #[test]
+    fn softmax_top_k_renormalised() {
+        let cfg = RouterConfig {
+            n_experts: 6,
+            top_k: 2,
+            n_group: 1,
+            topk_group: 1,
+            group_score: GroupScore::Max,
+            scoring: Scoring::Softmax,
+            norm_topk_prob: true,
+            routed_scaling_factor: 1.0,
+        };
+        let logits = [0.0f32, 2.0, 1.0, 3.0, -1.0, 0.5];
+        let sel = route(&cfg, &logits, None);
+        assert_eq!(sel.experts, vec![3, 1]);
+        // Renormalised softmax over the two: e^3/(e^3+e^2), e^2/(e^3+e^2).
+        let a = 1.0 / (1.0 + (-1.0f32).exp());
+        assert!((sel.weights[0] - a).abs() < 1e-6);
+        assert!((sel.weights[1] - (1.0 - a)).abs() < 1e-6);
+        let mut raw = cfg.clone();
+        raw.norm_topk_prob = false;
+        let sel = route(&raw, &logits, None);
+        let z: f32 = logits.iter().map(|l| l.exp()).sum();
+        assert!((sel.weights[0] - 3.0f32.exp() / z).abs() < 1e-6);
+    }
+
+    #[test]
+    fn validate_rejects_bad_configs() {
+        let mut c = deepseek_cfg();
+        c.n_group = 3;
+        assert!(c.validate().is_err());
+        let mut c = deepseek_cfg();
+        c.top_k = 9;
+        assert!(c.validate().is_err());
+        let mut c = deepseek_cfg();
+        c.topk_group = 0;
+        assert!(c.validate().is_err());
+        assert!(deepseek_cfg().validate().is_ok());
+    }
+
+    #[test]
+    fn nan_logits_do_not_panic() {
+        let mut logits = vec![0.5f32; 16];
+        logits[3] = f32::NAN;
+        let sel = route(&deepseek_cfg(), &logits, None);
+        assert_eq!(sel.experts.len(), 4);
+        assert!(!sel.experts.contains(&3));
+    }
+}

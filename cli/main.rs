@@ -43,6 +43,8 @@ enum Command {
     Logits(cmd::logits::Args),
     /// Write a GGUF with a full-size model's shapes and random weights.
     Synth(cmd::synth::Args),
+    /// Measure memory bandwidth and engine speed against the hardware limit.
+    Bench(cmd::bench::Args),
 }
 
 fn main() {
@@ -63,6 +65,7 @@ fn main() {
         Command::Chat(a) => cmd::chat::run(a),
         Command::Logits(a) => cmd::logits::run(a),
         Command::Synth(a) => cmd::synth::run(a),
+        Command::Bench(a) => cmd::bench::run(a),
     };
     match result {
         Ok(code) => std::process::exit(code),

@@ -1,5 +1,6 @@
 //! One module per subcommand. Each exposes `Args` (clap) and `run(Args) -> anyhow::Result<i32>`.
 
+pub mod bench;
 pub mod chat;
 pub mod fetch;
 pub mod logits;

@@ -313,6 +313,22 @@ pub fn fill_random(ty: GgmlType, buf: &mut [u8], seed: u64) {
     });
 }
 
+/// As [`fill_random`], on the calling thread only (callers that place memory on the NUMA
+/// node of the thread that first touches it must not hand the work to other threads).
+pub fn fill_random_serial(ty: GgmlType, buf: &mut [u8], seed: u64) {
+    let block = ty.type_size();
+    let mut rng = XorShift(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1);
+    for word in buf.chunks_mut(8) {
+        let r = rng.next().to_le_bytes();
+        word.copy_from_slice(&r[..word.len()]);
+    }
+    for b in buf.chunks_mut(block) {
+        if b.len() == block {
+            fix_block(ty, b, &mut rng);
+        }
+    }
+}
+
 /// Overwrites the scale fields of one block (or the value of one float element) with small
 /// finite numbers.
 fn fix_block(ty: GgmlType, b: &mut [u8], rng: &mut XorShift) {

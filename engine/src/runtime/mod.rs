@@ -1,6 +1,7 @@
 //! Runtime: sampling, generation (stop strings, EOS, streaming detokenization) and the
 //! engine thread that batches decode steps over all active sequences.
 
+pub mod codec;
 pub mod experts;
 pub mod generate;
 pub mod pool;

@@ -184,12 +184,8 @@ pub fn top_n(values: &[f32], n: usize) -> Vec<(u32, f32)> {
 /// otherwise in token order. Public so tests can check it against hand-computed values.
 pub fn candidate_distribution(logits: &[f32], p: &SamplingParams) -> Vec<(u32, f32)> {
     let temp = if p.temperature > 0.0 { p.temperature } else { 1.0 };
-    let mut cands: Vec<(u32, f32)> = logits
-        .iter()
-        .enumerate()
-        .filter(|(_, l)| l.is_finite())
-        .map(|(i, &l)| (i as u32, l / temp))
-        .collect();
+    let mut cands: Vec<(u32, f32)> =
+        logits.iter().enumerate().filter(|(_, l)| l.is_finite()).map(|(i, &l)| (i as u32, l / temp)).collect();
     if cands.is_empty() {
         // Every logit was -inf or NaN: fall back to the first token rather than panic.
         return vec![(0, 1.0)];

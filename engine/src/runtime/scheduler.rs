@@ -7,8 +7,7 @@
 //! that disconnects stops costing compute within one step.
 
 use super::generate::{
-    Event, FinishReason, Finished, GenerateRequest, StopMatcher, TextCodec, TextDecoder,
-    TokenEvent,
+    Event, FinishReason, Finished, GenerateRequest, StopMatcher, TextCodec, TextDecoder, TokenEvent,
 };
 use super::sampling::{Sampled, Sampler};
 use crate::models::{Logits, Model, ModelInfo, SeqState};
@@ -319,7 +318,9 @@ impl Engine {
         drop(states);
         let rows = match flatten(result) {
             Ok(rows) if rows.len() == tokens.len() => rows,
-            Ok(rows) => return self.fail_all(&format!("model returned {} rows for {} sequences", rows.len(), tokens.len())),
+            Ok(rows) => {
+                return self.fail_all(&format!("model returned {} rows for {} sequences", rows.len(), tokens.len()))
+            }
             Err(msg) => return self.fail_all(&format!("decode failed: {msg}")),
         };
         stats.record_step(tokens.len(), t0.elapsed());
@@ -377,12 +378,7 @@ impl Engine {
                 tail.push_str(&seq.stop.finish());
             }
         }
-        let done = Finished {
-            reason,
-            tail,
-            prompt_tokens: seq.prompt_len,
-            completion_tokens: seq.generated,
-        };
+        let done = Finished { reason, tail, prompt_tokens: seq.prompt_len, completion_tokens: seq.generated };
         let _ = seq.events.send(Event::Done(done));
         Step::Finished
     }

@@ -1,0 +1,266 @@
+//! Loading a Hugging Face `tokenizer.json` (byte-level BPE models) plus the
+//! `tokenizer_config.json` / `generation_config.json` next to it.
+
+use super::pretok::{Behavior, PreTokenizer, Rule, GPT2};
+use super::special::SpecialToken;
+use super::{bpe, bytelevel, Model, Normalizer, Parts, TokenInfo, TokenKind, TokenizerError};
+use serde_json::Value;
+use std::collections::HashMap;
+use std::path::Path;
+
+fn read_json(path: &Path) -> Result<Value, TokenizerError> {
+    let text = std::fs::read_to_string(path).map_err(|source| TokenizerError::Io { path: path.to_owned(), source })?;
+    serde_json::from_str(&text).map_err(|source| TokenizerError::Json { path: path.to_owned(), source })
+}
+
+/// A JSON file next to `path`, if it exists and parses.
+fn sibling_json(path: &Path, name: &str) -> Result<Option<Value>, TokenizerError> {
+    let p = path.with_file_name(name);
+    if p.is_file() {
+        read_json(&p).map(Some)
+    } else {
+        Ok(None)
+    }
+}
+
+pub(super) fn load(path: &Path) -> Result<Parts, TokenizerError> {
+    let root = read_json(path)?;
+    let model = root.get("model").ok_or_else(|| TokenizerError::Missing(format!("\"model\" in {}", path.display())))?;
+    let kind = model.get("type").and_then(Value::as_str).unwrap_or("BPE");
+    if kind != "BPE" {
+        return Err(TokenizerError::Unsupported(format!(
+            "{}: model type {kind:?} (only BPE tokenizer.json files are supported)",
+            path.display()
+        )));
+    }
+    let pre = root.get("pre_tokenizer").unwrap_or(&Value::Null);
+    let (pretok, byte_level) = parse_pretok(pre)?;
+    if !byte_level {
+        return Err(TokenizerError::Unsupported(format!(
+            "{}: BPE without a ByteLevel pre-tokenizer (SentencePiece-style tokenizer.json); \
+             use the model's GGUF file instead",
+            path.display()
+        )));
+    }
+    let vocab = parse_vocab(model)?;
+    let added = parse_added(&root)?;
+    let mut tokens = build_tokens(&vocab, &added)?;
+    let merges = parse_merges(model, &vocab)?;
+    let ignore_merges = model.get("ignore_merges").and_then(Value::as_bool).unwrap_or(false);
+    let unk = model.get("unk_token").and_then(Value::as_str).and_then(|u| vocab.get(u).copied());
+    let cfg = sibling_json(path, "tokenizer_config.json")?.unwrap_or(Value::Null);
+    let gen = sibling_json(path, "generation_config.json")?.unwrap_or(Value::Null);
+    let lookup = |name: &str| -> Option<u32> {
+        let text = special_text(cfg.get(name)?)?;
+        added.iter().find(|a| a.text == text).map(|a| a.id).or_else(|| vocab.get(text).copied())
+    };
+    let (post_bos, post_eos) = post_processor_specials(root.get("post_processor"), &added, &vocab);
+    let bos = lookup("bos_token").or(post_bos);
+    let eos = lookup("eos_token");
+    let add_bos = cfg.get("add_bos_token").and_then(Value::as_bool).unwrap_or(post_bos.is_some());
+    let add_eos = cfg.get("add_eos_token").and_then(Value::as_bool).unwrap_or(post_eos.is_some());
+    mark_kinds(&mut tokens, &added);
+    Ok(Parts {
+        tokens,
+        model: Model::ByteBpe { merges, ignore_merges },
+        normalizer: Normalizer::from_json(root.get("normalizer").unwrap_or(&Value::Null))?,
+        pretok,
+        specials: added,
+        bos,
+        eos,
+        extra_eos: id_list(gen.get("eos_token_id")),
+        unk,
+        add_bos,
+        add_eos,
+        chat_template: chat_template(&cfg),
+    })
+}
+
+/// Split rules, and whether a ByteLevel step is present.
+fn parse_pretok(v: &Value) -> Result<(PreTokenizer, bool), TokenizerError> {
+    let mut p = PreTokenizer::default();
+    let mut byte_level = false;
+    push_pretok(v, &mut p, &mut byte_level)?;
+    Ok((p, byte_level))
+}
+
+fn push_pretok(v: &Value, p: &mut PreTokenizer, byte_level: &mut bool) -> Result<(), TokenizerError> {
+    let kind = v.get("type").and_then(Value::as_str).unwrap_or("");
+    match kind {
+        "" if v.is_null() => {}
+        "Sequence" => {
+            for s in v.get("pretokenizers").and_then(Value::as_array).into_iter().flatten() {
+                push_pretok(s, p, byte_level)?;
+            }
+        }
+        "Split" => {
+            let pattern = if let Some(re) = v.pointer("/pattern/Regex").and_then(Value::as_str) {
+                re.to_owned()
+            } else if let Some(s) = v.pointer("/pattern/String").and_then(Value::as_str) {
+                fancy_regex::escape(s).into_owned()
+            } else {
+                return Err(TokenizerError::Invalid("Split pre-tokenizer without a pattern".into()));
+            };
+            let behavior = Behavior::parse(v.get("behavior").and_then(Value::as_str).unwrap_or("Isolated"))?;
+            let invert = v.get("invert").and_then(Value::as_bool).unwrap_or(false);
+            p.push(Rule::new(&pattern, behavior, invert)?);
+        }
+        "ByteLevel" => {
+            if v.get("add_prefix_space").and_then(Value::as_bool).unwrap_or(false) {
+                return Err(TokenizerError::Unsupported("ByteLevel pre-tokenizer with add_prefix_space".into()));
+            }
+            if v.get("use_regex").and_then(Value::as_bool).unwrap_or(true) {
+                p.push(Rule::isolated(GPT2)?);
+            }
+            *byte_level = true;
+        }
+        "Digits" => {
+            let single = v.get("individual_digits").and_then(Value::as_bool).unwrap_or(false);
+            p.push(Rule::isolated(if single { r"\p{N}" } else { r"\p{N}+" })?);
+        }
+        other => return Err(TokenizerError::Unsupported(format!("pre-tokenizer {other:?} in tokenizer.json"))),
+    }
+    Ok(())
+}
+
+fn parse_vocab(model: &Value) -> Result<HashMap<String, u32>, TokenizerError> {
+    let obj = model
+        .get("vocab")
+        .and_then(Value::as_object)
+        .ok_or_else(|| TokenizerError::Missing("model.vocab in tokenizer.json".into()))?;
+    obj.iter()
+        .map(|(k, v)| {
+            let id = v
+                .as_u64()
+                .and_then(|i| u32::try_from(i).ok())
+                .ok_or_else(|| TokenizerError::Invalid(format!("vocab entry {k:?} has id {v}, not a small integer")))?;
+            Ok((k.clone(), id))
+        })
+        .collect()
+}
+
+fn parse_added(root: &Value) -> Result<Vec<SpecialToken>, TokenizerError> {
+    let mut out = Vec::new();
+    for a in root.get("added_tokens").and_then(Value::as_array).into_iter().flatten() {
+        let id = a.get("id").and_then(Value::as_u64).and_then(|i| u32::try_from(i).ok());
+        let text = a.get("content").and_then(Value::as_str);
+        let (Some(id), Some(text)) = (id, text) else {
+            return Err(TokenizerError::Invalid(format!("added token without id/content: {a}")));
+        };
+        let flag = |k: &str| a.get(k).and_then(Value::as_bool).unwrap_or(false);
+        out.push(SpecialToken {
+            id,
+            text: text.to_owned(),
+            always: !flag("special"),
+            lstrip: flag("lstrip"),
+            rstrip: flag("rstrip"),
+            single_word: flag("single_word"),
+        });
+    }
+    Ok(out)
+}
+
+/// The id-indexed token table; ids no entry names become empty unused slots.
+fn build_tokens(vocab: &HashMap<String, u32>, added: &[SpecialToken]) -> Result<Vec<TokenInfo>, TokenizerError> {
+    let max = vocab.values().chain(added.iter().map(|a| &a.id)).copied().max().unwrap_or(0);
+    if max >= 16_000_000 {
+        return Err(TokenizerError::Invalid(format!("token id {max} is implausibly large")));
+    }
+    let empty = TokenInfo { text: String::new(), bytes: Vec::new(), kind: TokenKind::Unused, score: 0.0 };
+    let mut tokens = vec![empty; max as usize + 1];
+    let entries = vocab.iter().map(|(t, &i)| (t.as_str(), i)).chain(added.iter().map(|a| (a.text.as_str(), a.id)));
+    for (text, id) in entries {
+        // Like the HF ByteLevel decoder: text outside the byte alphabet is taken as is.
+        let bytes = bytelevel::decode(text).unwrap_or_else(|| text.as_bytes().to_vec());
+        tokens[id as usize] = TokenInfo { text: text.to_owned(), bytes, kind: TokenKind::Normal, score: 0.0 };
+    }
+    Ok(tokens)
+}
+
+fn mark_kinds(tokens: &mut [TokenInfo], added: &[SpecialToken]) {
+    for a in added {
+        if let Some(t) = tokens.get_mut(a.id as usize) {
+            t.kind = if a.always { TokenKind::UserDefined } else { TokenKind::Control };
+        }
+    }
+}
+
+fn parse_merges(model: &Value, vocab: &HashMap<String, u32>) -> Result<bpe::Merges, TokenizerError> {
+    let mut merges = bpe::Merges::default();
+    let list = model.get("merges").and_then(Value::as_array).map(Vec::as_slice).unwrap_or(&[]);
+    for (rank, m) in list.iter().enumerate() {
+        let (a, b) = match m {
+            Value::String(s) => s.split_once(' ').ok_or_else(|| bad_merge(m))?,
+            Value::Array(pair) if pair.len() == 2 => match (pair[0].as_str(), pair[1].as_str()) {
+                (Some(a), Some(b)) => (a, b),
+                _ => return Err(bad_merge(m)),
+            },
+            _ => return Err(bad_merge(m)),
+        };
+        let (Some(&l), Some(&r), Some(&merged)) = (vocab.get(a), vocab.get(b), vocab.get(&format!("{a}{b}"))) else {
+            // A merge naming tokens outside the vocabulary can never fire; skip it.
+            continue;
+        };
+        merges.insert(l, r, rank as u32, merged);
+    }
+    Ok(merges)
+}
+
+fn bad_merge(m: &Value) -> TokenizerError {
+    TokenizerError::Invalid(format!("merge {m} is neither \"a b\" nor [\"a\", \"b\"]"))
+}
+
+/// `"<s>"` or `{"content": "<s>", ...}`.
+fn special_text(v: &Value) -> Option<&str> {
+    v.as_str().or_else(|| v.get("content").and_then(Value::as_str))
+}
+
+/// BOS / EOS that a `TemplateProcessing` post-processor wraps single sequences in.
+fn post_processor_specials(
+    v: Option<&Value>,
+    added: &[SpecialToken],
+    vocab: &HashMap<String, u32>,
+) -> (Option<u32>, Option<u32>) {
+    let Some(v) = v else { return (None, None) };
+    if v.get("type").and_then(Value::as_str) == Some("Sequence") {
+        let mut found = (None, None);
+        for p in v.get("processors").and_then(Value::as_array).into_iter().flatten() {
+            let (b, e) = post_processor_specials(Some(p), added, vocab);
+            found = (found.0.or(b), found.1.or(e));
+        }
+        return found;
+    }
+    let Some(single) = v.get("single").and_then(Value::as_array) else { return (None, None) };
+    let id_of = |item: &Value| -> Option<u32> {
+        let name = item.pointer("/SpecialToken/id").and_then(Value::as_str)?;
+        added.iter().find(|a| a.text == name).map(|a| a.id).or_else(|| vocab.get(name).copied())
+    };
+    let bos = single.first().and_then(id_of);
+    let eos = if single.len() > 1 { single.last().and_then(id_of) } else { None };
+    (bos, eos)
+}
+
+/// `chat_template` as a string, or the "default" entry of a named list.
+fn chat_template(cfg: &Value) -> Option<String> {
+    match cfg.get("chat_template")? {
+        Value::String(s) => Some(s.clone()),
+        Value::Array(list) => {
+            let named = |n: &str| {
+                list.iter()
+                    .find(|e| e.get("name").and_then(Value::as_str) == Some(n))
+                    .and_then(|e| e.get("template").and_then(Value::as_str))
+            };
+            named("default").or_else(|| list.first().and_then(|e| e.get("template")?.as_str())).map(str::to_owned)
+        }
+        _ => None,
+    }
+}
+
+/// `5` or `[5, 7]`.
+fn id_list(v: Option<&Value>) -> Vec<u32> {
+    match v {
+        Some(Value::Array(a)) => a.iter().filter_map(|x| x.as_u64()).filter_map(|x| u32::try_from(x).ok()).collect(),
+        Some(x) => x.as_u64().and_then(|x| u32::try_from(x).ok()).into_iter().collect(),
+        None => Vec::new(),
+    }
+}

@@ -53,7 +53,7 @@ fn records() -> Vec<Record> {
 }
 
 #[test]
-fn dequantize_row_matches_gguf_py() {
+fn kernels_dequantize_row_matches_gguf_py() {
     let recs = records();
     let mut seen: Vec<GgmlType> = recs.iter().map(|r| r.ty).collect();
     seen.sort_by_key(|t| *t as u32);
@@ -73,7 +73,7 @@ fn dequantize_row_matches_gguf_py() {
 }
 
 #[test]
-fn exact_matvec_on_real_tensors_matches_gguf_py_values() {
+fn kernels_exact_matvec_on_real_tensors_matches_gguf_py_values() {
     set_precision(Precision::Exact);
     assert_eq!(hy_engine::kernels::precision(), Precision::Exact);
     for rec in records() {

@@ -57,23 +57,40 @@ pub fn scale_min_k4(j: usize, s: &[u8]) -> (i32, i32) {
     }
 }
 
-/// The 16 signed 6-bit scales of a Q3_K block (already minus 32).
-pub fn q3k_scales(s: &[u8]) -> [i32; 16] {
+/// The 16 unsigned 6-bit scales of a Q3_K block as bytes (4 per u32, little-endian),
+/// before the −32 offset.
+pub fn q3k_scale_bytes(s: &[u8]) -> [u32; 4] {
     const K1: u32 = 0x0303_0303;
     const K2: u32 = 0x0f0f_0f0f;
     let rd = |o: usize| u32::from_le_bytes([s[o], s[o + 1], s[o + 2], s[o + 3]]);
     let (a0, a1, tmp) = (rd(0), rd(4), rd(8));
-    let aux = [
+    [
         (a0 & K2) | ((tmp & K1) << 4),
         (a1 & K2) | (((tmp >> 2) & K1) << 4),
         ((a0 >> 4) & K2) | (((tmp >> 4) & K1) << 4),
         ((a1 >> 4) & K2) | (((tmp >> 6) & K1) << 4),
-    ];
+    ]
+}
+
+/// The 16 signed 6-bit scales of a Q3_K block (already minus 32).
+pub fn q3k_scales(s: &[u8]) -> [i32; 16] {
+    let aux = q3k_scale_bytes(s);
     let mut out = [0i32; 16];
     for (i, o) in out.iter_mut().enumerate() {
         *o = ((aux[i / 4] >> (8 * (i % 4))) & 0xFF) as i32 - 32;
     }
     out
+}
+
+/// Q4_K/Q5_K 6-bit scales and mins as 16 bytes: 8 scales then 8 mins (same values as
+/// [`scale_min_k4`], computed four at a time).
+pub fn k4_scale_min_bytes(s: &[u8]) -> [u32; 4] {
+    const K1: u32 = 0x3f3f_3f3f;
+    const K2: u32 = 0x0f0f_0f0f;
+    const K3: u32 = 0x0303_0303;
+    let rd = |o: usize| u32::from_le_bytes([s[o], s[o + 1], s[o + 2], s[o + 3]]);
+    let (u0, u1, u2) = (rd(0), rd(4), rd(8));
+    [u0 & K1, (u2 & K2) | (((u0 >> 6) & K3) << 4), u1 & K1, ((u2 >> 4) & K2) | (((u1 >> 6) & K3) << 4)]
 }
 
 pub fn unpack_q2_k(b: &[u8], k: &mut KBlock) {
@@ -229,4 +246,21 @@ pub fn is_k_quant(ty: GgmlType) -> bool {
 /// Whether the type is a 32-weight block type of the Q4_0 family.
 pub fn is_small_block(ty: GgmlType) -> bool {
     matches!(ty, GgmlType::Q4_0 | GgmlType::Q4_1 | GgmlType::Q5_0 | GgmlType::Q5_1 | GgmlType::Q8_0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn packed_k4_scales_agree_with_one_at_a_time() {
+        for seed in 0u32..64 {
+            let s: Vec<u8> = (0..12).map(|i| (seed.wrapping_mul(2654435761).rotate_left(i * 5) >> 7) as u8).collect();
+            let bytes: Vec<u8> = k4_scale_min_bytes(&s).iter().flat_map(|u| u.to_le_bytes()).collect();
+            for j in 0..8 {
+                let (sc, m) = scale_min_k4(j, &s);
+                assert_eq!((bytes[j] as i32, bytes[8 + j] as i32), (sc, m), "seed {seed} j {j}");
+            }
+        }
+    }
 }

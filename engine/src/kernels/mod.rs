@@ -13,6 +13,10 @@
 //! [`QMatrix::validate`]; the products then only `debug_assert` shapes (slicing stays
 //! bounds-checked, so a wrong shape can never read out of bounds).
 
+#[cfg(target_arch = "x86_64")]
+mod avx2;
+#[cfg(target_arch = "x86_64")]
+mod avx512;
 pub mod blocks;
 pub mod dequant;
 pub mod fp;

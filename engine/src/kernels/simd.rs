@@ -38,18 +38,89 @@ pub fn avx512_supported() -> bool {
     }
 }
 
-pub fn k_kernel(_isa: Isa, _t: GgmlType) -> KFn {
-    reference::k
+#[cfg(target_arch = "x86_64")]
+mod x86 {
+    //! Safe wrappers: only reachable through the tables below, which hand them out only for an
+    //! ISA that `Isa::supported` confirmed on this CPU.
+    use super::super::{avx2, avx512};
+    use super::*;
+
+    pub fn k_avx2(t: GgmlType, row: &[u8], a: &[BlockQ8K]) -> f32 {
+        // SAFETY: handed out only when AVX2/FMA/F16C were detected; t is a k-quant.
+        unsafe { avx2::dot_k(t, row, a) }
+    }
+    pub fn s_avx2(t: GgmlType, row: &[u8], a: &[BlockQ8_0]) -> f32 {
+        // SAFETY: as above; t is a Q4_0-family type.
+        unsafe { avx2::dot_s(t, row, a) }
+    }
+    pub fn f_avx2(t: GgmlType, row: &[u8], x: &[f32]) -> f32 {
+        // SAFETY: as above; t is F32/F16/BF16.
+        unsafe { avx2::dot_float(t, row, x) }
+    }
+    pub fn fp8_avx2(row: &[u8], scales: &[f32], x: &[f32]) -> f32 {
+        // SAFETY: as above.
+        unsafe { avx2::dot_fp8(row, scales, x) }
+    }
+    pub fn k_avx512(t: GgmlType, row: &[u8], a: &[BlockQ8K]) -> f32 {
+        // SAFETY: handed out only when AVX-512 F/BW/VL (and AVX2/FMA/F16C) were detected.
+        unsafe { avx512::dot_k(t, row, a) }
+    }
+    pub fn s_avx512(t: GgmlType, row: &[u8], a: &[BlockQ8_0]) -> f32 {
+        // SAFETY: as above.
+        unsafe { avx512::dot_s(t, row, a) }
+    }
+    pub fn f_avx512(t: GgmlType, row: &[u8], x: &[f32]) -> f32 {
+        // SAFETY: as above.
+        unsafe { avx512::dot_float(t, row, x) }
+    }
+    pub fn fp8_avx512(row: &[u8], scales: &[f32], x: &[f32]) -> f32 {
+        // SAFETY: as above.
+        unsafe { avx512::dot_fp8(row, scales, x) }
+    }
 }
 
-pub fn s_kernel(_isa: Isa, _t: GgmlType) -> SFn {
-    reference::s
+fn is_float(t: GgmlType) -> bool {
+    matches!(t, GgmlType::F32 | GgmlType::F16 | GgmlType::BF16)
 }
 
-pub fn f_kernel(_isa: Isa, _t: GgmlType) -> FFn {
-    reference::f
+pub fn k_kernel(isa: Isa, _t: GgmlType) -> KFn {
+    match isa {
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx2 => x86::k_avx2,
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx512 => x86::k_avx512,
+        _ => reference::k,
+    }
 }
 
-pub fn fp8_kernel(_isa: Isa) -> Fp8Fn {
-    reference::fp8
+pub fn s_kernel(isa: Isa, _t: GgmlType) -> SFn {
+    match isa {
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx2 => x86::s_avx2,
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx512 => x86::s_avx512,
+        _ => reference::s,
+    }
+}
+
+/// f32-activation kernels: SIMD for float rows; quantized rows in Exact mode keep the scalar
+/// dequantize-and-dot path (used for reference logits, not for speed).
+pub fn f_kernel(isa: Isa, t: GgmlType) -> FFn {
+    match isa {
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx2 if is_float(t) => x86::f_avx2,
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx512 if is_float(t) => x86::f_avx512,
+        _ => reference::f,
+    }
+}
+
+pub fn fp8_kernel(isa: Isa) -> Fp8Fn {
+    match isa {
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx2 => x86::fp8_avx2,
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx512 => x86::fp8_avx512,
+        _ => reference::fp8,
+    }
 }

@@ -1,0 +1,181 @@
+//! AVX-512 (F/BW/VL) row kernels. The block unpacking is shared with the AVX2 code (it runs
+//! on 32-byte halves); the multiply-accumulate work runs on 64-byte vectors, two 32-weight
+//! chunks (or two Q8_0 blocks) at a time.
+
+use std::arch::x86_64::*;
+
+use super::avx2::{self, as_bytes, as_bytes_i16, hsum256, k_chunks, k_scales, s_quants};
+use super::fp::f16_at;
+use super::quant::{BlockQ8K, BlockQ8_0};
+use crate::dtype::GgmlType;
+
+#[inline]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2,fma,f16c")]
+fn load64(b: &[u8]) -> __m512i {
+    assert!(b.len() >= 64);
+    // SAFETY: at least 64 readable bytes (checked above); unaligned load.
+    unsafe { _mm512_loadu_si512(b.as_ptr() as *const _) }
+}
+
+#[inline]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2,fma,f16c")]
+fn load32(b: &[u8]) -> __m256i {
+    assert!(b.len() >= 32);
+    // SAFETY: at least 32 readable bytes (checked above); unaligned load.
+    unsafe { _mm256_loadu_si256(b.as_ptr() as *const __m256i) }
+}
+
+#[inline]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2,fma,f16c")]
+fn join(lo: __m256i, hi: __m256i) -> __m512i {
+    _mm512_inserti64x4(_mm512_castsi256_si512(lo), hi, 1)
+}
+
+/// Lane i of the result = lane `base + i/8` of the 16 group scales (4 groups of 8 i16 lanes).
+const SCALE_IDX: [i16; 32] =
+    [0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1, 2, 2, 2, 2, 2, 2, 2, 2, 3, 3, 3, 3, 3, 3, 3, 3];
+
+/// k-quant row · Q8_K activations.
+///
+/// # Safety
+/// The CPU must support AVX-512 F/BW/VL, AVX2, FMA and F16C; `t` must be a k-quant type.
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2,fma,f16c")]
+pub unsafe fn dot_k(t: GgmlType, row: &[u8], acts: &[BlockQ8K]) -> f32 {
+    let idx0 = load64(as_bytes_i16(&SCALE_IDX));
+    let mut acc = _mm512_setzero_ps();
+    let mut accm = _mm256_setzero_ps();
+    for (b, a) in row.chunks_exact(t.type_size()).zip(acts) {
+        let s = k_scales(t, b);
+        let sc = _mm512_castsi256_si512(load32(as_bytes_i16(&s.sc)));
+        let ch = k_chunks(t, b);
+        let mut isum = _mm512_setzero_si512();
+        for c in 0..4 {
+            let q = join(ch[2 * c], ch[2 * c + 1]);
+            let y = load64(as_bytes(&a.qs[64 * c..64 * c + 64]));
+            let p = _mm512_maddubs_epi16(q, y);
+            let scv = _mm512_permutexvar_epi16(_mm512_add_epi16(idx0, _mm512_set1_epi16(4 * c as i16)), sc);
+            isum = _mm512_add_epi32(isum, _mm512_madd_epi16(p, scv));
+        }
+        let msum = _mm256_madd_epi16(load32(as_bytes_i16(&a.bsums)), s.mn);
+        acc = _mm512_fmadd_ps(_mm512_set1_ps(s.d * a.d), _mm512_cvtepi32_ps(isum), acc);
+        accm = _mm256_fmadd_ps(_mm256_set1_ps(s.dmin * a.d), _mm256_cvtepi32_ps(msum), accm);
+    }
+    _mm512_reduce_add_ps(acc) - hsum256(accm)
+}
+
+/// Two f32 scales, one per 256-bit half.
+#[inline]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2,fma,f16c")]
+fn halves(a: f32, b: f32) -> __m512 {
+    let lo = _mm512_castps_pd(_mm512_set1_ps(a));
+    _mm512_castpd_ps(_mm512_insertf64x4(lo, _mm256_castps_pd(_mm256_set1_ps(b)), 1))
+}
+
+/// Q4_0-family row · Q8_0 activations, two blocks per step.
+///
+/// # Safety
+/// The CPU must support AVX-512 F/BW/VL, AVX2, FMA and F16C; `t` must be a Q4_0-family type.
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2,fma,f16c")]
+pub unsafe fn dot_s(t: GgmlType, row: &[u8], acts: &[BlockQ8_0]) -> f32 {
+    let ts = t.type_size();
+    let offset = matches!(t, GgmlType::Q4_1 | GgmlType::Q5_1);
+    let ones = _mm512_set1_epi16(1);
+    let mut acc = _mm512_setzero_ps();
+    let mut msum = 0f32;
+    let pairs = (row.len() / ts).min(acts.len()) / 2;
+    for i in 0..pairs {
+        let (b0, b1) = (&row[2 * i * ts..], &row[(2 * i + 1) * ts..]);
+        let (a0, a1) = (&acts[2 * i], &acts[2 * i + 1]);
+        let q = join(s_quants(t, b0), s_quants(t, b1));
+        let y = join(load32(as_bytes(&a0.qs)), load32(as_bytes(&a1.qs)));
+        let p = if offset {
+            msum += f16_at(b0, 2) * a0.s + f16_at(b1, 2) * a1.s;
+            _mm512_maddubs_epi16(q, y)
+        } else {
+            // |q| · (y with q's sign): maddubs needs its first operand unsigned.
+            let neg = _mm512_movepi8_mask(q);
+            let sy = _mm512_mask_sub_epi8(y, neg, _mm512_setzero_si512(), y);
+            _mm512_maddubs_epi16(_mm512_abs_epi8(q), sy)
+        };
+        let s = _mm512_cvtepi32_ps(_mm512_madd_epi16(p, ones));
+        let d = halves(f16_at(b0, 0) * a0.d, f16_at(b1, 0) * a1.d);
+        acc = _mm512_fmadd_ps(d, s, acc);
+    }
+    // SAFETY: same CPU features as this function.
+    let rest = unsafe { avx2::dot_s(t, &row[2 * pairs * ts..], &acts[2 * pairs..]) };
+    _mm512_reduce_add_ps(acc) + msum + rest
+}
+
+/// Sixteen weights of a float row as f32.
+#[inline]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2,fma,f16c")]
+fn load16_f(t: GgmlType, b: &[u8]) -> __m512 {
+    match t {
+        GgmlType::F32 => _mm512_castsi512_ps(load64(b)),
+        GgmlType::F16 => _mm512_cvtph_ps(load32(b)),
+        _ => _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(load32(b)), 16)), // BF16
+    }
+}
+
+/// F32/F16/BF16 row · f32 activations.
+///
+/// # Safety
+/// The CPU must support AVX-512 F/BW/VL, AVX2, FMA and F16C; `t` must be F32, F16 or BF16.
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2,fma,f16c")]
+pub unsafe fn dot_float(t: GgmlType, row: &[u8], x: &[f32]) -> f32 {
+    let es = t.type_size();
+    let n = x.len().min(row.len() / es);
+    let mut acc = [_mm512_setzero_ps(); 4];
+    let mut i = 0;
+    while i + 64 <= n {
+        for (k, a) in acc.iter_mut().enumerate() {
+            let j = i + 16 * k;
+            // SAFETY: j + 16 <= n <= x.len().
+            let xv = unsafe { _mm512_loadu_ps(x.as_ptr().add(j)) };
+            *a = _mm512_fmadd_ps(load16_f(t, &row[j * es..]), xv, *a);
+        }
+        i += 64;
+    }
+    let v = _mm512_add_ps(_mm512_add_ps(acc[0], acc[1]), _mm512_add_ps(acc[2], acc[3]));
+    // SAFETY: same CPU features as this function.
+    let rest = unsafe { avx2::dot_float(t, &row[i * es..n * es], &x[i..n]) };
+    _mm512_reduce_add_ps(v) + rest
+}
+
+/// Sixteen e4m3 bytes as f32 divided by 256 (moved into an f16 exponent, see fp.rs).
+#[inline]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2,fma,f16c")]
+fn fp8x16(b: &[u8]) -> __m512 {
+    assert!(b.len() >= 16);
+    // SAFETY: 16 readable bytes.
+    let v = _mm256_cvtepu8_epi16(unsafe { _mm_loadu_si128(b.as_ptr() as *const __m128i) });
+    let s = _mm256_slli_epi16(_mm256_and_si256(v, _mm256_set1_epi16(0x80)), 8);
+    let m = _mm256_slli_epi16(_mm256_and_si256(v, _mm256_set1_epi16(0x7F)), 7);
+    _mm512_cvtph_ps(_mm256_or_si256(s, m))
+}
+
+/// FP8 e4m3 row · f32 activations with one scale per 128 columns.
+///
+/// # Safety
+/// The CPU must support AVX-512 F/BW/VL, AVX2, FMA and F16C.
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2,fma,f16c")]
+pub unsafe fn dot_fp8(row: &[u8], scales: &[f32], x: &[f32]) -> f32 {
+    let mut total = _mm512_setzero_ps();
+    let mut tail = 0f32;
+    for ((b, xs), &s) in row.chunks(128).zip(x.chunks(128)).zip(scales) {
+        let n = b.len().min(xs.len());
+        let (mut a0, mut a1) = (_mm512_setzero_ps(), _mm512_setzero_ps());
+        let mut i = 0;
+        while i + 32 <= n {
+            // SAFETY: i + 32 <= n <= xs.len().
+            let (x0, x1) = unsafe { (_mm512_loadu_ps(xs.as_ptr().add(i)), _mm512_loadu_ps(xs.as_ptr().add(i + 16))) };
+            a0 = _mm512_fmadd_ps(fp8x16(&b[i..]), x0, a0);
+            a1 = _mm512_fmadd_ps(fp8x16(&b[i + 16..]), x1, a1);
+            i += 32;
+        }
+        total = _mm512_fmadd_ps(_mm512_add_ps(a0, a1), _mm512_set1_ps(s * 256.0), total);
+        let rest: f32 = b[i..n].iter().zip(&xs[i..n]).map(|(&q, &v)| super::fp::fp8_e4m3_to_f32(q) * v).sum();
+        tail += rest * s;
+    }
+    _mm512_reduce_add_ps(total) + tail
+}

@@ -55,6 +55,8 @@ pub fn load_gguf(path: &Path, opts: &LoadOptions) -> anyhow::Result<Box<dyn Mode
     let model: Box<dyn Model> = match arch.as_str() {
         a if llama::GGUF_ARCHS.contains(&a) => Box::new(llama::load_gguf(file, opts.kv_dtype)?),
         "gemma3" => Box::new(gemma3::load_gguf(file, opts.kv_dtype)?),
+        "deepseek2" => super::deepseek2::load_gguf(file)?,
+        "qwen3moe" => super::qwen3moe::load_gguf(file, opts.kv_dtype)?,
         other => return Err(unsupported(other, path)),
     };
     Ok(model)
@@ -71,6 +73,12 @@ pub fn load_hf(dir: &Path, opts: &LoadOptions) -> anyhow::Result<Box<dyn Model>>
             llama::load_hf(dir, &config, opts.kv_dtype)
                 .with_context(|| format!("loading HF model {}", dir.display()))?,
         ),
+        "deepseek_v3" | "deepseek_v2" | "kimi_k2" => {
+            super::deepseek2::load_hf(dir, &super::hf::HfConfig::load(dir)?)
+                .with_context(|| format!("loading HF model {}", dir.display()))?
+        }
+        "qwen3_moe" => super::qwen3moe::load_hf(dir, &super::hf::HfConfig::load(dir)?, opts.kv_dtype)
+            .with_context(|| format!("loading HF model {}", dir.display()))?,
         other => return Err(unsupported(other, dir)),
     };
     Ok(model)

@@ -686,3 +686,130 @@ mod tests {
         assert!(!sel.experts.contains(&3));
     }
 }
+
+#[cfg(test)]
+mod exec_tests {
+    use super::*;
+    use crate::dtype::GgmlType;
+    use crate::formats::TensorBytes;
+    use std::sync::Arc;
+
+    fn f32_weight(rows: usize, cols: usize, f: impl Fn(usize, usize) -> f32) -> Weight {
+        let data: Vec<u8> = (0..rows * cols).flat_map(|i| f(i / cols, i % cols).to_le_bytes()).collect();
+        Weight::new("t", TensorBytes::Owned(Arc::new(data)), WeightType::Ggml(GgmlType::F32), rows, cols).unwrap()
+    }
+
+    fn dense(w: &Weight) -> Vec<f32> {
+        to_f32(w).unwrap()
+    }
+
+    /// Naive `down(silu(gate x) * up x)` with explicit loops.
+    fn naive_ffn(f: &FfnWeights, x: &[f32]) -> Vec<f32> {
+        let (g, u, d) = (dense(&f.gate), dense(&f.up), dense(&f.down));
+        let (ff, h) = (f.gate.rows, f.gate.cols);
+        let act: Vec<f32> = (0..ff)
+            .map(|i| {
+                let a: f32 = (0..h).map(|j| g[i * h + j] * x[j]).sum();
+                let b: f32 = (0..h).map(|j| u[i * h + j] * x[j]).sum();
+                a / (1.0 + (-a).exp()) * b
+            })
+            .collect();
+        (0..h).map(|r| (0..ff).map(|i| d[r * ff + i] * act[i]).sum()).collect()
+    }
+
+    fn expert(seed: usize, h: usize, ff: usize) -> FfnWeights {
+        let v =
+            move |k: usize| move |i: usize, j: usize| (((i * 31 + j * 17 + seed * 7 + k) % 23) as f32 - 11.0) * 0.05;
+        FfnWeights { gate: f32_weight(ff, h, v(1)), up: f32_weight(ff, h, v(2)), down: f32_weight(h, ff, v(3)) }
+    }
+
+    /// 8 experts in 4 groups (top-2 groups, top-3 experts), with a one-hot-ish router so the
+    /// scores are known exactly: expert e's logit is `x[0] · a_e`.
+    fn layer(h: usize, ff: usize) -> (MoeFfn, Vec<f32>) {
+        let a = [2.0f32, -1.0, 0.5, 1.5, -2.0, 1.0, 0.25, -0.5];
+        let router = f32_weight(8, h, |e, j| if j == 0 { a[e] } else { 0.0 });
+        let bias = vec![0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 3.0, 0.0];
+        let cfg = RouterConfig {
+            n_experts: 8,
+            top_k: 3,
+            n_group: 4,
+            topk_group: 2,
+            group_score: GroupScore::Top2Sum,
+            scoring: Scoring::Sigmoid,
+            norm_topk_prob: true,
+            routed_scaling_factor: 2.5,
+        };
+        let moe = MoeFfn {
+            router_cfg: cfg,
+            router,
+            bias: Some(bias),
+            experts: (0..8).map(|e| expert(e, h, ff)).collect(),
+            shared: Some(expert(99, h, 2 * ff)),
+        };
+        moe.validate(h, 0).unwrap();
+        (moe, a.to_vec())
+    }
+
+    #[test]
+    fn combined_output_is_scaled_weighted_sum_plus_shared() {
+        let (h, ff) = (8, 4);
+        let (moe, a) = layer(h, ff);
+        let x: Vec<f32> = (0..h).map(|j| if j == 0 { 1.0 } else { (j as f32 * 0.7).sin() }).collect();
+        let mut y = vec![0.0; h];
+        moe.forward(&x, 1, &mut y).unwrap();
+        // Scores sigmoid(a_e); biased: expert 6 gets +3. Groups {0,1},{2,3},{4,5},{6,7}:
+        // top-2 sums: g0 = s0+s1, g1 = s2+s3, g2 = s4+s5, g3 = (s6+3)+s7 -> g3 and g1 win
+        // (g1: σ(0.5)+σ(1.5) = 1.44 > g0: σ(2)+σ(-1) = 1.15). Experts by biased score: 6, 3, 2.
+        let s = |e: usize| 1.0 / (1.0 + (-a[e]).exp());
+        let chosen = [6usize, 3, 2];
+        let total: f32 = chosen.iter().map(|&e| s(e)).sum();
+        let mut want = naive_ffn(moe.shared.as_ref().unwrap(), &x);
+        for &e in &chosen {
+            let w = s(e) / total * 2.5;
+            for (o, v) in want.iter_mut().zip(naive_ffn(&moe.experts[e], &x)) {
+                *o += w * v;
+            }
+        }
+        for (g, w) in y.iter().zip(&want) {
+            assert!((g - w).abs() < 1e-5, "{y:?} vs {want:?}");
+        }
+        let sel = moe.route_rows(&x, 1).unwrap();
+        assert_eq!(sel[0].experts, chosen);
+    }
+
+    #[test]
+    fn batched_rows_equal_single_rows() {
+        let (h, ff) = (8, 4);
+        let (moe, _) = layer(h, ff);
+        let n = 5;
+        let x: Vec<f32> = (0..n * h).map(|i| ((i * 13 % 19) as f32 - 9.0) * 0.2).collect();
+        let mut batched = vec![0.0; n * h];
+        moe.forward(&x, n, &mut batched).unwrap();
+        for r in 0..n {
+            let mut one = vec![0.0; h];
+            moe.forward(&x[r * h..(r + 1) * h], 1, &mut one).unwrap();
+            for (a, b) in one.iter().zip(&batched[r * h..(r + 1) * h]) {
+                assert!((a - b).abs() < 1e-5);
+            }
+        }
+        // Every expert is visited once per step, with all the rows that chose it.
+        let sel = moe.route_rows(&x, n).unwrap();
+        let per = rows_per_expert(&sel, 8);
+        let visits: usize = per.iter().map(Vec::len).sum();
+        assert_eq!(visits, n * 3);
+        for (e, rows) in per.iter().enumerate() {
+            for &(r, w) in rows {
+                let k = sel[r].experts.iter().position(|&x| x == e).unwrap();
+                assert_eq!(sel[r].weights[k], w);
+            }
+        }
+    }
+
+    #[test]
+    fn shape_errors_are_reported() {
+        let (moe, _) = layer(8, 4);
+        let mut y = vec![0.0; 8];
+        assert!(moe.forward(&[0.0; 7], 1, &mut y).is_err());
+        assert!(moe.validate(16, 0).is_err());
+    }
+}

@@ -5,6 +5,7 @@
 mod cmd;
 mod exit;
 mod fetch;
+mod model_source;
 mod probe;
 
 use clap::{Parser, Subcommand};

@@ -8,7 +8,7 @@
 //!   turn into useful reads. DESIGN.md: the reference appliance does the MoE part of a Q4_K_M
 //!   token in 18 ms where the bandwidth bound is 13 ms (13/18 = 0.72).
 //! - `gpu_bandwidth_efficiency` 0.80: decode GEMV kernels on current NVIDIA GPUs.
-//! - `hybrid_sync_us` 190 and `gpu_layer_overhead_us` 20: per-layer costs of handing the hidden
+//! - `hybrid_sync_us` 160 and `gpu_layer_overhead_us` 20: per-layer costs of handing the hidden
 //!   state between GPU and CPU and of launching a layer's kernels; together with the above
 //!   they reproduce the HY90 vendor figure of 28 tok/s for DeepSeek-R1 Q4_K_M (one request).
 
@@ -62,7 +62,7 @@ impl Default for Efficiency {
             cpu_tflops: None,
             gpu_tflops: None,
             gpu_layer_overhead_us: 20.0,
-            hybrid_sync_us: 190.0,
+            hybrid_sync_us: 160.0,
             numa_sync_us: 10.0,
             os_reserve_fraction: 0.03,
             os_reserve_min_gib: 4.0,

@@ -79,9 +79,14 @@ pub struct Args {
 ///
 /// LEAD: this is the single hook between the planner commands and `crate::probe`; it is
 /// wired to `crate::probe::probe(&ProbeOptions::live())` and can be changed here alone.
+/// `HY_PROBE_ROOT` (as for `hy probe`) points it at a fixture tree, without cpuid and NVML.
 pub fn local_hardware() -> anyhow::Result<HardwareSpec> {
-    let probed = crate::probe::probe(&crate::probe::ProbeOptions::live());
-    Ok(probed.spec)
+    use crate::probe::{ProbeOptions, ProbeRoot};
+    let opts = match std::env::var_os("HY_PROBE_ROOT").filter(|r| !r.is_empty()) {
+        Some(root) => ProbeOptions { root: ProbeRoot::new(root), cpuid: false, gpu: false },
+        None => ProbeOptions::live(),
+    };
+    Ok(crate::probe::probe(&opts).spec)
 }
 
 /// The hardware to plan for and how to name it.

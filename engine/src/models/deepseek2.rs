@@ -30,10 +30,10 @@ use crate::kernels::WeightType;
 use crate::models::common::{add_assign, rms_norm_rows, rms_norm_rows_into, Rope, RopeStyle};
 use crate::models::hf::{yarn_get_mscale, HfConfig, RopeScaling};
 use crate::models::moe::{
-    embed, linear_new, load_dense_ffn, load_moe, to_f32, vector, FfnWeights, GroupScore, MoeFfn, RouterConfig, Scoring,
+    embed, linear_new, load_dense_ffn, load_moe, to_f32, FfnWeights, GroupScore, MoeFfn, RouterConfig, Scoring,
     Segments,
 };
-use crate::models::weights::{require, require_shape, Weight, WeightSource};
+use crate::models::weights::{require_shape, require_vec, Weight, WeightSource};
 use crate::models::{Logits, Model, ModelError, ModelInfo, SeqState};
 
 const ARCH: &str = "deepseek2";
@@ -168,7 +168,7 @@ impl DeepseekConfig {
             self.name
         );
         ensure!(
-            self.kv_lora_rank > 0 && self.v_head > 0 && self.qk_rope % 2 == 0,
+            self.kv_lora_rank > 0 && self.v_head > 0 && self.qk_rope.is_multiple_of(2),
             "{}: MLA dims kv_lora_rank {}, v_head {}, qk_rope {} (must be even) are invalid",
             self.name,
             self.kv_lora_rank,
@@ -192,7 +192,7 @@ impl DeepseekConfig {
 
     /// Whether layer `l` has routed experts (else a dense FFN).
     pub fn is_moe_layer(&self, l: usize) -> bool {
-        self.router.is_some() && l >= self.first_k_dense && l % self.moe_layer_freq == 0
+        self.router.is_some() && l >= self.first_k_dense && l.is_multiple_of(self.moe_layer_freq)
     }
 
     /// Softmax scale of the attention scores.
@@ -373,7 +373,7 @@ impl Deepseek2 {
             output.cols,
             cfg.vocab
         );
-        let norm = vector(&require(src, "output_norm.weight", ARCH)?, h)?;
+        let norm = require_vec(src, "output_norm.weight", ARCH, h)?;
         let layers = (0..cfg.n_layers)
             .map(|l| load_layer(&cfg, src, l).with_context(|| format!("loading layer {l}")))
             .collect::<Result<Vec<_>>>()?;
@@ -522,7 +522,7 @@ fn attend_latent(q: &[f32], latents: &[f32], width: usize, scale: f32, out: &mut
 fn load_layer(cfg: &DeepseekConfig, src: &dyn WeightSource, l: usize) -> Result<Layer> {
     let name = |s: &str| format!("blk.{l}.{s}");
     let attn = load_mla(cfg, src, l)?;
-    let ffn_norm = vector(&require(src, &name("ffn_norm.weight"), ARCH)?, cfg.hidden)?;
+    let ffn_norm = require_vec(src, &name("ffn_norm.weight"), ARCH, cfg.hidden)?;
     let ffn = match (&cfg.router, cfg.is_moe_layer(l)) {
         (Some(rc), true) => Ffn::Moe(load_moe(
             src,
@@ -545,26 +545,17 @@ fn load_mla(cfg: &DeepseekConfig, src: &dyn WeightSource, l: usize) -> Result<Ml
     let (q_a, q_b) = match cfg.q_lora_rank {
         Some(r) => {
             let qa = require_shape(src, &name("attn_q_a.weight"), ARCH, r, h)?;
-            let qn = vector(&require(src, &name("attn_q_a_norm.weight"), ARCH)?, r)?;
+            let qn = require_vec(src, &name("attn_q_a_norm.weight"), ARCH, r)?;
             let qb = require_shape(src, &name("attn_q_b.weight"), ARCH, q_out, r)?;
             (Some((qa, qn)), qb)
         }
         None => (None, require_shape(src, &name("attn_q.weight"), ARCH, q_out, h)?),
     };
     let kv_a = require_shape(src, &name("attn_kv_a_mqa.weight"), ARCH, cfg.latent_width(), h)?;
-    let kv_a_norm = vector(&require(src, &name("attn_kv_a_norm.weight"), ARCH)?, cfg.kv_lora_rank)?;
+    let kv_a_norm = require_vec(src, &name("attn_kv_a_norm.weight"), ARCH, cfg.kv_lora_rank)?;
     let (k_b, v_b) = load_kv_b(cfg, src, l)?;
     let o = require_shape(src, &name("attn_output.weight"), ARCH, h, nh * cfg.v_head)?;
-    Ok(Mla {
-        attn_norm: vector(&require(src, &name("attn_norm.weight"), ARCH)?, h)?,
-        q_a,
-        q_b,
-        kv_a,
-        kv_a_norm,
-        k_b,
-        v_b,
-        o,
-    })
+    Ok(Mla { attn_norm: require_vec(src, &name("attn_norm.weight"), ARCH, h)?, q_a, q_b, kv_a, kv_a_norm, k_b, v_b, o })
 }
 
 /// Per-head `W_UKᵀ` and `W_UV`: views of the split GGUF tensors, or split from `kv_b_proj`.

@@ -21,8 +21,9 @@ use std::cmp::Ordering;
 
 use anyhow::{ensure, Context, Result};
 
-use crate::kernels::{self, QMatrix, WeightType};
-use crate::models::weights::{require_shape, Weight, WeightSource};
+use crate::kernels::{self, WeightType};
+use crate::models::weights::{optional_vec, require_shape, Weight, WeightSource};
+use crate::models::ModelError;
 
 /// How router logits become expert scores.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -66,7 +67,7 @@ impl RouterConfig {
             self.n_experts
         );
         ensure!(
-            self.n_group > 0 && self.n_experts % self.n_group == 0,
+            self.n_group > 0 && self.n_experts.is_multiple_of(self.n_group),
             "router: {} experts cannot be split into {} groups",
             self.n_experts,
             self.n_group
@@ -226,22 +227,11 @@ impl FfnWeights {
         let ff = self.gate.qmatrix().rows;
         let mut g = vec![0.0f32; n * ff];
         let mut u = vec![0.0f32; n * ff];
-        matmul(&self.gate.qmatrix(), x, n, &mut g)?;
-        matmul(&self.up.qmatrix(), x, n, &mut u)?;
+        self.gate.linear(x, n, &mut g)?;
+        self.up.linear(x, n, &mut u)?;
         swiglu_in_place(&mut g, &u);
-        matmul(&self.down.qmatrix(), &g, n, y)
+        Ok(self.down.linear(&g, n, y)?)
     }
-}
-
-/// `Y = X · Wᵀ` for `n` rows, through the kernels (matvec for a single row).
-fn matmul(w: &QMatrix, x: &[f32], n: usize, y: &mut [f32]) -> Result<()> {
-    ensure!(x.len() == n * w.cols && y.len() == n * w.rows, "matmul shapes: W {}x{}, {} input rows", w.rows, w.cols, n);
-    if n == 1 {
-        kernels::matvec(w, x, y);
-    } else {
-        kernels::matmul(w, x, n, y);
-    }
-    Ok(())
 }
 
 /// One MoE block: router, routed experts, optional shared experts.
@@ -295,7 +285,7 @@ impl MoeFfn {
     pub fn route_rows(&self, x: &[f32], n: usize) -> Result<Vec<Selection>> {
         let ne = self.router_cfg.n_experts;
         let mut logits = vec![0.0f32; n * ne];
-        matmul(&self.router.qmatrix(), x, n, &mut logits)?;
+        self.router.linear(x, n, &mut logits)?;
         Ok(logits.chunks(ne).map(|l| route(&self.router_cfg, l, self.bias.as_deref())).collect())
     }
 
@@ -346,49 +336,38 @@ pub fn rows_per_expert(selections: &[Selection], n_experts: usize) -> Vec<Vec<(u
 // Helpers shared by the MoE models (weights → f32, linear layers, embeddings)
 // ---------------------------------------------------------------------------------------------
 
-/// `Y = X · Wᵀ` for `n` rows of `x` (row-major `n × cols`) into `y` (`n × rows`).
-pub fn linear(w: &Weight, x: &[f32], n: usize, y: &mut [f32]) -> Result<()> {
-    matmul(&w.qmatrix(), x, n, y).with_context(|| format!("tensor {}", w.name))
-}
-
-/// Like [`linear`], returning a fresh buffer.
+/// [`Weight::linear`] into a fresh `n × rows` buffer.
 pub fn linear_new(w: &Weight, x: &[f32], n: usize) -> Result<Vec<f32>> {
     let mut y = vec![0.0f32; n * w.rows];
-    linear(w, x, n, &mut y)?;
+    w.linear(x, n, &mut y)?;
     Ok(y)
 }
 
-/// The whole tensor as f32 (norm weights, biases, small matrices the models rearrange).
+/// The whole matrix as f32, FP8 included (`kv_b_proj`, which the MLA load rearranges).
 pub fn to_f32(w: &Weight) -> Result<Vec<f32>> {
     let q = w.qmatrix();
     q.validate().map_err(|e| anyhow::anyhow!("tensor {}: {e}", w.name))?;
     Ok(kernels::dequantize_matrix(&q))
 }
 
-/// A 1-D weight (norm, bias) of exactly `len` values, as f32.
-pub fn vector(w: &Weight, len: usize) -> Result<Vec<f32>> {
-    ensure!(w.rows * w.cols == len, "tensor {} has {} values, expected {len}", w.name, w.rows * w.cols);
-    to_f32(w)
-}
-
 /// Embedding rows for `tokens` from a `[vocab × hidden]` table (any storage type).
 pub fn embed(table: &Weight, tokens: &[u32]) -> Result<Vec<f32>> {
     let hidden = table.cols;
+    for &t in tokens {
+        ensure!((t as usize) < table.rows, ModelError::TokenOutOfRange { id: t, vocab: table.rows });
+    }
     let mut out = vec![0.0f32; tokens.len() * hidden];
-    for (&t, dst) in tokens.iter().zip(out.chunks_mut(hidden)) {
-        ensure!((t as usize) < table.rows, crate::models::ModelError::TokenOutOfRange { id: t, vocab: table.rows });
-        let row = table.slice_rows(t as usize, 1).ok();
-        match (table.ty, row) {
-            (WeightType::Ggml(ty), Some(r)) => {
-                kernels::dequantize_row(ty, &r.bytes, dst).map_err(|e| anyhow::anyhow!("tensor {}: {e}", table.name))?
-            }
-            // FP8 tables cannot be row-sliced; the reference keeps embeddings in bf16 anyway.
-            _ => {
-                let all = to_f32(table)?;
-                let i = t as usize * hidden;
-                dst.copy_from_slice(&all[i..i + hidden]);
-            }
+    if table.ty == WeightType::Fp8E4M3Block128 {
+        // Block scales span 128 rows, so no row view; the reference checkpoints keep the
+        // embedding in bf16 anyway.
+        let all = to_f32(table)?;
+        for (&t, dst) in tokens.iter().zip(out.chunks_mut(hidden)) {
+            dst.copy_from_slice(&all[t as usize * hidden..][..hidden]);
         }
+        return Ok(out);
+    }
+    for (&t, dst) in tokens.iter().zip(out.chunks_mut(hidden)) {
+        table.row_f32(t as usize, dst)?;
     }
     Ok(out)
 }
@@ -421,10 +400,7 @@ pub fn load_moe(
     let name = |s: &str| format!("blk.{l}.{s}");
     let ne = router_cfg.n_experts;
     let router = require_shape(src, &name("ffn_gate_inp.weight"), arch, ne, hidden)?;
-    let bias = match src.weight(&name("exp_probs_b.bias"))? {
-        Some(b) => Some(vector(&b, ne)?),
-        None => None,
-    };
+    let bias = optional_vec(src, &name("exp_probs_b.bias"), ne)?;
     let shared = if shared_ff > 0 {
         Some(FfnWeights {
             gate: require_shape(src, &name("ffn_gate_shexp.weight"), arch, shared_ff, hidden)?,

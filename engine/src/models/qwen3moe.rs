@@ -16,10 +16,9 @@ use crate::models::common::{
 };
 use crate::models::hf::{HfConfig, RopeScaling};
 use crate::models::moe::{
-    embed, linear_new, load_dense_ffn, load_moe, vector, FfnWeights, GroupScore, MoeFfn, RouterConfig, Scoring,
-    Segments,
+    embed, linear_new, load_dense_ffn, load_moe, FfnWeights, GroupScore, MoeFfn, RouterConfig, Scoring, Segments,
 };
-use crate::models::weights::{require, require_shape, Weight, WeightSource};
+use crate::models::weights::{require_shape, require_vec, Weight, WeightSource};
 use crate::models::{Logits, Model, ModelError, ModelInfo, SeqState};
 
 const ARCH: &str = "qwen3moe";
@@ -135,19 +134,19 @@ impl Qwen3MoeConfig {
             self.name
         );
         ensure!(
-            self.n_kv_heads > 0 && self.n_heads % self.n_kv_heads == 0,
+            self.n_kv_heads > 0 && self.n_heads.is_multiple_of(self.n_kv_heads),
             "{}: {} query heads cannot share {} KV heads",
             self.name,
             self.n_heads,
             self.n_kv_heads
         );
-        ensure!(self.head_dim % 2 == 0, "{}: head_dim {} must be even for RoPE", self.name, self.head_dim);
+        ensure!(self.head_dim.is_multiple_of(2), "{}: head_dim {} must be even for RoPE", self.name, self.head_dim);
         self.router.validate()
     }
 
     /// Whether layer `l` routes to experts.
     pub fn is_moe_layer(&self, l: usize) -> bool {
-        !self.dense_layers.contains(&l) && (l + 1) % self.sparse_step == 0
+        !self.dense_layers.contains(&l) && (l + 1).is_multiple_of(self.sparse_step)
     }
 
     pub fn rope(&self) -> Result<Rope> {
@@ -220,7 +219,7 @@ impl Qwen3Moe {
             output.cols,
             cfg.vocab
         );
-        let norm = vector(&require(src, "output_norm.weight", ARCH)?, h)?;
+        let norm = require_vec(src, "output_norm.weight", ARCH, h)?;
         let layers = (0..cfg.n_layers)
             .map(|l| load_layer(&cfg, src, l).with_context(|| format!("loading layer {l}")))
             .collect::<Result<Vec<_>>>()?;
@@ -310,20 +309,20 @@ fn load_layer(cfg: &Qwen3MoeConfig, src: &dyn WeightSource, l: usize) -> Result<
     let name = |s: &str| format!("blk.{l}.{s}");
     let (h, hd) = (cfg.hidden, cfg.head_dim);
     let attn = Attn {
-        attn_norm: vector(&require(src, &name("attn_norm.weight"), ARCH)?, h)?,
+        attn_norm: require_vec(src, &name("attn_norm.weight"), ARCH, h)?,
         q: require_shape(src, &name("attn_q.weight"), ARCH, cfg.n_heads * hd, h)?,
         k: require_shape(src, &name("attn_k.weight"), ARCH, cfg.n_kv_heads * hd, h)?,
         v: require_shape(src, &name("attn_v.weight"), ARCH, cfg.n_kv_heads * hd, h)?,
         o: require_shape(src, &name("attn_output.weight"), ARCH, h, cfg.n_heads * hd)?,
-        q_norm: vector(&require(src, &name("attn_q_norm.weight"), ARCH)?, hd)?,
-        k_norm: vector(&require(src, &name("attn_k_norm.weight"), ARCH)?, hd)?,
+        q_norm: require_vec(src, &name("attn_q_norm.weight"), ARCH, hd)?,
+        k_norm: require_vec(src, &name("attn_k_norm.weight"), ARCH, hd)?,
     };
     let ffn = if cfg.is_moe_layer(l) {
         Ffn::Moe(load_moe(src, ARCH, l, cfg.router.clone(), h, cfg.moe_intermediate, 0)?)
     } else {
         Ffn::Dense(load_dense_ffn(src, ARCH, l, h, cfg.intermediate)?)
     };
-    Ok(Layer { attn, ffn_norm: vector(&require(src, &name("ffn_norm.weight"), ARCH)?, h)?, ffn })
+    Ok(Layer { attn, ffn_norm: require_vec(src, &name("ffn_norm.weight"), ARCH, h)?, ffn })
 }
 
 fn cache_of(state: &mut SeqState) -> Result<&mut KvCache, ModelError> {

@@ -244,14 +244,30 @@ mod live {
 
     #[test]
     fn bench_reports_per_node_and_machine_bandwidth() {
-        let args =
-            ["probe", "--json", "--no-gpu", "--bench", "--bench-mib", "4", "--bench-reps", "1", "--bench-threads", "1"];
-        let out = hy(&args);
-        let hw: HardwareSpec = serde_json::from_str(&stdout(&out)).unwrap();
-        let m = hw.measured.expect("--bench fills measured");
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("hw.toml");
+        let args = [
+            "probe",
+            "--json",
+            "--no-gpu",
+            "--bench",
+            "--bench-mib",
+            "4",
+            "--bench-reps",
+            "1",
+            "--bench-threads",
+            "1",
+            "--save",
+            file.to_str().unwrap(),
+        ];
+        let hw: HardwareSpec = serde_json::from_str(&stdout(&hy(&args))).unwrap();
+        let m = hw.measured.clone().expect("--bench fills measured");
         assert_eq!(m.per_node.len(), hw.numa_nodes.iter().filter(|n| !n.cpus.is_empty()).count());
         assert!(m.per_node.iter().all(|n| n.threads == 1 && n.read_gbps > 0.0 && n.triad_gbps > 0.0));
         assert!(m.read_gbps > 0.0 && m.triad_gbps > 0.0);
         assert_eq!(m.threads as usize, m.per_node.len());
+        // The measured section survives the TOML hardware file too.
+        let saved: HardwareSpec = toml::from_str(&std::fs::read_to_string(&file).unwrap()).unwrap();
+        assert_eq!(saved, hw);
     }
 }

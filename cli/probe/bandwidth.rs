@@ -29,6 +29,8 @@ pub struct BenchConfig {
 pub enum BenchError {
     #[error("no CPU of any NUMA node is available to this process (check taskset/cgroup cpusets)")]
     NoCpus,
+    #[error("a benchmark thread failed (out of memory?); try a smaller --bench-mib")]
+    WorkerFailed,
 }
 
 /// One unit of progress: a finished repetition or allocation phase.
@@ -75,7 +77,7 @@ pub fn measure(
     let mut per_node = Vec::new();
     let mut pin_failed = false;
     for (id, cpus) in &groups {
-        let r = run_group(cpus, cfg, &format!("node {id}"), &mut tracker);
+        let r = run_group(cpus, cfg, &format!("node {id}"), &mut tracker)?;
         pin_failed |= r.pin_failed;
         per_node.push(NodeBandwidth {
             node: *id,
@@ -86,7 +88,7 @@ pub fn measure(
     }
     let whole = if groups.len() > 1 {
         let all: Vec<u32> = groups.iter().flat_map(|(_, c)| c.iter().copied()).collect();
-        let r = run_group(&all, cfg, "all nodes", &mut tracker);
+        let r = run_group(&all, cfg, "all nodes", &mut tracker)?;
         pin_failed |= r.pin_failed;
         (r.read_gbps, r.triad_gbps, all.len() as u32)
     } else {
@@ -126,63 +128,96 @@ enum Kernel {
     Triad,
 }
 
-/// Runs both kernels on one thread per CPU in `cpus`, all threads at once.
-fn run_group(cpus: &[u32], cfg: &BenchConfig, label: &str, tracker: &mut Tracker<'_>) -> GroupResult {
+/// Runs both kernels on one thread per CPU in `cpus`, all threads at once. Each thread
+/// stamps its own start and end, and a repetition lasts from the earliest start to the
+/// latest end: timing on the coordinating thread would undercount whenever it is scheduled
+/// late after the start barrier (the workers may be done before it reads the clock).
+fn run_group(
+    cpus: &[u32],
+    cfg: &BenchConfig,
+    label: &str,
+    tracker: &mut Tracker<'_>,
+) -> Result<GroupResult, BenchError> {
     let elems = (cfg.bytes_per_thread / 8).max(1024);
-    let reps = cfg.repetitions.max(1);
+    let reps = cfg.repetitions.max(1) as usize;
     let barrier = Barrier::new(cpus.len() + 1);
     let pin_failed = AtomicBool::new(false);
-    let mut best = [Duration::MAX; 2];
-    std::thread::scope(|s| {
-        for &cpu in cpus {
-            let (barrier, pin_failed) = (&barrier, &pin_failed);
-            s.spawn(move || worker(cpu, elems, reps, barrier, pin_failed));
-        }
+    let stamps: Vec<Vec<Stamp>> = std::thread::scope(|s| {
+        let handles: Vec<_> = cpus
+            .iter()
+            .map(|&cpu| {
+                let (barrier, pin_failed) = (&barrier, &pin_failed);
+                s.spawn(move || worker(cpu, elems, reps, barrier, pin_failed))
+            })
+            .collect();
         barrier.wait(); // every thread has pinned itself and first-touched its arrays
         tracker.step(&format!("{label}: arrays placed"));
-        for (k, name) in [(0, "read"), (1, "triad")] {
+        for name in ["read", "triad"] {
             for rep in 0..reps {
                 barrier.wait();
-                let start = Instant::now();
                 barrier.wait();
-                best[k] = best[k].min(start.elapsed());
                 tracker.step(&format!("{label}: {name} {}/{reps}", rep + 1));
             }
         }
-    });
+        handles.into_iter().map(|h| h.join()).collect::<Result<_, _>>()
+    })
+    .map_err(|_| BenchError::WorkerFailed)?;
+    let best = |kernel: usize| {
+        (0..reps)
+            .filter_map(|rep| {
+                let i = kernel * reps + rep;
+                let start = stamps.iter().map(|t| t[i].0).min()?;
+                let end = stamps.iter().map(|t| t[i].1).max()?;
+                Some(end.duration_since(start))
+            })
+            .min()
+            .unwrap_or(Duration::MAX)
+    };
     let bytes = (cpus.len() * elems * 8) as f64;
-    GroupResult {
-        read_gbps: bytes / best[0].as_secs_f64().max(1e-9) / 1e9,
-        triad_gbps: 3.0 * bytes / best[1].as_secs_f64().max(1e-9) / 1e9,
+    Ok(GroupResult {
+        read_gbps: bytes / best(0).as_secs_f64().max(1e-9) / 1e9,
+        triad_gbps: 3.0 * bytes / best(1).as_secs_f64().max(1e-9) / 1e9,
         pin_failed: pin_failed.load(Ordering::Relaxed),
-    }
+    })
 }
 
-fn worker(cpu: u32, elems: usize, reps: u32, barrier: &Barrier, pin_failed: &AtomicBool) {
+/// When one thread started and finished one repetition.
+type Stamp = (Instant, Instant);
+
+/// One pinned thread: places its arrays, then runs each repetition between two barriers
+/// and returns its stamps, read repetitions first.
+fn worker(cpu: u32, elems: usize, reps: usize, barrier: &Barrier, pin_failed: &AtomicBool) -> Vec<Stamp> {
     if !pin_to_cpu(cpu) {
         pin_failed.store(true, Ordering::Relaxed);
     }
     // First touch happens here, on the pinned thread, so pages land on its node.
     let mut a = vec![0.0f64; elems];
-    let b: Vec<f64> = (0..elems).map(|i| (i % 1024) as f64).collect();
-    let c: Vec<f64> = (0..elems).map(|i| (i % 7) as f64).collect();
+    let mut b: Vec<f64> = (0..elems).map(|i| (i % 1024) as f64).collect();
+    let mut c: Vec<f64> = (0..elems).map(|i| (i % 7) as f64).collect();
     a.iter_mut().for_each(|x| *x = 1.0);
+    let mut stamps = Vec::with_capacity(2 * reps);
     barrier.wait();
     for kernel in [Kernel::Read, Kernel::Triad] {
         for _ in 0..reps {
             barrier.wait();
+            let start = Instant::now();
+            // Inputs pass through black_box as `&mut`: the optimiser must then assume their
+            // contents changed since the last repetition, so it cannot reuse an earlier sum
+            // (a shared reference would let it, and the "best" repetition would read nothing).
             match kernel {
                 Kernel::Read => {
-                    black_box(read_sum(black_box(&b)));
+                    black_box(read_sum(black_box(&mut b)));
                 }
                 Kernel::Triad => {
-                    triad(black_box(&mut a), &b, &c, 3.0);
+                    triad(black_box(&mut a), black_box(&mut b), black_box(&mut c), 3.0);
                     black_box(&mut a);
                 }
             }
+            stamps.push((start, Instant::now()));
             barrier.wait();
         }
     }
+    stamps
 }
 
 /// Sum with 8 independent accumulators: lane-wise adds need no reassociation, so the
@@ -246,12 +281,13 @@ fn pin_to_cpu(_cpu: u32) -> bool {
 }
 
 /// Array size per thread: together the threads' arrays exceed the machine's last-level
-/// cache four times over (so caches cannot serve them), at least 64 MiB each, and all
-/// three arrays of all threads stay within half of the available memory.
+/// cache eight times over, and each is at least 256 MiB, because a VM reports its own
+/// cache sizes, not the host's (64 MiB arrays still read partly from cache on a 2-vCPU
+/// EPYC guest); all three arrays of all threads stay within half of the available memory.
 pub fn default_bytes_per_thread(llc_total: Option<u64>, threads: usize, available: Option<u64>) -> usize {
-    const MIN: u64 = 64 << 20;
+    const MIN: u64 = 256 << 20;
     let threads = threads.max(1) as u64;
-    let want = llc_total.map_or(MIN, |l| (4 * l).div_ceil(threads)).max(MIN);
+    let want = llc_total.map_or(MIN, |l| (8 * l).div_ceil(threads)).max(MIN);
     let cap = available.map_or(u64::MAX, |a| a / 2 / 3 / threads);
     want.min(cap).max(1 << 20) as usize
 }
@@ -272,12 +308,12 @@ mod tests {
 
     #[test]
     fn array_sizing() {
-        // 256 MiB LLC over 16 threads: 4 × 256 / 16 = 64 MiB each.
-        assert_eq!(default_bytes_per_thread(Some(256 << 20), 16, None), 64 << 20);
-        assert_eq!(default_bytes_per_thread(Some(1 << 30), 8, None), 512 << 20);
+        // 8 × 1 GiB LLC over 8 threads = 1 GiB each; small caches hit the 256 MiB floor.
+        assert_eq!(default_bytes_per_thread(Some(1 << 30), 8, None), 1 << 30);
+        assert_eq!(default_bytes_per_thread(Some(256 << 20), 16, None), 256 << 20);
+        assert_eq!(default_bytes_per_thread(None, 4, None), 256 << 20);
         // Capped by available memory: 6 GiB / 2 / 3 / 8 threads = 128 MiB.
         assert_eq!(default_bytes_per_thread(Some(1 << 30), 8, Some(6 << 30)), 128 << 20);
-        assert_eq!(default_bytes_per_thread(None, 4, None), 64 << 20);
     }
 
     #[test]

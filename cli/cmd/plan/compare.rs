@@ -37,7 +37,8 @@ pub fn run(
         targets.push((p.name.clone(), p.hardware.clone(), Some(p.defaults.context), Some(p.defaults.concurrency)));
     }
     if let Some(path) = &args.hardware {
-        targets.push((path.display().to_string(), load_hardware_file(path)?, None, None));
+        let label = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+        targets.push((label, load_hardware_file(path)?, None, None));
     }
     let max_ctx = match input {
         ModelInput::Catalog(m) => m.architecture.max_context,
@@ -85,14 +86,15 @@ pub fn run(
     };
     let model = cells.first().map(|_| args.model.clone().unwrap_or_default()).unwrap_or_default();
     println!("{model}: decode tok/s for one request (\"-\" = does not fit, short by GB); context per row");
-    print!("{:<22} {:>8}", "TARGET", "CONTEXT");
+    let w = targets.iter().map(|t| t.0.len()).max().unwrap_or(6).max(6);
+    print!("{:<w$} {:>8}", "TARGET", "CONTEXT");
     for c in &cols {
         print!(" {c:>14}");
     }
     println!();
     for (name, ..) in &targets {
         let row: Vec<&Cell> = cells.iter().filter(|c| &c.target == name).collect();
-        print!("{:<22} {:>8}", name, row.first().map(|c| c.context).unwrap_or(0));
+        print!("{:<w$} {:>8}", name, row.first().map(|c| c.context).unwrap_or(0));
         for col in &cols {
             let text = match row.iter().find(|c| &c.quant == col) {
                 Some(c) if c.fits => format!("{:.1}", c.decode_tokens_per_s),

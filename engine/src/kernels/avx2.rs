@@ -9,16 +9,24 @@
 use std::arch::x86_64::*;
 
 use super::blocks::{k4_scale_min_bytes, q3k_scale_bytes};
-use super::fp::f16_at;
 use super::quant::{BlockQ8K, BlockQ8_0};
 use crate::dtype::GgmlType;
 
-/// Per-block scales: 16 group scales and 16 group offsets (i16), and the two f32 factors.
+/// Per-block scales: the 16 group scales as i8 bytes, the 16 group offsets as i16 (mins, or
+/// the implicit 32·scale / 4·scale of Q6_K / Q3_K), and the two f32 factors.
 pub(crate) struct KScales {
-    pub sc: [i16; 16],
+    pub sc8: __m128i,
     pub mn: __m256i,
     pub d: f32,
     pub dmin: f32,
+}
+
+/// f16 at byte offset `off` to f32 with F16C (no library call in the hot loop).
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+pub(crate) fn f16c_at(b: &[u8], off: usize) -> f32 {
+    let bits = u16::from_le_bytes([b[off], b[off + 1]]);
+    _mm_cvtss_f32(_mm_cvtph_ps(_mm_cvtsi32_si128(bits as i32)))
 }
 
 #[inline]
@@ -30,25 +38,25 @@ pub(crate) fn hsum256(v: __m256) -> f32 {
     _mm_cvtss_f32(s)
 }
 
-/// 16 bytes as 16 i16, duplicating each of the first (`hi` = false) or last 8 bytes.
+/// Duplicates each of the first (`hi` = false) or last 8 bytes of `v` (8 → 16 groups).
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
-fn dup8_u8_to_i16(v: __m128i, hi: bool) -> __m256i {
+fn dup8(v: __m128i, hi: bool) -> __m128i {
     let idx = if hi {
         _mm_setr_epi8(8, 8, 9, 9, 10, 10, 11, 11, 12, 12, 13, 13, 14, 14, 15, 15)
     } else {
         _mm_setr_epi8(0, 0, 1, 1, 2, 2, 3, 3, 4, 4, 5, 5, 6, 6, 7, 7)
     };
-    _mm256_cvtepu8_epi16(_mm_shuffle_epi8(v, idx))
+    _mm_shuffle_epi8(v, idx)
 }
 
+/// The scales of 32-weight chunk `c` as 16 i16 lanes: 8 × group 2c, then 8 × group 2c+1.
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
-fn store_i16(v: __m256i) -> [i16; 16] {
-    let mut out = [0i16; 16];
-    // SAFETY: `out` is 32 bytes; unaligned store.
-    unsafe { _mm256_storeu_si256(out.as_mut_ptr() as *mut __m256i, v) };
-    out
+pub(crate) fn chunk_scales(sc8: __m128i, c: usize) -> __m256i {
+    let (a, b) = ((2 * c) as i8, (2 * c + 1) as i8);
+    let idx = _mm_setr_epi8(a, a, a, a, a, a, a, a, b, b, b, b, b, b, b, b);
+    _mm256_cvtepi8_epi16(_mm_shuffle_epi8(sc8, idx))
 }
 
 #[inline]
@@ -93,27 +101,26 @@ pub(crate) fn k_scales(t: GgmlType, b: &[u8]) -> KScales {
     match t {
         GgmlType::Q4_K | GgmlType::Q5_K => {
             let v = u32x4_to_m128(k4_scale_min_bytes(&b[4..16]));
-            let sc = store_i16(dup8_u8_to_i16(v, false));
-            KScales { sc, mn: dup8_u8_to_i16(v, true), d: f16_at(b, 0), dmin: f16_at(b, 2) }
+            let mn = _mm256_cvtepu8_epi16(dup8(v, true));
+            KScales { sc8: dup8(v, false), mn, d: f16c_at(b, 0), dmin: f16c_at(b, 2) }
         }
         GgmlType::Q6_K => {
-            let sc = _mm256_cvtepi8_epi16(load16(&b[192..208]));
-            let d = f16_at(b, 208);
-            KScales { sc: store_i16(sc), mn: _mm256_slli_epi16(sc, 5), d, dmin: d }
+            let sc8 = load16(&b[192..208]);
+            let d = f16c_at(b, 208);
+            KScales { sc8, mn: _mm256_slli_epi16(_mm256_cvtepi8_epi16(sc8), 5), d, dmin: d }
         }
         GgmlType::Q3_K => {
-            let raw = _mm256_cvtepi8_epi16(u32x4_to_m128(q3k_scale_bytes(&b[96..108])));
-            let sc = _mm256_sub_epi16(raw, _mm256_set1_epi16(32));
-            let d = f16_at(b, 108);
-            KScales { sc: store_i16(sc), mn: _mm256_slli_epi16(sc, 2), d, dmin: d }
+            let raw = u32x4_to_m128(q3k_scale_bytes(&b[96..108]));
+            let sc8 = _mm_sub_epi8(raw, _mm_set1_epi8(32));
+            let d = f16c_at(b, 108);
+            KScales { sc8, mn: _mm256_slli_epi16(_mm256_cvtepi8_epi16(sc8), 2), d, dmin: d }
         }
         _ => {
             // Q2_K: low nibble scale, high nibble min.
             let v = load16(&b[0..16]);
             let m4 = _mm_set1_epi8(0xF);
-            let sc = _mm256_cvtepu8_epi16(_mm_and_si128(v, m4));
             let mn = _mm256_cvtepu8_epi16(_mm_and_si128(_mm_srli_epi16(v, 4), m4));
-            KScales { sc: store_i16(sc), mn, d: f16_at(b, 80), dmin: f16_at(b, 82) }
+            KScales { sc8: _mm_and_si128(v, m4), mn, d: f16c_at(b, 80), dmin: f16c_at(b, 82) }
         }
     }
 }
@@ -198,8 +205,7 @@ pub unsafe fn dot_k(t: GgmlType, row: &[u8], acts: &[BlockQ8K]) -> f32 {
         for (c, &q) in ch.iter().enumerate() {
             let y = load32(as_bytes(&a.qs[32 * c..32 * c + 32]));
             let p = _mm256_maddubs_epi16(q, y);
-            let sc = _mm256_set_m128i(_mm_set1_epi16(s.sc[2 * c + 1]), _mm_set1_epi16(s.sc[2 * c]));
-            isum = _mm256_add_epi32(isum, _mm256_madd_epi16(p, sc));
+            isum = _mm256_add_epi32(isum, _mm256_madd_epi16(p, chunk_scales(s.sc8, c)));
         }
         let bs = load32(as_bytes_i16(&a.bsums));
         let msum = _mm256_madd_epi16(bs, s.mn);
@@ -273,13 +279,13 @@ pub unsafe fn dot_s(t: GgmlType, row: &[u8], acts: &[BlockQ8_0]) -> f32 {
         let q = s_quants(t, b);
         let y = load32(as_bytes(&a.qs));
         let p = if offset {
-            msum += f16_at(b, 2) * a.s;
+            msum += f16c_at(b, 2) * a.s;
             _mm256_maddubs_epi16(q, y)
         } else {
             _mm256_maddubs_epi16(_mm256_sign_epi8(q, q), _mm256_sign_epi8(y, q))
         };
         let s = _mm256_cvtepi32_ps(_mm256_madd_epi16(p, ones));
-        acc = _mm256_fmadd_ps(_mm256_set1_ps(f16_at(b, 0) * a.d), s, acc);
+        acc = _mm256_fmadd_ps(_mm256_set1_ps(f16c_at(b, 0) * a.d), s, acc);
     }
     hsum256(acc) + msum
 }
@@ -359,4 +365,41 @@ pub unsafe fn dot_fp8(row: &[u8], scales: &[f32], x: &[f32]) -> f32 {
         tail += rest * s;
     }
     hsum256(total) + tail
+}
+
+/// max |x[i]| (x a multiple of 8 long).
+///
+/// # Safety
+/// The CPU must support AVX2, FMA and F16C.
+#[target_feature(enable = "avx2,fma,f16c")]
+pub unsafe fn amax(x: &[f32]) -> f32 {
+    let sign = _mm256_set1_ps(-0.0);
+    let mut m = _mm256_setzero_ps();
+    for c in x.chunks_exact(8) {
+        // SAFETY: 8 readable floats.
+        m = _mm256_max_ps(m, _mm256_andnot_ps(sign, unsafe { _mm256_loadu_ps(c.as_ptr()) }));
+    }
+    let m4 = _mm_max_ps(_mm256_castps256_ps128(m), _mm256_extractf128_ps(m, 1));
+    let m4 = _mm_max_ps(m4, _mm_movehl_ps(m4, m4));
+    _mm_cvtss_f32(_mm_max_ss(m4, _mm_shuffle_ps(m4, m4, 1)))
+}
+
+/// `out[i] = round(x[i]·id)` (round half to even, what `cvtps2dq` does in the default
+/// rounding mode; |x·id| ≤ 127.5 by construction of id, so no clamping is needed).
+///
+/// # Safety
+/// The CPU must support AVX2, FMA and F16C.
+#[target_feature(enable = "avx2,fma,f16c")]
+pub unsafe fn quantize_with(x: &[f32], id: f32, out: &mut [i8]) {
+    let idv = _mm256_set1_ps(id);
+    let perm = _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7);
+    for (c, o) in x.chunks_exact(32).zip(out.chunks_exact_mut(32)) {
+        // SAFETY: 32 readable floats in c, 32 writable bytes in o.
+        unsafe {
+            let q: [__m256i; 4] =
+                std::array::from_fn(|k| _mm256_cvtps_epi32(_mm256_mul_ps(_mm256_loadu_ps(c.as_ptr().add(8 * k)), idv)));
+            let p = _mm256_packs_epi16(_mm256_packs_epi32(q[0], q[1]), _mm256_packs_epi32(q[2], q[3]));
+            _mm256_storeu_si256(o.as_mut_ptr() as *mut __m256i, _mm256_permutevar8x32_epi32(p, perm));
+        }
+    }
 }

@@ -4,8 +4,7 @@
 
 use std::arch::x86_64::*;
 
-use super::avx2::{self, as_bytes, as_bytes_i16, hsum256, k_chunks, k_scales, s_quants};
-use super::fp::f16_at;
+use super::avx2::{self, as_bytes, as_bytes_i16, f16c_at, hsum256, k_chunks, k_scales, s_quants};
 use super::quant::{BlockQ8K, BlockQ8_0};
 use crate::dtype::GgmlType;
 
@@ -46,7 +45,7 @@ pub unsafe fn dot_k(t: GgmlType, row: &[u8], acts: &[BlockQ8K]) -> f32 {
     let mut accm = _mm256_setzero_ps();
     for (b, a) in row.chunks_exact(t.type_size()).zip(acts) {
         let s = k_scales(t, b);
-        let sc = _mm512_castsi256_si512(load32(as_bytes_i16(&s.sc)));
+        let sc = _mm512_castsi256_si512(_mm256_cvtepi8_epi16(s.sc8));
         let ch = k_chunks(t, b);
         let mut isum = _mm512_setzero_si512();
         for c in 0..4 {
@@ -89,7 +88,7 @@ pub unsafe fn dot_s(t: GgmlType, row: &[u8], acts: &[BlockQ8_0]) -> f32 {
         let q = join(s_quants(t, b0), s_quants(t, b1));
         let y = join(load32(as_bytes(&a0.qs)), load32(as_bytes(&a1.qs)));
         let p = if offset {
-            msum += f16_at(b0, 2) * a0.s + f16_at(b1, 2) * a1.s;
+            msum += f16c_at(b0, 2) * a0.s + f16c_at(b1, 2) * a1.s;
             _mm512_maddubs_epi16(q, y)
         } else {
             // |q| · (y with q's sign): maddubs needs its first operand unsigned.
@@ -98,7 +97,7 @@ pub unsafe fn dot_s(t: GgmlType, row: &[u8], acts: &[BlockQ8_0]) -> f32 {
             _mm512_maddubs_epi16(_mm512_abs_epi8(q), sy)
         };
         let s = _mm512_cvtepi32_ps(_mm512_madd_epi16(p, ones));
-        let d = halves(f16_at(b0, 0) * a0.d, f16_at(b1, 0) * a1.d);
+        let d = halves(f16c_at(b0, 0) * a0.d, f16c_at(b1, 0) * a1.d);
         acc = _mm512_fmadd_ps(d, s, acc);
     }
     // SAFETY: same CPU features as this function.

@@ -59,6 +59,7 @@ pub fn scale_min_k4(j: usize, s: &[u8]) -> (i32, i32) {
 
 /// The 16 unsigned 6-bit scales of a Q3_K block as bytes (4 per u32, little-endian),
 /// before the −32 offset.
+#[inline]
 pub fn q3k_scale_bytes(s: &[u8]) -> [u32; 4] {
     const K1: u32 = 0x0303_0303;
     const K2: u32 = 0x0f0f_0f0f;
@@ -84,6 +85,7 @@ pub fn q3k_scales(s: &[u8]) -> [i32; 16] {
 
 /// Q4_K/Q5_K 6-bit scales and mins as 16 bytes: 8 scales then 8 mins (same values as
 /// [`scale_min_k4`], computed four at a time).
+#[inline]
 pub fn k4_scale_min_bytes(s: &[u8]) -> [u32; 4] {
     const K1: u32 = 0x3f3f_3f3f;
     const K2: u32 = 0x0f0f_0f0f;

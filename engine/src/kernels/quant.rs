@@ -22,17 +22,43 @@ pub struct BlockQ8K {
 }
 
 /// Symmetric scale for a block: values map to −127..=127 (never −128, which keeps the
-/// sign tricks of the SIMD kernels exact).
+/// sign tricks of the SIMD kernels exact). Returns (d, 1/d or 0).
 fn scale_for(x: &[f32]) -> (f32, f32) {
-    let amax = x.iter().fold(0f32, |m, v| m.max(v.abs()));
+    let amax = amax(x);
     let d = amax / 127.0;
     let id = if d > 0.0 { 1.0 / d } else { 0.0 };
     (d, id)
 }
 
+fn amax(x: &[f32]) -> f32 {
+    #[cfg(target_arch = "x86_64")]
+    if super::simd::avx2_supported() && x.len() % 8 == 0 {
+        // SAFETY: AVX2/FMA/F16C detected.
+        return unsafe { super::avx2::amax(x) };
+    }
+    x.iter().fold(0f32, |m, v| m.max(v.abs()))
+}
+
+/// Round half to even, as the SIMD conversion does, so every ISA quantizes identically.
 #[inline]
 fn q8(v: f32, id: f32) -> i8 {
-    (v * id).round().clamp(-127.0, 127.0) as i8
+    (v * id).round_ties_even().clamp(-127.0, 127.0) as i8
+}
+
+/// `qs[i] = round(c[i]·id)` (AVX2 when present; bit-identical to the scalar loop).
+fn quantize_with(c: &[f32], id: f32, qs: &mut [i8]) {
+    #[cfg(target_arch = "x86_64")]
+    if super::simd::avx2_supported() && c.len() % 32 == 0 {
+        // SAFETY: AVX2/FMA/F16C detected; lengths are whole 32-value chunks.
+        return unsafe { super::avx2::quantize_with(c, id, qs) };
+    }
+    quantize_with_scalar(c, id, qs)
+}
+
+fn quantize_with_scalar(c: &[f32], id: f32, qs: &mut [i8]) {
+    for (q, &v) in qs.iter_mut().zip(c) {
+        *q = q8(v, id);
+    }
 }
 
 /// Quantizes `x` (a multiple of 32 long) to Q8_0 blocks.
@@ -41,9 +67,7 @@ pub fn quantize_q8_0(x: &[f32]) -> Vec<BlockQ8_0> {
         .map(|c| {
             let (d, id) = scale_for(c);
             let mut qs = [0i8; 32];
-            for (q, &v) in qs.iter_mut().zip(c) {
-                *q = q8(v, id);
-            }
+            quantize_with(c, id, &mut qs);
             let sum: i32 = qs.iter().map(|&q| q as i32).sum();
             BlockQ8_0 { d, s: d * sum as f32, qs }
         })
@@ -56,9 +80,7 @@ pub fn quantize_q8_k(x: &[f32]) -> Vec<BlockQ8K> {
         .map(|c| {
             let (d, id) = scale_for(c);
             let mut qs = [0i8; 256];
-            for (q, &v) in qs.iter_mut().zip(c) {
-                *q = q8(v, id);
-            }
+            quantize_with(c, id, &mut qs);
             let mut bsums = [0i16; 16];
             for (s, g) in bsums.iter_mut().zip(qs.chunks_exact(16)) {
                 *s = g.iter().map(|&q| q as i16).sum();
@@ -87,6 +109,27 @@ mod tests {
             }
             assert!(b.qs.iter().any(|&q| q.abs() == 127));
         }
+    }
+
+    #[test]
+    fn simd_quantization_is_bit_identical_to_scalar() {
+        let x: Vec<f32> = (0..4096).map(|i| ((i * 7919 % 1013) as f32 - 506.0) * 0.0037).collect();
+        for c in x.chunks_exact(256) {
+            let (_, id) = scale_for(c);
+            let (mut a, mut b) = ([0i8; 256], [0i8; 256]);
+            quantize_with(c, id, &mut a);
+            quantize_with_scalar(c, id, &mut b);
+            assert_eq!(a, b);
+            assert_eq!(amax(c), c.iter().fold(0f32, |m, v| m.max(v.abs())));
+        }
+        // Exact halves round to even on every path.
+        let mut c = [0f32; 32];
+        c[0] = 127.0;
+        c[1] = 2.5;
+        c[2] = -3.5;
+        let mut q = [0i8; 32];
+        quantize_with(&c, 1.0, &mut q);
+        assert_eq!(&q[..3], &[127, 2, -4]);
     }
 
     #[test]

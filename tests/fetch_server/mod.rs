@@ -196,11 +196,16 @@ fn respond(conn: &mut TcpStream, status: u16, headers: &[(&str, String)], body: 
     conn.flush()
 }
 
-fn take_rule(state: &Mutex<State>, path: &str) -> Option<Fault> {
+/// All rules for `path` that still apply, each used up once. Faults combine: a status
+/// fault wins; otherwise Range may be ignored, bytes corrupted and the body cut short together.
+fn take_rules(state: &Mutex<State>, path: &str) -> Vec<Fault> {
     let mut st = state.lock().unwrap();
-    let rule = st.rules.iter_mut().find(|r| r.path == path && r.times > 0)?;
-    rule.times -= 1;
-    Some(rule.fault.clone())
+    let mut out = Vec::new();
+    for rule in st.rules.iter_mut().filter(|r| r.path == path && r.times > 0) {
+        rule.times -= 1;
+        out.push(rule.fault.clone());
+    }
+    out
 }
 
 fn handle(mut conn: TcpStream, state: &Mutex<State>, gate: &(Mutex<bool>, Condvar)) -> std::io::Result<()> {
@@ -208,8 +213,8 @@ fn handle(mut conn: TcpStream, state: &Mutex<State>, gate: &(Mutex<bool>, Condva
     let parts: Vec<&str> = req.path.trim_start_matches('/').split('/').collect();
     if req.path.starts_with("/api/") {
         state.lock().unwrap().auth.push(req.headers.get("authorization").cloned());
-        if let Some(f) = take_rule(state, "api") {
-            return fault_status(&mut conn, &f);
+        if let Some(f) = take_rules(state, "api").first() {
+            return fault_status(&mut conn, f);
         }
     }
     match parts.as_slice() {
@@ -315,21 +320,19 @@ fn serve(conn: &mut TcpStream, state: &Mutex<State>, gate: &(Mutex<bool>, Condva
     };
     let range = req.headers.get("range").cloned();
     state.lock().unwrap().requests.push((path.to_string(), range.clone()));
-    let fault = take_rule(state, path);
-    if let Some(f @ (Fault::Status(_) | Fault::RateLimited(_))) = &fault {
+    let faults = take_rules(state, path);
+    if let Some(f) = faults.iter().find(|f| matches!(f, Fault::Status(_) | Fault::RateLimited(_))) {
         return fault_status(conn, f);
     }
     let len = file.data.len();
-    let span = match (&fault, range.as_deref().and_then(|r| parse_range(r, len))) {
-        (Some(Fault::IgnoreRange), _) | (_, None) => None,
-        (_, Some(s)) => Some(s),
-    };
+    let ignore_range = faults.iter().any(|f| matches!(f, Fault::IgnoreRange));
+    let span = if ignore_range { None } else { range.as_deref().and_then(|r| parse_range(r, len)) };
     let (status, start, end) = match span {
         Some((a, b)) => (206, a, b),
         None => (200, 0, len),
     };
     let mut body = file.data[start..end].to_vec();
-    if let Some(Fault::Corrupt) = fault {
+    if faults.iter().any(|f| matches!(f, Fault::Corrupt)) {
         if let Some(b) = body.get_mut((end - start) / 2) {
             *b ^= 0x5A;
         }
@@ -340,38 +343,32 @@ fn serve(conn: &mut TcpStream, state: &Mutex<State>, gate: &(Mutex<bool>, Condva
     }
     head.push_str("\r\n");
     conn.write_all(head.as_bytes())?;
-    let limit = match fault {
-        Some(Fault::DropAfter(n) | Fault::StallAfter(n, _) | Fault::PauseAfter(n)) => n.min(body.len()),
-        _ => body.len(),
-    };
+    let cut = faults.iter().find_map(|f| match f {
+        Fault::DropAfter(n) | Fault::StallAfter(n, _) | Fault::PauseAfter(n) => Some((*n, f.clone())),
+        _ => None,
+    });
+    let limit = cut.as_ref().map_or(body.len(), |(n, _)| (*n).min(body.len()));
     write_counted(conn, state, path, &body[..limit])?;
-    match fault {
-        Some(Fault::DropAfter(_)) => {
-            let _ = conn.shutdown(Shutdown::Both);
-            return Ok(());
-        }
-        Some(Fault::StallAfter(_, ms)) => {
-            thread::sleep(Duration::from_millis(ms));
-            let _ = conn.shutdown(Shutdown::Both);
-            return Ok(());
-        }
+    match cut.map(|(_, f)| f) {
+        Some(Fault::StallAfter(_, ms)) => thread::sleep(Duration::from_millis(ms)),
         Some(Fault::PauseAfter(_)) => {
             let (m, c) = gate;
             let mut open = m.lock().unwrap();
             while !*open {
                 open = c.wait(open).unwrap();
             }
-            let _ = conn.shutdown(Shutdown::Both);
+        }
+        Some(_) => {}
+        None => {
+            let _ = conn.shutdown(Shutdown::Write);
+            let mut sink = [0u8; 64];
+            let _ = conn.read(&mut sink);
             return Ok(());
         }
-        _ => {}
     }
-    let _ = conn.shutdown(Shutdown::Write);
-    let mut sink = [0u8; 64];
-    let _ = conn.read(&mut sink);
+    let _ = conn.shutdown(Shutdown::Both);
     Ok(())
 }
-
 fn write_counted(conn: &mut TcpStream, state: &Mutex<State>, path: &str, body: &[u8]) -> std::io::Result<()> {
     for piece in body.chunks(16 * 1024) {
         conn.write_all(piece)?;

@@ -167,10 +167,10 @@ impl PreTokenizer {
 
     /// Splits `text` into word ranges (byte offsets into `text`).
     pub(crate) fn split(&self, text: &str) -> Vec<Range<usize>> {
-        let mut pieces = vec![0..text.len()];
         if text.is_empty() {
             return Vec::new();
         }
+        let mut pieces: Vec<Range<usize>> = std::iter::once(0..text.len()).collect();
         for rule in &self.rules {
             let mut next = Vec::with_capacity(pieces.len() * 2);
             for p in pieces {

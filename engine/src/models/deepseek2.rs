@@ -23,11 +23,12 @@ use std::path::Path;
 use std::sync::Arc;
 
 use anyhow::{bail, ensure, Context, Result};
+use half::f16;
 use rayon::prelude::*;
 
 use crate::formats::TensorBytes;
 use crate::kernels::WeightType;
-use crate::models::common::{add_assign, rms_norm_rows, rms_norm_rows_into, Rope, RopeStyle};
+use crate::models::common::{add_assign, rms_norm_rows, rms_norm_rows_into, KvDtype, Rope, RopeStyle};
 use crate::models::hf::{yarn_get_mscale, HfConfig, RopeScaling};
 use crate::models::moe::{
     embed, linear_new, load_dense_ffn, load_moe, to_f32, FfnWeights, GroupScore, MoeFfn, RouterConfig, Scoring,
@@ -328,6 +329,7 @@ pub struct Deepseek2 {
     cfg: DeepseekConfig,
     rope: Rope,
     scale: f32,
+    kv_dtype: KvDtype,
     embed: Weight,
     layers: Vec<Layer>,
     norm: Vec<f32>,
@@ -335,31 +337,62 @@ pub struct Deepseek2 {
 }
 
 /// Per-sequence cache: per layer, `[token][kv_lora_rank + qk_rope]` (normalised latent, then
-/// the roped shared key part). Grows with the tokens stored.
+/// the roped shared key part), in f32 or f16. Grows with the tokens stored, up to the state's
+/// capacity.
 pub struct MlaCache {
-    layers: Vec<Vec<f32>>,
+    layers: Vec<LatentBuf>,
     width: usize,
+    max_tokens: usize,
+}
+
+enum LatentBuf {
+    F32(Vec<f32>),
+    F16(Vec<f16>),
 }
 
 impl MlaCache {
-    fn store(&mut self, l: usize, pos: usize, row: &[f32]) {
-        let w = self.width;
-        let buf = &mut self.layers[l];
-        if buf.len() < (pos + 1) * w {
-            let grow = ((pos + 1) * w).max(buf.len() * 2);
-            buf.resize(grow, 0.0);
-        }
-        buf[pos * w..(pos + 1) * w].copy_from_slice(row);
+    fn new(n_layers: usize, width: usize, max_tokens: usize, dtype: KvDtype) -> Self {
+        let layers = (0..n_layers)
+            .map(|_| match dtype {
+                KvDtype::F32 => LatentBuf::F32(Vec::new()),
+                KvDtype::F16 => LatentBuf::F16(Vec::new()),
+            })
+            .collect();
+        MlaCache { layers, width, max_tokens }
     }
 
-    /// Bytes held for `n` tokens (f32), for reporting; `(kv_lora + rope) · 4 · layers`.
+    fn store(&mut self, l: usize, pos: usize, row: &[f32]) {
+        let w = self.width;
+        let need = (pos + 1) * w;
+        let cap = (self.max_tokens * w).max(need);
+        match &mut self.layers[l] {
+            LatentBuf::F32(buf) => {
+                if buf.len() < need {
+                    buf.resize(need.max(buf.len() * 2).min(cap), 0.0);
+                }
+                buf[pos * w..need].copy_from_slice(row);
+            }
+            LatentBuf::F16(buf) => {
+                if buf.len() < need {
+                    buf.resize(need.max(buf.len() * 2).min(cap), f16::ZERO);
+                }
+                buf[pos * w..need].iter_mut().zip(row).for_each(|(d, &v)| *d = f16::from_f32(v));
+            }
+        }
+    }
+
+    /// Cache bytes per token over all layers: `(kv_lora_rank + qk_rope) · layers · 4 or 2`.
     pub fn bytes_per_token(&self) -> usize {
-        self.width * 4 * self.layers.len()
+        let elem = match self.layers.first() {
+            Some(LatentBuf::F16(_)) => 2,
+            _ => 4,
+        };
+        self.width * elem * self.layers.len()
     }
 }
 
 impl Deepseek2 {
-    pub fn load(cfg: DeepseekConfig, src: &dyn WeightSource) -> Result<Self> {
+    pub fn load(cfg: DeepseekConfig, src: &dyn WeightSource, kv_dtype: KvDtype) -> Result<Self> {
         let h = cfg.hidden;
         let embed = require_shape(src, "token_embd.weight", ARCH, cfg.vocab, h)?;
         let output = match src.weight("output.weight")? {
@@ -385,7 +418,17 @@ impl Deepseek2 {
             n_layers: cfg.n_layers,
             hidden_size: h,
         };
-        Ok(Deepseek2 { info, rope: cfg.rope()?, scale: cfg.softmax_scale(), cfg, embed, layers, norm, output })
+        Ok(Deepseek2 {
+            info,
+            rope: cfg.rope()?,
+            scale: cfg.softmax_scale(),
+            kv_dtype,
+            cfg,
+            embed,
+            layers,
+            norm,
+            output,
+        })
     }
 
     pub fn config(&self) -> &DeepseekConfig {
@@ -490,8 +533,11 @@ impl Deepseek2 {
         ctx.par_chunks_mut(lora).enumerate().for_each(|(idx, out)| {
             let (seq, pos) = rows[idx / nh];
             let q = &qq[idx * width..(idx + 1) * width];
-            let cache = &caches[seq].layers[l];
-            attend_latent(q, &cache[..(pos + 1) * width], width, self.scale, out);
+            let end = (pos + 1) * width;
+            match &caches[seq].layers[l] {
+                LatentBuf::F32(c) => attend_latent(q, &c[..end], width, self.scale, out),
+                LatentBuf::F16(c) => attend_latent(q, &c[..end], width, self.scale, out),
+            }
         });
         ctx
     }
@@ -499,11 +545,11 @@ impl Deepseek2 {
 
 /// Online-softmax attention of one query over `latents` (rows of `width`), accumulating the
 /// first `out.len()` values of each row (the latent itself) as the value.
-fn attend_latent(q: &[f32], latents: &[f32], width: usize, scale: f32, out: &mut [f32]) {
+fn attend_latent<T: Copy + Into<f32>>(q: &[f32], latents: &[T], width: usize, scale: f32, out: &mut [f32]) {
     out.fill(0.0);
     let (mut max, mut sum) = (f32::NEG_INFINITY, 0.0f32);
     for row in latents.chunks_exact(width) {
-        let s = q.iter().zip(row).map(|(a, b)| a * b).sum::<f32>() * scale;
+        let s = q.iter().zip(row).map(|(a, &b)| a * b.into()).sum::<f32>() * scale;
         if s > max {
             let r = (max - s).exp();
             sum *= r;
@@ -512,7 +558,7 @@ fn attend_latent(q: &[f32], latents: &[f32], width: usize, scale: f32, out: &mut
         }
         let p = (s - max).exp();
         sum += p;
-        out.iter_mut().zip(row).for_each(|(o, &v)| *o += p * v);
+        out.iter_mut().zip(row).for_each(|(o, &v)| *o += p * v.into());
     }
     if sum > 0.0 {
         out.iter_mut().for_each(|v| *v /= sum);
@@ -621,7 +667,7 @@ impl Model for Deepseek2 {
         SeqState {
             pos: 0,
             max_tokens,
-            cache: Box::new(MlaCache { layers: vec![Vec::new(); self.cfg.n_layers], width: self.cfg.latent_width() }),
+            cache: Box::new(MlaCache::new(self.cfg.n_layers, self.cfg.latent_width(), max_tokens, self.kv_dtype)),
         }
     }
 
@@ -659,17 +705,79 @@ impl Model for Deepseek2 {
 }
 
 /// Loads from a GGUF file (`general.architecture == "deepseek2"`).
-pub fn load_gguf(file: Arc<crate::formats::GgufFile>) -> Result<Box<dyn Model>> {
+pub fn load_gguf(file: Arc<crate::formats::GgufFile>, kv_dtype: KvDtype) -> Result<Box<dyn Model>> {
     let cfg = DeepseekConfig::from_gguf(&file)?;
     let src = crate::models::weights::GgufSource::new(file);
-    Ok(Box::new(Deepseek2::load(cfg, &src)?))
+    Ok(Box::new(Deepseek2::load(cfg, &src, kv_dtype)?))
 }
 
 /// Loads from an HF folder (config.json + safetensors, BF16 or DeepSeek FP8).
-pub fn load_hf(dir: &Path, cfg: &HfConfig) -> Result<Box<dyn Model>> {
+pub fn load_hf(dir: &Path, cfg: &HfConfig, kv_dtype: KvDtype) -> Result<Box<dyn Model>> {
     cfg.fp8_block()?;
     let name = dir.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| ARCH.to_string());
     let dc = DeepseekConfig::from_hf(cfg, &name)?;
     let src = crate::models::hf::SafetensorsSource::open(dir)?;
-    Ok(Box::new(Deepseek2::load(dc, &src)?))
+    Ok(Box::new(Deepseek2::load(dc, &src, kv_dtype)?))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::path::PathBuf;
+
+    fn fixture(rel: &str) -> PathBuf {
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures/tiny-deepseek-v3").join(rel)
+    }
+
+    fn hf() -> DeepseekConfig {
+        DeepseekConfig::from_hf(&HfConfig::load(&fixture("hf")).unwrap(), "t").unwrap()
+    }
+
+    #[test]
+    fn hf_and_gguf_configs_agree() {
+        let a = hf();
+        let g = crate::formats::GgufFile::open(&fixture("gguf/tiny-deepseek-v3-Q8_0.gguf")).unwrap();
+        let b = DeepseekConfig::from_gguf(&g).unwrap();
+        for c in [&a, &b] {
+            assert_eq!((c.n_layers, c.hidden, c.n_heads, c.vocab), (3, 256, 4, 512));
+            assert_eq!((c.q_lora_rank, c.kv_lora_rank, c.qk_nope, c.qk_rope, c.v_head), (Some(256), 256, 64, 64, 64));
+            assert_eq!((c.intermediate, c.moe_intermediate, c.n_shared, c.first_k_dense), (512, 64, 1, 1));
+            assert_eq!(c.rope_style, RopeStyle::Interleaved);
+            assert!(!c.is_moe_layer(0) && c.is_moe_layer(1) && c.is_moe_layer(2));
+            assert!((c.softmax_scale() - 1.0 / 128f32.sqrt()).abs() < 1e-7);
+        }
+        let (ra, rb) = (a.router.unwrap(), b.router.unwrap());
+        assert_eq!(ra, rb);
+        assert_eq!((ra.n_group, ra.topk_group, ra.top_k), (4, 2, 4));
+        assert_eq!((ra.scoring, ra.group_score), (Scoring::Sigmoid, GroupScore::Top2Sum));
+        assert!(ra.norm_topk_prob && ra.routed_scaling_factor == 2.5);
+    }
+
+    #[test]
+    fn yarn_scales_the_softmax_by_mscale_squared() {
+        let mut raw = HfConfig::load(&fixture("hf")).unwrap().raw;
+        raw["rope_scaling"] = serde_json::json!({"type": "yarn", "factor": 40, "mscale": 1.0,
+            "mscale_all_dim": 1.0, "original_max_position_embeddings": 4096, "beta_fast": 32, "beta_slow": 1});
+        let c = DeepseekConfig::from_hf(&HfConfig { path: "config.json".into(), raw: raw.clone() }, "t").unwrap();
+        let m = 0.1 * 40f64.ln() + 1.0;
+        let want = (m * m / 128f64.sqrt()) as f32;
+        assert!((c.softmax_scale() - want).abs() < 1e-7);
+        let rope = c.rope().unwrap();
+        assert_eq!(rope.attn_factor, 1.0);
+        assert_eq!(rope.inv_freq.len(), 32);
+        raw["rope_scaling"] = serde_json::json!({"type": "dynamic", "factor": 2});
+        assert!(DeepseekConfig::from_hf(&HfConfig { path: "config.json".into(), raw }, "t").is_err());
+    }
+
+    #[test]
+    fn routing_methods_from_config() {
+        let mut raw = HfConfig::load(&fixture("hf")).unwrap().raw;
+        raw["topk_method"] = serde_json::json!("greedy");
+        raw["scoring_func"] = serde_json::json!("softmax");
+        let c = DeepseekConfig::from_hf(&HfConfig { path: "config.json".into(), raw: raw.clone() }, "t").unwrap();
+        let r = c.router.unwrap();
+        assert_eq!((r.n_group, r.scoring), (1, Scoring::Softmax));
+        raw["scoring_func"] = serde_json::json!("tanh");
+        assert!(DeepseekConfig::from_hf(&HfConfig { path: "config.json".into(), raw }, "t").is_err());
+    }
 }

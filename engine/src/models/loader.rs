@@ -55,7 +55,7 @@ pub fn load_gguf(path: &Path, opts: &LoadOptions) -> anyhow::Result<Box<dyn Mode
     let model: Box<dyn Model> = match arch.as_str() {
         a if llama::GGUF_ARCHS.contains(&a) => Box::new(llama::load_gguf(file, opts.kv_dtype)?),
         "gemma3" => Box::new(gemma3::load_gguf(file, opts.kv_dtype)?),
-        "deepseek2" => super::deepseek2::load_gguf(file)?,
+        "deepseek2" => super::deepseek2::load_gguf(file, opts.kv_dtype)?,
         "qwen3moe" => super::qwen3moe::load_gguf(file, opts.kv_dtype)?,
         other => return Err(unsupported(other, path)),
     };
@@ -74,7 +74,7 @@ pub fn load_hf(dir: &Path, opts: &LoadOptions) -> anyhow::Result<Box<dyn Model>>
                 .with_context(|| format!("loading HF model {}", dir.display()))?,
         ),
         "deepseek_v3" | "deepseek_v2" | "kimi_k2" => {
-            super::deepseek2::load_hf(dir, &super::hf::HfConfig::load(dir)?)
+            super::deepseek2::load_hf(dir, &super::hf::HfConfig::load(dir)?, opts.kv_dtype)
                 .with_context(|| format!("loading HF model {}", dir.display()))?
         }
         "qwen3_moe" => super::qwen3moe::load_hf(dir, &super::hf::HfConfig::load(dir)?, opts.kv_dtype)

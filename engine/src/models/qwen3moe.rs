@@ -382,8 +382,44 @@ pub fn load_gguf(file: Arc<GgufFile>, kv_dtype: KvDtype) -> Result<Box<dyn Model
 
 /// Loads from an HF folder (config.json + safetensors).
 pub fn load_hf(dir: &Path, cfg: &HfConfig, kv_dtype: KvDtype) -> Result<Box<dyn Model>> {
+    // Qwen's FP8 releases use the same e4m3 + 128×128 `weight_scale_inv` layout.
+    cfg.fp8_block()?;
     let name = dir.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| ARCH.to_string());
     let qc = Qwen3MoeConfig::from_hf(cfg, &name)?;
     let src = crate::models::hf::SafetensorsSource::open(dir)?;
     Ok(Box::new(Qwen3Moe::load(qc, &src, kv_dtype)?))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::path::PathBuf;
+
+    fn fixture_cfg() -> HfConfig {
+        HfConfig::load(&Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures/tiny-qwen3-moe/hf")).unwrap()
+    }
+
+    #[test]
+    fn hf_config_of_the_fixture() {
+        let c = Qwen3MoeConfig::from_hf(&fixture_cfg(), "t").unwrap();
+        assert_eq!((c.n_layers, c.hidden, c.n_heads, c.n_kv_heads, c.head_dim), (3, 256, 4, 2, 64));
+        assert_eq!((c.router.n_experts, c.router.top_k, c.moe_intermediate), (16, 4, 64));
+        assert_eq!(c.router.scoring, Scoring::Softmax);
+        assert!(c.router.norm_topk_prob);
+        assert!((0..3).all(|l| c.is_moe_layer(l)));
+        assert_eq!(c.rope_theta, 1e6);
+    }
+
+    #[test]
+    fn dense_layers_and_bad_head_counts() {
+        let mut raw = fixture_cfg().raw;
+        raw["mlp_only_layers"] = serde_json::json!([1]);
+        raw["decoder_sparse_step"] = serde_json::json!(1);
+        let c = HfConfig { path: PathBuf::from("config.json"), raw: raw.clone() };
+        let q = Qwen3MoeConfig::from_hf(&c, "t").unwrap();
+        assert_eq!((0..3).map(|l| q.is_moe_layer(l)).collect::<Vec<_>>(), [true, false, true]);
+        raw["num_key_value_heads"] = serde_json::json!(3);
+        let c = HfConfig { path: PathBuf::from("config.json"), raw };
+        assert!(Qwen3MoeConfig::from_hf(&c, "t").is_err());
+    }
 }

@@ -54,14 +54,14 @@ pub fn load(path: &Path) -> Box<dyn Model> {
         match cfg.model_type() {
             Some("qwen3_moe") => qwen3moe::load_hf(path, &cfg, KvDtype::F32).unwrap(),
 
-            _ => deepseek2::load_hf(path, &cfg).unwrap(),
+            _ => deepseek2::load_hf(path, &cfg, KvDtype::F32).unwrap(),
         }
     } else {
         let g = Arc::new(GgufFile::open(path).unwrap());
         match g.architecture() {
             Some("qwen3moe") => qwen3moe::load_gguf(g, KvDtype::F32).unwrap(),
 
-            _ => deepseek2::load_gguf(g).unwrap(),
+            _ => deepseek2::load_gguf(g, KvDtype::F32).unwrap(),
         }
     }
 }

@@ -140,3 +140,30 @@ fn disk_space_is_checked_before_downloading() {
     assert!(stderr.contains("not enough disk space") && stderr.contains("short by"), "{stderr}");
     assert_eq!(s.served("M-Q8_0.gguf"), 0);
 }
+
+#[test]
+fn catalog_names_and_saved_plans_pick_the_repo_and_quant() {
+    let s = Server::start();
+    let files = gguf_repo();
+    s.add_repo("unsloth/DeepSeek-R1-GGUF", COMMIT, files.clone());
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("by-name");
+    let out = hy(&s, tmp.path(), &["deepseek-r1", "--quant", "Q4_K_M", "--dir", dir.to_str().unwrap()], &[]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out).1);
+    for f in &files[2..5] {
+        assert_file(&dir, f);
+    }
+
+    let plan = tmp.path().join("plan.toml");
+    let hw = concat!(env!("CARGO_MANIFEST_DIR"), "/examples/epyc9654-rtx4090.toml");
+    let made = std::process::Command::new(env!("CARGO_BIN_EXE_hy"))
+        .args(["plan", "deepseek-r1", "--hardware", hw, "--quant", "q4_k_m", "--save", plan.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(made.status.success(), "hy plan failed: {}", text(&made).1);
+    let dir = tmp.path().join("by-plan");
+    let out = hy(&s, tmp.path(), &["--plan", plan.to_str().unwrap(), "--dir", dir.to_str().unwrap()], &[]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out).1);
+    let visible: Vec<String> = tree(&dir).into_iter().filter(|p| !p.starts_with(".hy-fetch")).collect();
+    assert_eq!(visible, vec![shard(1), shard(2), shard(3)]);
+}

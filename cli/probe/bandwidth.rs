@@ -175,10 +175,16 @@ fn run_group(
     };
     let bytes = (cpus.len() * elems * 8) as f64;
     Ok(GroupResult {
-        read_gbps: bytes / best(0).as_secs_f64().max(1e-9) / 1e9,
-        triad_gbps: 3.0 * bytes / best(1).as_secs_f64().max(1e-9) / 1e9,
+        read_gbps: round_centi(bytes / best(0).as_secs_f64().max(1e-9) / 1e9),
+        triad_gbps: round_centi(3.0 * bytes / best(1).as_secs_f64().max(1e-9) / 1e9),
         pin_failed: pin_failed.load(Ordering::Relaxed),
     })
+}
+
+/// Rounds to 0.01 GB/s: finer digits are noise, and short decimals survive a TOML round
+/// trip exactly (17-digit floats did not).
+fn round_centi(gbps: f64) -> f64 {
+    (gbps * 100.0).round() / 100.0
 }
 
 /// When one thread started and finished one repetition.
@@ -206,10 +212,10 @@ fn worker(cpu: u32, elems: usize, reps: usize, barrier: &Barrier, pin_failed: &A
             // (a shared reference would let it, and the "best" repetition would read nothing).
             match kernel {
                 Kernel::Read => {
-                    black_box(read_sum(black_box(&mut b)));
+                    black_box(read_sum(black_box(b.as_mut_slice())));
                 }
                 Kernel::Triad => {
-                    triad(black_box(&mut a), black_box(&mut b), black_box(&mut c), 3.0);
+                    triad(black_box(a.as_mut_slice()), black_box(b.as_mut_slice()), black_box(c.as_mut_slice()), 3.0);
                     black_box(&mut a);
                 }
             }

@@ -56,6 +56,15 @@ impl ApiError {
         Self::new(StatusCode::NOT_FOUND, "invalid_request_error", Some("unknown_url"), format!("unknown URL: {path}"))
     }
 
+    pub fn method_not_allowed(method: &str, path: &str) -> Self {
+        Self::new(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "invalid_request_error",
+            Some("method_not_allowed"),
+            format!("{method} is not allowed on {path}"),
+        )
+    }
+
     pub fn body_too_large(limit: usize) -> Self {
         Self::new(
             StatusCode::PAYLOAD_TOO_LARGE,

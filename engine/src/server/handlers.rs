@@ -54,6 +54,10 @@ pub async fn fallback(req: Request) -> Response {
     ApiError::not_found(req.uri().path()).into_response()
 }
 
+pub async fn method_not_allowed(req: Request) -> Response {
+    ApiError::method_not_allowed(req.method().as_str(), req.uri().path()).into_response()
+}
+
 async fn read_body(app: &App, req: Request) -> Result<Vec<u8>, ApiError> {
     app.authorize(req.headers())?;
     let limit = app.cfg.max_body_bytes;

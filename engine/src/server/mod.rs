@@ -115,6 +115,7 @@ pub fn router(app: App) -> Router {
         .route("/v1/chat/completions", post(handlers::chat_completions))
         .route("/v1/completions", post(handlers::completions))
         .fallback(handlers::fallback)
+        .method_not_allowed_fallback(handlers::method_not_allowed)
         .layer(axum::middleware::from_fn_with_state(app.clone(), count_requests))
         .with_state(app)
 }

@@ -218,6 +218,7 @@ async fn bad_requests_get_openai_errors() {
         .await
         .assert_error(400, Some("prompt"));
     send(t.addr, "GET", "/v1/nothing", &[], b"").await.assert_error(404, None);
+    send(t.addr, "GET", "/v1/chat/completions", &[], b"").await.assert_error(405, None);
 }
 
 #[tokio::test]

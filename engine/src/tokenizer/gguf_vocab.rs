@@ -48,8 +48,20 @@ pub(super) fn load(file: &GgufFile) -> Result<Parts, TokenizerError> {
     let pre = file.get_str("tokenizer.ggml.pre").unwrap_or("default");
     let (pretok, model) = match model {
         Model::ByteBpe { merges, .. } => {
-            // Llama 3's reference tokenizer maps whole words that are tokens directly.
-            let ignore_merges = matches!(pre, "llama3" | "llama-v3" | "llama-bpe" | "falcon3");
+            // tiktoken-derived vocabularies (Llama 3, Kimi-K2, o200k) map a whole word that
+            // is itself a token directly, as tiktoken does.
+            let ignore_merges = matches!(
+                pre,
+                "llama3"
+                    | "llama-v3"
+                    | "llama-bpe"
+                    | "falcon3"
+                    | "falcon-h1"
+                    | "pixtral"
+                    | "kimi-k2"
+                    | "gpt-4o"
+                    | "llama4"
+            );
             (PreTokenizer::for_gguf_pre(pre)?, Model::ByteBpe { merges, ignore_merges })
         }
         spm => (PreTokenizer::default(), spm),

@@ -131,10 +131,25 @@ pub(crate) const DEEPSEEK3: [&str; 3] = [
     r"[一-龥぀-ゟ゠-ヿ]+",
     "[!\"#$%&'()*+,\\-./:;<=>?@\\[\\\\\\]^_`{|}~][A-Za-z]+|[^\r\n\\p{L}\\p{P}\\p{S}]?[\\p{L}\\p{M}]+| ?[\\p{P}\\p{S}]+[\r\n]*|\\s*[\r\n]+|\\s+(?!\\S)|\\s+",
 ];
+/// GPT-4o / o200k-style word regex (case-aware letters, contractions attached).
+pub(crate) const GPT4O: &str = r"[^\r\n\p{L}\p{N}]?[\p{Lu}\p{Lt}\p{Lm}\p{Lo}\p{M}]*[\p{Ll}\p{Lm}\p{Lo}\p{M}]+(?i:'s|'t|'re|'ve|'m|'ll|'d)?|[^\r\n\p{L}\p{N}]?[\p{Lu}\p{Lt}\p{Lm}\p{Lo}\p{M}]+[\p{Ll}\p{Lm}\p{Lo}\p{M}]*(?i:'s|'t|'re|'ve|'m|'ll|'d)?|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n/]*|\s*[\r\n]+|\s+(?!\S)|\s+";
+/// Kimi-K2: Han runs first, then the o200k-style regex with Han excluded from letters.
+pub(crate) const KIMI_K2: &str = r"[\p{Han}]+|[^\r\n\p{L}\p{N}]?[\p{Lu}\p{Lt}\p{Lm}\p{Lo}\p{M}&&[^\p{Han}]]*[\p{Ll}\p{Lm}\p{Lo}\p{M}&&[^\p{Han}]]+(?i:'s|'t|'re|'ve|'m|'ll|'d)?|[^\r\n\p{L}\p{N}]?[\p{Lu}\p{Lt}\p{Lm}\p{Lo}\p{M}&&[^\p{Han}]]+[\p{Ll}\p{Lm}\p{Lo}\p{M}&&[^\p{Han}]]*(?i:'s|'t|'re|'ve|'m|'ll|'d)?|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
+/// The reference runtime's `default` set (and Falcon's, with a backtick).
+pub(crate) const DEFAULT: [&str; 4] = [
+    r"[\p{P}\$\+<=>\^~\|]+",
+    r"'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)",
+    r"\p{N}+",
+    r"[0-9][0-9][0-9]",
+];
+/// DeepSeek Coder.
+pub(crate) const DEEPSEEK_CODER: [&str; 5] = [r"[\r\n]", r"\s?\p{L}+", r"\s?\p{P}+", r"[一-龥ࠀ-一가-퟿]+", r"\p{N}"];
 /// DeepSeek LLM (v1/v2 `deepseek-llm`).
 pub(crate) const DEEPSEEK_LLM: [&str; 6] = [
     r"[\r\n]",
-    r"\s?[A-Za-zµÀ-ÖØ-öø-ƺƼ-ƿǄ-ʓʕ-ʯͰ-ͳͶͷͻ-ͽͿΆΈ-ΊΌΎ-ΡΣ-ϵϷ-ҁҊ-ԯԱ-ՖႠ-ჅᎠ-Ᏽᏸ-ᏽᲐ-ᲺᲽ-Ჿᴀ-ᴫᵫ-ᵷᵹ-ᶚḀ-ἕἘ-Ἕἠ-ὅὈ-Ὅὐ-ὗὙὛὝὟ-ώᾀ-ᾴᾶ-ᾼιῂ-ῄῆ-ῌῐ-ΐῖ-Ίῠ-Ῥῲ-ῴῶ-ῼℂℇℊ-ℓℕℙ-ℝℤΩℨK-ℭℯ-ℴℹℼ-ℿⅅ-ⅉⅎↃↄⰀ-ⱻⱾ-ⳤⳫ-ⳮⳲⳳꙀ-ꙭꚀ-ꚛꜢ-ꝯꝱ-ꞇꞋ-ꞎꭰ-ꮿﬀ-ﬆﬓ-ﬗＡ-Ｚａ-ｚ𐐀-𐑏𐒰-𐓓𐓘-𐓻𐲀-𐲲𐳀-𐳲𑢠-𑣟𞤀-𞥃]+",
+    // Code points that Unicode normalization would rewrite are escaped so the ranges stay
+    // exactly as the reference runtime has them.
+    "\\s?[A-Za-zµÀ-ÖØ-öø-ƺƼ-ƿǄ-ʓʕ-ʯͰ-ͳͶͷͻ-ͽͿΆΈ-ΊΌΎ-ΡΣ-ϵϷ-ҁҊ-ԯԱ-ՖႠ-ჅᎠ-Ᏽᏸ-ᏽᲐ-ᲺᲽ-Ჿᴀ-ᴫᵫ-ᵷᵹ-ᶚḀ-ἕἘ-Ἕἠ-ὅὈ-Ὅὐ-ὗὙὛὝὟ-\u{1F7D}ᾀ-ᾴᾶ-ᾼ\u{1FBE}ῂ-ῄῆ-ῌῐ-\u{1FD3}ῖ-\u{1FDB}ῠ-Ῥῲ-ῴῶ-ῼℂℇℊ-ℓℕℙ-ℝℤ\u{2126}ℨ\u{212A}-ℭℯ-ℴℹℼ-ℿⅅ-ⅉⅎↃↄⰀ-ⱻⱾ-ⳤⳫ-ⳮⳲⳳꙀ-ꙭꚀ-ꚛꜢ-ꝯꝱ-ꞇꞋ-ꞎꭰ-ꮿﬀ-ﬆﬓ-ﬗＡ-Ｚａ-ｚ𐐀-𐑏𐒰-𐓓𐓘-𐓻𐲀-𐲲𐳀-𐳲𑢠-𑣟𞤀-𞥃]+",
     r"\s?[!-/:-~！-／：-～‘-‟　-。]+",
     r"\s+$",
     r"[一-龥ࠀ-一가-퟿]+",
@@ -155,10 +170,16 @@ impl PreTokenizer {
     /// as the reference implementation does for its default.
     pub(crate) fn for_gguf_pre(name: &str) -> Result<PreTokenizer, TokenizerError> {
         let patterns: Vec<&str> = match name {
-            "llama3" | "llama-v3" | "llama-bpe" | "falcon3" | "pixtral" | "smaug-bpe" => vec![LLAMA3],
-            "qwen2" | "deepseek-r1-qwen" | "qwen35" => vec![QWEN2],
-            "deepseek-v3" | "kimi-k2" => DEEPSEEK3.to_vec(),
+            "llama3" | "llama-v3" | "llama-bpe" | "falcon3" | "falcon-h1" | "pixtral" | "smaug-bpe" | "chatglm-bpe"
+            | "glm4" => vec![LLAMA3],
+            "qwen2" | "deepseek-r1-qwen" | "qwen35" | "hunyuan" => vec![QWEN2],
+            "deepseek-v3" => DEEPSEEK3.to_vec(),
             "deepseek-llm" => DEEPSEEK_LLM.to_vec(),
+            "deepseek-coder" => DEEPSEEK_CODER.to_vec(),
+            "kimi-k2" => vec![KIMI_K2],
+            "gpt-4o" | "llama4" => vec![GPT4O],
+            "default" => DEFAULT.to_vec(),
+            // gpt-2 and names without a dedicated regex use GPT-2's.
             _ => vec![GPT2],
         };
         let rules = patterns.into_iter().map(Rule::isolated).collect::<Result<_, _>>()?;
@@ -201,6 +222,29 @@ mod tests {
     fn deepseek3_isolates_digits_and_cjk() {
         let p = PreTokenizer::for_gguf_pre("deepseek-v3").unwrap();
         assert_eq!(words(&p, "我想在apple工作1314151天"), ["我想在", "apple", "工作", "131", "415", "1", "天"]);
+    }
+
+    #[test]
+    fn every_named_pre_tokenizer_compiles() {
+        for name in [
+            "llama-bpe",
+            "qwen2",
+            "deepseek-v3",
+            "deepseek-llm",
+            "deepseek-coder",
+            "kimi-k2",
+            "gpt-4o",
+            "default",
+            "gpt-2",
+        ] {
+            let p = PreTokenizer::for_gguf_pre(name).unwrap_or_else(|e| panic!("{name}: {e}"));
+            assert_eq!(words(&p, "").len(), 0);
+            assert_eq!(words(&p, "Hi there").concat(), "Hi there", "{name}");
+        }
+        let k2 = PreTokenizer::for_gguf_pre("kimi-k2").unwrap();
+        assert_eq!(words(&k2, "Hello世界 you're 12345"), ["Hello", "世界", " you're", " ", "123", "45"]);
+        let o200k = PreTokenizer::for_gguf_pre("gpt-4o").unwrap();
+        assert_eq!(words(&o200k, "HelloWorld can't"), ["Hello", "World", " can't"]);
     }
 
     #[test]

@@ -17,6 +17,7 @@
 mod avx2;
 #[cfg(target_arch = "x86_64")]
 mod avx512;
+pub mod bench;
 pub mod blocks;
 pub mod dequant;
 pub mod fp;

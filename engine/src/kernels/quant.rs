@@ -32,7 +32,7 @@ fn scale_for(x: &[f32]) -> (f32, f32) {
 
 fn amax(x: &[f32]) -> f32 {
     #[cfg(target_arch = "x86_64")]
-    if super::simd::avx2_supported() && x.len() % 8 == 0 {
+    if super::simd::avx2_supported() && x.chunks_exact(8).remainder().is_empty() {
         // SAFETY: AVX2/FMA/F16C detected.
         return unsafe { super::avx2::amax(x) };
     }
@@ -48,7 +48,7 @@ fn q8(v: f32, id: f32) -> i8 {
 /// `qs[i] = round(c[i]·id)` (AVX2 when present; bit-identical to the scalar loop).
 fn quantize_with(c: &[f32], id: f32, qs: &mut [i8]) {
     #[cfg(target_arch = "x86_64")]
-    if super::simd::avx2_supported() && c.len() % 32 == 0 {
+    if super::simd::avx2_supported() && c.chunks_exact(32).remainder().is_empty() {
         // SAFETY: AVX2/FMA/F16C detected; lengths are whole 32-value chunks.
         return unsafe { super::avx2::quantize_with(c, id, qs) };
     }

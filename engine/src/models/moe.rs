@@ -19,11 +19,15 @@
 
 use std::cmp::Ordering;
 
+use std::sync::{Arc, Mutex, RwLock};
+
 use anyhow::{ensure, Context, Result};
 
 use crate::kernels::{self, WeightType};
 use crate::models::weights::{optional_vec, require_shape, Weight, WeightSource};
 use crate::models::ModelError;
+use crate::runtime::experts::{expert_pass, ExpertMats};
+use crate::runtime::pool::Pool;
 
 /// How router logits become expert scores.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -290,13 +294,29 @@ impl MoeFfn {
     }
 
     /// The MoE output for `n` rows of `x` (`n × hidden`) into `y` (`n × hidden`, overwritten).
-    /// Each selected expert runs once over all the rows that chose it.
+    /// Each selected expert runs once over all the rows that chose it: through the
+    /// bandwidth-oriented pass on the process-wide expert pool when one is set (see
+    /// [`set_expert_pool`]), else expert by expert through the kernels.
     pub fn forward(&self, x: &[f32], n: usize, y: &mut [f32]) -> Result<()> {
         let hidden = self.router.qmatrix().cols;
         ensure!(x.len() == n * hidden && y.len() == n * hidden, "moe: bad input shape");
         let selections = self.route_rows(x, n)?;
         y.fill(0.0);
-        for (e, rows) in rows_per_expert(&selections, self.experts.len()).into_iter().enumerate() {
+        match expert_pool().filter(|_| self.uniform_experts()) {
+            Some(pool) => self.routed_on_pool(&pool, &selections, x, y),
+            None => self.routed_per_expert(&selections, x, y)?,
+        }
+        if let Some(shared) = &self.shared {
+            let mut out = vec![0.0f32; n * hidden];
+            shared.forward(x, n, &mut out)?;
+            y.iter_mut().zip(&out).for_each(|(a, b)| *a += b);
+        }
+        Ok(())
+    }
+
+    fn routed_per_expert(&self, selections: &[Selection], x: &[f32], y: &mut [f32]) -> Result<()> {
+        let hidden = self.router.qmatrix().cols;
+        for (e, rows) in rows_per_expert(selections, self.experts.len()).into_iter().enumerate() {
             if rows.is_empty() {
                 continue;
             }
@@ -310,13 +330,47 @@ impl MoeFfn {
                 }
             }
         }
-        if let Some(shared) = &self.shared {
-            let mut out = vec![0.0f32; n * hidden];
-            shared.forward(x, n, &mut out)?;
-            y.iter_mut().zip(&out).for_each(|(a, b)| *a += b);
-        }
         Ok(())
     }
+
+    fn routed_on_pool(&self, pool: &Mutex<Pool>, selections: &[Selection], x: &[f32], y: &mut [f32]) {
+        let mats: Vec<ExpertMats> = self
+            .experts
+            .iter()
+            .map(|f| ExpertMats { gate: f.gate.qmatrix(), up: f.up.qmatrix(), down: f.down.qmatrix() })
+            .collect();
+        let routes: Vec<Vec<(usize, f32)>> =
+            selections.iter().map(|s| s.experts.iter().copied().zip(s.weights.iter().copied()).collect()).collect();
+        // One pass at a time: the pool runs one job on all its threads.
+        let pool = pool.lock().unwrap_or_else(|e| e.into_inner());
+        expert_pass(&pool, &mats, x, &routes, y);
+    }
+
+    /// The pooled pass prepares one activation format for gate and up of every expert, so it
+    /// needs gate and up in one storage type across all experts (and down in one type).
+    fn uniform_experts(&self) -> bool {
+        let Some(first) = self.experts.first() else { return false };
+        self.experts.iter().all(|f| {
+            f.gate.ty == first.gate.ty
+                && f.up.ty == first.gate.ty
+                && f.down.ty == first.down.ty
+                && f.gate.rows == first.gate.rows
+        })
+    }
+}
+
+/// The pool the routed-expert pass runs on, when the runtime sets one.
+static EXPERT_POOL: RwLock<Option<Arc<Mutex<Pool>>>> = RwLock::new(None);
+
+/// Routes every MoE layer's expert pass through `pool` (pinned, row-owning threads; see
+/// `runtime::experts`), or back through the kernels' own threads with `None`. Process-wide,
+/// so the runtime sets it once after building its thread layout.
+pub fn set_expert_pool(pool: Option<Pool>) {
+    *EXPERT_POOL.write().unwrap_or_else(|e| e.into_inner()) = pool.map(|p| Arc::new(Mutex::new(p)));
+}
+
+fn expert_pool() -> Option<Arc<Mutex<Pool>>> {
+    EXPERT_POOL.read().unwrap_or_else(|e| e.into_inner()).clone()
 }
 
 /// For each expert, the `(row, weight)` pairs that selected it, in row order.

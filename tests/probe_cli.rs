@@ -135,6 +135,9 @@ fn vm_without_dmi_reports_unknown_memory() {
     assert_eq!(hw.numa_nodes[0].memory_bytes, m.total_bytes);
 
     let root = fixture("vm-nodmi");
+    // With --json the notes go to stderr, so scripts see why fields are null.
+    let out = hy(&["probe", "--root", root.to_str().unwrap(), "--json"]);
+    assert!(String::from_utf8_lossy(&out.stderr).contains("note: DIMMs unknown"));
     let table = stdout(&hy(&["probe", "--root", root.to_str().unwrap()]));
     assert!(table.contains("no SMBIOS table"), "{table}");
     assert!(table.contains("hy plan"), "the note must say how planning is affected:\n{table}");

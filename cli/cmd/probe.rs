@@ -29,7 +29,7 @@ pub struct Args {
     /// With --bench: threads per NUMA node (default: every CPU of the node).
     #[arg(long, value_name = "N", requires = "bench", value_parser = clap::value_parser!(u32).range(1..))]
     bench_threads: Option<u32>,
-    /// With --bench: size of each array per thread in MiB (default: 4 × LLC over all threads, ≥ 64).
+    /// With --bench: size of each array per thread in MiB (default: 8 × LLC over all threads, ≥ 256).
     #[arg(long, value_name = "MIB", requires = "bench", value_parser = clap::value_parser!(u64).range(1..))]
     bench_mib: Option<u64>,
     /// With --bench: timed repetitions per kernel; the best is reported.
@@ -56,6 +56,12 @@ pub fn run(args: Args) -> anyhow::Result<i32> {
     if args.json {
         let json = serde_json::to_string_pretty(&probe.spec).context("serialising the hardware spec")?;
         println!("{json}");
+        // The table carries the notes; with --json they go to stderr so scripts still see why
+        // a field is null.
+        let n = &probe.notes;
+        for note in n.cpu.iter().chain(&n.numa).chain(&n.memory).chain(&n.gpu).chain(&n.bandwidth) {
+            eprintln!("note: {note}");
+        }
     } else {
         print!("{}", render::report(&probe.spec, &probe.notes));
     }

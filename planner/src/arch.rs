@@ -119,7 +119,7 @@ impl Architecture {
 
     /// Whether layer `l` uses the sliding window (gpt-oss: even layers).
     pub fn is_sliding_layer(&self, l: u64) -> bool {
-        self.sliding_window.is_some() && l % 2 == 0
+        self.sliding_window.is_some() && l.is_multiple_of(2)
     }
 
     /// Layers whose KV cache grows with the context.

@@ -659,17 +659,19 @@ fn layer_ranges(layers: &[u32]) -> String {
     parts.join(",")
 }
 
+/// A decided placement, as the speed model needs it.
+struct Placed<'a> {
+    spec: &'a ModelSpec,
+    topo: &'a Topology,
+    eff: &'a Efficiency,
+    mode: &'a str,
+    numa_policy: &'a str,
+    gpu_layers: &'a [u32],
+}
+
 /// Per-step decode cost at `position` tokens of context for `n` concurrent requests.
-fn decode_step(
-    spec: &ModelSpec,
-    topo: &Topology,
-    eff: &Efficiency,
-    mode: &str,
-    numa_policy: &str,
-    gpu_layers: &[u32],
-    position: u64,
-    n: u64,
-) -> StepBreakdown {
+fn decode_step(pl: &Placed, position: u64, n: u64) -> StepBreakdown {
+    let Placed { spec, topo, eff, mode, numa_policy, gpu_layers } = *pl;
     let a = &spec.arch;
     let distinct = distinct_experts(a.num_experts, a.experts_per_token, n);
     let mut cpu_expert_bytes = 0.0;
@@ -758,9 +760,10 @@ fn predict(
 ) -> Predicted {
     let eff = &opts.efficiency;
     let pos = DECODE_POSITION.min(opts.context);
-    let step = decode_step(spec, topo, eff, mode, numa_policy, gpu_layers, pos, opts.concurrency);
-    let single = decode_step(spec, topo, eff, mode, numa_policy, gpu_layers, pos, 1);
-    let full = decode_step(spec, topo, eff, mode, numa_policy, gpu_layers, opts.context, 1);
+    let pl = Placed { spec, topo, eff, mode, numa_policy, gpu_layers };
+    let step = decode_step(&pl, pos, opts.concurrency);
+    let single = decode_step(&pl, pos, 1);
+    let full = decode_step(&pl, opts.context, 1);
     let (prefill, method) = prefill(spec, topo, opts, mode, gpu_layers, gpu_spare);
     let decode_tokens_per_s = if opts.concurrency == 1 { 1e3 / single.total_ms } else { 1e3 / step.total_ms };
     Predicted {

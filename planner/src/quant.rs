@@ -154,7 +154,7 @@ fn gguf_type(q: Quant, base: WType, t: &TensorDesc, arch: &Architecture) -> WTyp
     let mut ty = base;
     if name == "output.weight" {
         let bs = base.block_size();
-        ty = if t.dims[0] % bs != 0 {
+        ty = if !t.dims[0].is_multiple_of(bs) {
             WType::Q8_0
         } else if base != WType::Q8_0 && base != WType::F16 {
             WType::Q6_K

@@ -275,7 +275,7 @@ mod tests {
             },
             numa_nodes: vec![],
             memory: MemorySpec {
-                total_bytes: 1152_000_000_000,
+                total_bytes: 1_152_000_000_000,
                 channels_per_socket: channels,
                 mts,
                 ..Default::default()

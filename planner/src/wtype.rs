@@ -60,7 +60,7 @@ impl WType {
 
     /// Whether a tensor whose rows hold `row_len` weights can be stored in this type.
     pub fn fits_row(self, row_len: u64) -> bool {
-        row_len % self.block_size() == 0
+        row_len.is_multiple_of(self.block_size())
     }
 
     /// Exact bytes of a tensor with ggml-order `dims` (dims[0] = row length) in this type,

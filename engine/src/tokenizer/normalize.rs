@@ -2,6 +2,7 @@
 //! tokens are cut out and before pre-tokenization).
 
 use super::TokenizerError;
+use icu_normalizer::ComposingNormalizerBorrowed;
 use serde_json::Value;
 use std::borrow::Cow;
 
@@ -10,6 +11,8 @@ enum Step {
     Replace { from: String, to: String },
     Prepend(String),
     Lowercase,
+    Nfc,
+    Nfkc,
 }
 
 #[derive(Debug, Default)]
@@ -33,6 +36,8 @@ impl Normalizer {
                 Step::Prepend(p) if !s.is_empty() => Cow::Owned(format!("{p}{s}")),
                 Step::Prepend(_) => s,
                 Step::Lowercase => Cow::Owned(s.to_lowercase()),
+                Step::Nfc => changed(ComposingNormalizerBorrowed::new_nfc().normalize(&s)).map_or(s, Cow::Owned),
+                Step::Nfkc => changed(ComposingNormalizerBorrowed::new_nfkc().normalize(&s)).map_or(s, Cow::Owned),
             };
         }
         s
@@ -63,14 +68,41 @@ fn push_steps(v: &Value, steps: &mut Vec<Step>) -> Result<(), TokenizerError> {
             steps.push(Step::Prepend(p.into()));
         }
         "Lowercase" => steps.push(Step::Lowercase),
-        // Already-composed input is unchanged by NFC; real text sent to models almost
-        // always is, and the reference converters for GGUF skip this step too.
-        "NFC" => {}
+        "NFC" => steps.push(Step::Nfc),
+        "NFKC" => steps.push(Step::Nfkc),
         other => return Err(unsupported(other)),
     }
     Ok(())
 }
 
+/// The normalized text if normalization changed anything (usually it does not).
+fn changed(out: Cow<'_, str>) -> Option<String> {
+    match out {
+        Cow::Borrowed(_) => None,
+        Cow::Owned(s) => Some(s),
+    }
+}
+
 fn unsupported(what: &str) -> TokenizerError {
     TokenizerError::Unsupported(format!("tokenizer.json normalizer {what:?}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn nfc_composes_and_sequence_applies_in_order() {
+        let n = Normalizer::from_json(&serde_json::json!({"type": "Sequence", "normalizers": [
+            {"type": "NFC"},
+            {"type": "Replace", "pattern": {"String": " "}, "content": "\u{2581}"},
+            {"type": "Prepend", "prepend": "\u{2581}"}
+        ]}))
+        .unwrap();
+        assert_eq!(n.apply("cafe\u{301} ok"), "\u{2581}caf\u{e9}\u{2581}ok");
+        assert_eq!(n.apply(""), "");
+        let k = Normalizer::from_json(&serde_json::json!({"type": "NFKC"})).unwrap();
+        assert_eq!(k.apply("\u{FB01}"), "fi");
+        assert!(Normalizer::from_json(&serde_json::json!({"type": "BertNormalizer"})).is_err());
+    }
 }

@@ -27,7 +27,12 @@ fn assert_q4_ok(out: &std::process::Output, tmp: &Path, files: &[File]) {
 }
 
 fn events(out: &std::process::Output, kind: &str) -> Vec<serde_json::Value> {
-    text(out).0.lines().filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok()).filter(|e| e["event"] == kind).collect()
+    text(out)
+        .0
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter(|e| e["event"] == kind)
+        .collect()
 }
 
 #[test]
@@ -57,7 +62,12 @@ fn persistent_corruption_fails_with_exit_5_and_keeps_no_file() {
     let (s, files, tmp) = setup();
     let dir = tmp.path().join("out");
     s.rule("config.json", Fault::Corrupt, 100);
-    let out = hy(&s, tmp.path(), &[REPO, "--quant", "Q4_K_M", "--include", "config.json", "--dir", dir.to_str().unwrap()], &[]);
+    let out = hy(
+        &s,
+        tmp.path(),
+        &[REPO, "--quant", "Q4_K_M", "--include", "config.json", "--dir", dir.to_str().unwrap()],
+        &[],
+    );
     let (_, stderr) = text(&out);
     assert_eq!(out.status.code(), Some(5), "{stderr}");
     assert!(stderr.contains("config.json") && stderr.contains("git-sha1 mismatch"), "{stderr}");
@@ -114,7 +124,11 @@ fn stalled_body_hits_the_idle_timeout_and_resumes() {
     let out = fetch_q4(&s, tmp.path(), &[("HY_FETCH_IDLE_TIMEOUT_MS", "300")]);
     assert_q4_ok(&out, tmp.path(), &files);
     let retries = events(&out, "retry");
-    assert!(retries.iter().any(|r| r["reason"].as_str().unwrap_or("").contains("idle timeout")), "{retries:?} {}", text(&out).0);
+    assert!(
+        retries.iter().any(|r| r["reason"].as_str().unwrap_or("").contains("idle timeout")),
+        "{retries:?} {}",
+        text(&out).0
+    );
     assert_eq!(s.served(&shard(2)), 200_000);
 }
 

@@ -64,8 +64,15 @@ fn one_shard_pulls_siblings_into_a_plain_dir_with_git_checked_small_files() {
         assert_file(&dir, f);
     }
     let visible: Vec<String> = tree(&dir).into_iter().filter(|p| !p.starts_with(".hy-fetch")).collect();
-    assert_eq!(visible, vec!["Q4_K_M/M-Q4_K_M-00001-of-00003.gguf", "Q4_K_M/M-Q4_K_M-00002-of-00003.gguf",
-        "Q4_K_M/M-Q4_K_M-00003-of-00003.gguf", "config.json"]);
+    assert_eq!(
+        visible,
+        vec![
+            "Q4_K_M/M-Q4_K_M-00001-of-00003.gguf",
+            "Q4_K_M/M-Q4_K_M-00002-of-00003.gguf",
+            "Q4_K_M/M-Q4_K_M-00003-of-00003.gguf",
+            "config.json"
+        ]
+    );
     // A file changed behind hy's back is detected on the next run (size and mtime marker).
     std::fs::write(dir.join("config.json"), b"tampered").unwrap();
     let again = hy(&s, tmp.path(), &[REPO, "--include", "config.json", "--dir", dir.to_str().unwrap()], &[]);

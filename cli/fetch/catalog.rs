@@ -51,7 +51,10 @@ fn repo_for<'a>(repos: &[&'a str], quant: &str, native: &str) -> Option<&'a str>
     }
     if q.eq_ignore_ascii_case(native) {
         // The base repo: the first plain repo that names no other dtype.
-        return plain.iter().copied().find(|r| !["fp8", "bf16", "awq", "gptq"].iter().any(|d| super::select::has_token(r, d)));
+        return plain
+            .iter()
+            .copied()
+            .find(|r| !["fp8", "bf16", "awq", "gptq"].iter().any(|d| super::select::has_token(r, d)));
     }
     None
 }

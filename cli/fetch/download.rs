@@ -152,9 +152,8 @@ pub async fn fetch_file(ctx: &Ctx, job: &Job) -> Result<Fetched> {
     for round in 0..2 {
         download(ctx, job).await?;
         let (tmp, git) = (job.tmp.clone(), matches!(job.digest, Digest::GitSha1(_)));
-        let hashes = tokio::task::spawn_blocking(move || hash_file(&tmp, git))
-            .await
-            .context("hashing task failed")??;
+        let hashes =
+            tokio::task::spawn_blocking(move || hash_file(&tmp, git)).await.context("hashing task failed")??;
         match hashes.check(&job.digest) {
             Ok(()) => {
                 finalize(job).with_context(|| format!("moving {} into place", job.label))?;
@@ -163,7 +162,13 @@ pub async fn fetch_file(ctx: &Ctx, job: &Job) -> Result<Fetched> {
             Err(actual) => {
                 let _ = std::fs::remove_file(&job.tmp);
                 let _ = std::fs::remove_file(&job.state);
-                ctx.reporter.verify_failed(job.id, &job.label, job.digest.hex().unwrap_or_default(), &actual, round == 0);
+                ctx.reporter.verify_failed(
+                    job.id,
+                    &job.label,
+                    job.digest.hex().unwrap_or_default(),
+                    &actual,
+                    round == 0,
+                );
                 last = actual;
             }
         }
@@ -203,7 +208,12 @@ async fn download(ctx: &Ctx, job: &Job) -> Result<()> {
         return Ok(());
     }
     let multi = state.done.len() > 1;
-    let shared = Arc::new(Shared { file, state: Mutex::new(state), dirty: AtomicBool::new(false), state_path: job.state.clone() });
+    let shared = Arc::new(Shared {
+        file,
+        state: Mutex::new(state),
+        dirty: AtomicBool::new(false),
+        state_path: job.state.clone(),
+    });
     let ticker = spawn_persister(shared.clone(), ctx.http.tuning.persist);
     let mut result = run_chunks(ctx, job, &shared).await;
     if multi && matches!(result, Err(ChunkError::RangeIgnored)) {
@@ -225,7 +235,10 @@ async fn download(ctx: &Ctx, job: &Job) -> Result<()> {
             return Err(e);
         }
         Err(ChunkError::RangeIgnored) => {
-            return Err(exit::coded(exit::DOWNLOAD_FAILED, format!("{}: server answered a range request with the whole file", job.label)))
+            return Err(exit::coded(
+                exit::DOWNLOAD_FAILED,
+                format!("{}: server answered a range request with the whole file", job.label),
+            ))
         }
     }
     shared.file.sync_data().with_context(|| format!("syncing {}", job.tmp.display()))?;
@@ -291,7 +304,10 @@ async fn run_chunk(ctx: &Ctx, job: &Job, shared: &Arc<Shared>, idx: usize) -> Re
         if attempt >= tuning.max_attempts || total >= tuning.max_attempts.saturating_mul(20) {
             return Err(ChunkError::Fatal(exit::coded(
                 exit::DOWNLOAD_FAILED,
-                format!("{}: giving up after {total} attempts (last: {reason}); run the same command again to resume", job.label),
+                format!(
+                    "{}: giving up after {total} attempts (last: {reason}); run the same command again to resume",
+                    job.label
+                ),
             )));
         }
         let delay = tuning.backoff(attempt, wait);
@@ -351,7 +367,9 @@ fn check_content_range(resp: &reqwest::Response, off: u64, job: &Job) -> Result<
         Some((a.trim().parse::<u64>().ok()?, total.trim().parse::<u64>().ok()))
     });
     match parsed {
-        Some((a, _)) if a != off => Err(fatal(format!("{}: asked for bytes from {off}, server sent from {a}", job.label))),
+        Some((a, _)) if a != off => {
+            Err(fatal(format!("{}: asked for bytes from {off}, server sent from {a}", job.label)))
+        }
         Some((_, Some(t))) if t != job.size => Err(fatal(format!(
             "{}: the file on the server is {t} bytes, the listing said {}; it changed while fetching, run again",
             job.label, job.size
@@ -387,7 +405,9 @@ async fn stream_body(
     let retry = |reason: String, pos: u64| Ok(Attempt::Retry { reason, wait: None, progressed: pos > start });
     loop {
         let item = match tokio::time::timeout(idle, stream.next()).await {
-            Err(_) => return retry(format!("no data for {:.1} s (idle timeout) at byte {pos}", idle.as_secs_f64()), pos),
+            Err(_) => {
+                return retry(format!("no data for {:.1} s (idle timeout) at byte {pos}", idle.as_secs_f64()), pos)
+            }
             Ok(None) if pos < end => return retry(format!("connection closed at byte {pos} of {end}"), pos),
             Ok(None) => return Ok(Attempt::Complete),
             Ok(Some(Err(e))) => return retry(format!("connection dropped at byte {pos}: {e}"), pos),

@@ -95,23 +95,39 @@ fn absolutize(endpoint: &str, link: &str) -> String {
     }
 }
 
-fn tree_entry(e: &serde_json::Value, endpoint: &str, repo: &str, commit: &str, what: &str) -> Result<Option<RemoteFile>> {
+fn tree_entry(
+    e: &serde_json::Value,
+    endpoint: &str,
+    repo: &str,
+    commit: &str,
+    what: &str,
+) -> Result<Option<RemoteFile>> {
     if e.get("type").and_then(|t| t.as_str()) != Some("file") {
         return Ok(None);
     }
     let path = e.get("path").and_then(|p| p.as_str()).ok_or_else(|| bad_answer(what, "tree entry without `path`"))?;
     let hexstr = |v: Option<&serde_json::Value>, len: usize| {
-        v.and_then(|x| x.as_str()).filter(|s| s.len() == len && s.bytes().all(|b| b.is_ascii_hexdigit())).map(str::to_ascii_lowercase)
+        v.and_then(|x| x.as_str())
+            .filter(|s| s.len() == len && s.bytes().all(|b| b.is_ascii_hexdigit()))
+            .map(str::to_ascii_lowercase)
     };
     let (size, digest) = match e.get("lfs") {
         Some(lfs) if !lfs.is_null() => {
-            let oid = hexstr(lfs.get("oid"), 64).ok_or_else(|| bad_answer(what, format!("{path}: LFS entry without sha256 oid")))?;
-            let size = lfs.get("size").and_then(|s| s.as_u64()).ok_or_else(|| bad_answer(what, format!("{path}: LFS entry without size")))?;
+            let oid = hexstr(lfs.get("oid"), 64)
+                .ok_or_else(|| bad_answer(what, format!("{path}: LFS entry without sha256 oid")))?;
+            let size = lfs
+                .get("size")
+                .and_then(|s| s.as_u64())
+                .ok_or_else(|| bad_answer(what, format!("{path}: LFS entry without size")))?;
             (size, Digest::Sha256(oid))
         }
         _ => {
-            let oid = hexstr(e.get("oid"), 40).ok_or_else(|| bad_answer(what, format!("{path}: entry without git oid")))?;
-            let size = e.get("size").and_then(|s| s.as_u64()).ok_or_else(|| bad_answer(what, format!("{path}: entry without size")))?;
+            let oid =
+                hexstr(e.get("oid"), 40).ok_or_else(|| bad_answer(what, format!("{path}: entry without git oid")))?;
+            let size = e
+                .get("size")
+                .and_then(|s| s.as_u64())
+                .ok_or_else(|| bad_answer(what, format!("{path}: entry without size")))?;
             (size, Digest::GitSha1(oid))
         }
     };

@@ -142,8 +142,7 @@ pub const HF_AUTH: AuthHelp = AuthHelp(
     "set HF_TOKEN (create one at https://huggingface.co/settings/tokens) or save it in $HF_HOME/token \
 (`huggingface-cli login` does that); for a gated model also accept its license on the model page",
 );
-pub const MS_AUTH: AuthHelp =
-    AuthHelp("set MODELSCOPE_API_TOKEN (from https://modelscope.cn/my/myaccesstoken)");
+pub const MS_AUTH: AuthHelp = AuthHelp("set MODELSCOPE_API_TOKEN (from https://modelscope.cn/my/myaccesstoken)");
 pub const URL_AUTH: AuthHelp = AuthHelp("set HY_FETCH_TOKEN to a bearer token the server accepts");
 
 /// What to do about a response status.
@@ -161,12 +160,20 @@ pub fn classify(status: StatusCode, headers: &HeaderMap, what: &str, redirected:
     match code {
         200..=299 => Verdict::Ok,
         408 | 429 | 500..=599 => Verdict::Retry { reason: format!("HTTP {code}"), wait: server_wait(headers) },
-        403 if redirected => Verdict::Retry { reason: "HTTP 403 from the CDN (expired URL), re-resolving".into(), wait: None },
+        403 if redirected => {
+            Verdict::Retry { reason: "HTTP 403 from the CDN (expired URL), re-resolving".into(), wait: None }
+        }
         401 | 403 => Verdict::Fail(exit::coded(
             exit::DOWNLOAD_FAILED,
-            format!("HTTP {code} for {what}: a token is needed (the repo is private or gated, or it does not exist); {}", auth.0),
+            format!(
+                "HTTP {code} for {what}: a token is needed (the repo is private or gated, or it does not exist); {}",
+                auth.0
+            ),
         )),
-        404 => Verdict::Fail(exit::coded(exit::DOWNLOAD_FAILED, format!("HTTP 404: {what} was not found; check the name and revision"))),
+        404 => Verdict::Fail(exit::coded(
+            exit::DOWNLOAD_FAILED,
+            format!("HTTP 404: {what} was not found; check the name and revision"),
+        )),
         _ => Verdict::Fail(exit::coded(exit::DOWNLOAD_FAILED, format!("HTTP {code} for {what}"))),
     }
 }
@@ -220,7 +227,11 @@ impl Http {
     }
 
     /// One attempt: Ok(Ok(doc)), Ok(Err((reason, wait))) to retry, Err to fail.
-    async fn try_json(&self, url: &str, what: &str) -> Result<Result<(serde_json::Value, HeaderMap), (String, Option<Duration>)>> {
+    async fn try_json(
+        &self,
+        url: &str,
+        what: &str,
+    ) -> Result<Result<(serde_json::Value, HeaderMap), (String, Option<Duration>)>> {
         let resp = match self.get(url).send().await {
             Ok(r) => r,
             Err(e) => return Ok(Err((format!("{e}"), None))),
@@ -236,8 +247,9 @@ impl Http {
             Ok(b) => b,
             Err(e) => return Ok(Err((format!("reading body: {e}"), None))),
         };
-        let v = serde_json::from_slice(&body)
-            .map_err(|e| exit::coded(exit::DOWNLOAD_FAILED, format!("{url} did not return valid JSON for {what}: {e}")))?;
+        let v = serde_json::from_slice(&body).map_err(|e| {
+            exit::coded(exit::DOWNLOAD_FAILED, format!("{url} did not return valid JSON for {what}: {e}"))
+        })?;
         Ok(Ok((v, headers)))
     }
 }

@@ -60,7 +60,11 @@ impl Layout {
         let rel = safe_relative(&f.path)?;
         match self {
             Layout::Hf { repo_dir, .. } => {
-                let blob = f.digest.hex().map(str::to_string).unwrap_or_else(|| hex::encode(sha2::Sha256::digest(f.url.as_bytes())));
+                let blob = f
+                    .digest
+                    .hex()
+                    .map(str::to_string)
+                    .unwrap_or_else(|| hex::encode(sha2::Sha256::digest(f.url.as_bytes())));
                 let blobs = repo_dir.join("blobs");
                 let snapshot = self.target();
                 check_no_symlink_parents(&snapshot, &rel)?;

@@ -209,7 +209,11 @@ fn plan_units(listing: &Listing, chosen: &[usize], layout: &Layout) -> Result<Ve
     for &i in chosen {
         let f = &listing.files[i];
         let p = layout.place(f).map_err(|e| exit::coded(exit::DOWNLOAD_FAILED, format!("{e:#}")))?;
-        let unit = by_dest.entry(p.dest.clone()).or_insert_with(|| Unit { file: f.clone(), placements: Vec::new(), paths: Vec::new() });
+        let unit = by_dest.entry(p.dest.clone()).or_insert_with(|| Unit {
+            file: f.clone(),
+            placements: Vec::new(),
+            paths: Vec::new(),
+        });
         unit.placements.push(p);
         unit.paths.push(f.clone());
     }

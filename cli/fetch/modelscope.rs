@@ -57,9 +57,12 @@ pub async fn list(http: &Http, endpoint: &str, repo: &str, revision: &str) -> Re
             continue;
         }
         let path = e.get("Path").and_then(|p| p.as_str()).ok_or_else(|| bad_answer(&what, "file without Path"))?;
-        let size = e.get("Size").and_then(|s| s.as_u64()).ok_or_else(|| bad_answer(&what, format!("{path}: no Size")))?;
+        let size =
+            e.get("Size").and_then(|s| s.as_u64()).ok_or_else(|| bad_answer(&what, format!("{path}: no Size")))?;
         let digest = match e.get("Sha256").and_then(|s| s.as_str()) {
-            Some(h) if h.len() == 64 && h.bytes().all(|b| b.is_ascii_hexdigit()) => Digest::Sha256(h.to_ascii_lowercase()),
+            Some(h) if h.len() == 64 && h.bytes().all(|b| b.is_ascii_hexdigit()) => {
+                Digest::Sha256(h.to_ascii_lowercase())
+            }
             _ => Digest::None,
         };
         let url = format!("{endpoint}/api/v1/models/{repo}/repo?Revision={rev}&FilePath={}", encode_segment(path));

@@ -81,9 +81,6 @@ mod tests {
     #[test]
     fn link_targets_climb_out_of_the_snapshot() {
         assert_eq!(blob_link_target(Path::new("c.json"), "ab"), PathBuf::from("../../blobs/ab"));
-        assert_eq!(
-            blob_link_target(Path::new("Q4/x.gguf"), "ab"),
-            PathBuf::from("../../../blobs/ab")
-        );
+        assert_eq!(blob_link_target(Path::new("Q4/x.gguf"), "ab"), PathBuf::from("../../../blobs/ab"));
     }
 }

@@ -106,7 +106,9 @@ impl Reporter for JsonReporter {
         self.totals.done.fetch_sub(n.min(self.totals.done.load(Ordering::Relaxed)), Ordering::Relaxed);
     }
     fn retry(&self, _id: usize, path: &str, attempt: u32, wait: Duration, reason: &str) {
-        self.emit(json!({"event":"retry","path":path,"attempt":attempt,"wait_ms":wait.as_millis() as u64,"reason":reason}));
+        self.emit(
+            json!({"event":"retry","path":path,"attempt":attempt,"wait_ms":wait.as_millis() as u64,"reason":reason}),
+        );
     }
     fn verify_failed(&self, _id: usize, path: &str, expected: &str, actual: &str, retrying: bool) {
         self.emit(json!({"event":"verify_failed","path":path,"expected":expected,"actual":actual,"retrying":retrying}));
@@ -138,7 +140,13 @@ impl Reporter for LineReporter {
         self.totals.total.store(i.bytes_to_fetch, Ordering::Relaxed);
         eprintln!(
             "hy fetch: {} {} ({}): {} files, {}, {} to download, into {}",
-            i.source, i.repo, short(i.commit), i.files, human(i.bytes_total), human(i.bytes_to_fetch), i.target
+            i.source,
+            i.repo,
+            short(i.commit),
+            i.files,
+            human(i.bytes_total),
+            human(i.bytes_to_fetch),
+            i.target
         );
         *self.last.lock().unwrap_or_else(|p| p.into_inner()) = Some(Instant::now());
     }
@@ -175,7 +183,11 @@ impl Reporter for LineReporter {
     fn finish(&self, s: &Summary) {
         eprintln!(
             "hy fetch: done, {} files in {}; downloaded {} in {:.1} s, reused {}",
-            s.files, s.target, human(s.bytes_downloaded), s.seconds, human(s.bytes_reused)
+            s.files,
+            s.target,
+            human(s.bytes_downloaded),
+            s.seconds,
+            human(s.bytes_reused)
         );
     }
     fn error(&self, _msg: &str, _code: i32) {}
@@ -221,7 +233,12 @@ impl Reporter for BarReporter {
         self.total.set_length(i.bytes_to_fetch);
         let _ = self.multi.println(format!(
             "{} {} ({}): {} files, {} to download, into {}",
-            i.source, i.repo, short(i.commit), i.files, human(i.bytes_to_fetch), i.target
+            i.source,
+            i.repo,
+            short(i.commit),
+            i.files,
+            human(i.bytes_to_fetch),
+            i.target
         ));
     }
     fn file_start(&self, id: usize, path: &str, size: u64, already: u64) {
@@ -268,7 +285,11 @@ impl Reporter for BarReporter {
         self.total.finish_and_clear();
         eprintln!(
             "done: {} files in {}; downloaded {} in {:.1} s, reused {}",
-            s.files, s.target, human(s.bytes_downloaded), s.seconds, human(s.bytes_reused)
+            s.files,
+            s.target,
+            human(s.bytes_downloaded),
+            s.seconds,
+            human(s.bytes_reused)
         );
     }
     fn error(&self, _msg: &str, _code: i32) {

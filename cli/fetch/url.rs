@@ -95,7 +95,12 @@ fn hrefs(html: &str) -> Vec<String> {
     let mut out = Vec::new();
     for part in html.split("href=\"").skip(1) {
         let Some(h) = part.split('"').next() else { continue };
-        if h.is_empty() || h.ends_with('/') || h.contains("://") || h.starts_with(['/', '?', '#', '.']) || h.contains('?') {
+        if h.is_empty()
+            || h.ends_with('/')
+            || h.contains("://")
+            || h.starts_with(['/', '?', '#', '.'])
+            || h.contains('?')
+        {
             continue;
         }
         if !out.iter().any(|o| o == h) {
@@ -132,7 +137,9 @@ async fn fetch_text(http: &Http, url: &str) -> Result<Option<String>> {
     match classify(resp.status(), resp.headers(), url, false, &http.auth) {
         Verdict::Ok => {}
         Verdict::Fail(e) => return Err(e),
-        Verdict::Retry { reason, .. } => return Err(exit::coded(exit::DOWNLOAD_FAILED, format!("GET {url}: {reason}; retry later"))),
+        Verdict::Retry { reason, .. } => {
+            return Err(exit::coded(exit::DOWNLOAD_FAILED, format!("GET {url}: {reason}; retry later")))
+        }
     }
     let text = resp.text().await.map_err(|e| exit::coded(exit::DOWNLOAD_FAILED, format!("reading {url}: {e}")))?;
     Ok(Some(text))
@@ -150,7 +157,8 @@ async fn probe_size(http: &Http, url: &str) -> Result<u64> {
     if let Verdict::Fail(e) = classify(resp.status(), resp.headers(), url, false, &http.auth) {
         return Err(e);
     }
-    let header = |k| resp.headers().get(k).and_then(|v: &reqwest::header::HeaderValue| v.to_str().ok()).map(str::to_string);
+    let header =
+        |k| resp.headers().get(k).and_then(|v: &reqwest::header::HeaderValue| v.to_str().ok()).map(str::to_string);
     if resp.status().as_u16() == 206 {
         if let Some(total) = header(CONTENT_RANGE).and_then(|cr| cr.rsplit('/').next().and_then(|t| t.parse().ok())) {
             return Ok(total);

@@ -78,10 +78,7 @@ pub fn hash_file(path: &Path, git: bool) -> Result<Hashes> {
             h.update(&buf[..n]);
         }
     }
-    Ok(Hashes {
-        sha256: hex::encode(sha256.finalize()),
-        git_sha1: sha1.map(|h| hex::encode(h.finalize())),
-    })
+    Ok(Hashes { sha256: hex::encode(sha256.finalize()), git_sha1: sha1.map(|h| hex::encode(h.finalize())) })
 }
 
 #[cfg(test)]

@@ -177,11 +177,7 @@ fn read_request(conn: &TcpStream) -> Option<Req> {
         }
     }
     let (path, q) = target.split_once('?').unwrap_or((&target, ""));
-    let query = q
-        .split('&')
-        .filter_map(|kv| kv.split_once('='))
-        .map(|(k, v)| (decode(k), decode(v)))
-        .collect();
+    let query = q.split('&').filter_map(|kv| kv.split_once('=')).map(|(k, v)| (decode(k), decode(v))).collect();
     Some(Req { path: decode(path), query, headers })
 }
 
@@ -221,7 +217,9 @@ fn handle(mut conn: TcpStream, state: &Mutex<State>, gate: &(Mutex<bool>, Condva
         ["api", "models", org, name, "revision", _rev] => {
             let repo = format!("{org}/{name}");
             match lookup(state, &repo) {
-                Some((commit, _)) => respond(&mut conn, 200, &[], format!("{{\"id\":\"{repo}\",\"sha\":\"{commit}\"}}").as_bytes()),
+                Some((commit, _)) => {
+                    respond(&mut conn, 200, &[], format!("{{\"id\":\"{repo}\",\"sha\":\"{commit}\"}}").as_bytes())
+                }
                 None => respond(&mut conn, 404, &[], b"{\"error\":\"Repository not found\"}"),
             }
         }
@@ -286,7 +284,10 @@ fn hf_tree(conn: &mut TcpStream, state: &Mutex<State>, repo: &str, req: &Req) ->
     let mut headers = Vec::new();
     if end < entries.len() {
         let addr = conn.local_addr()?;
-        headers.push(("Link", format!("<http://{addr}/api/models/{repo}/tree/{commit}?recursive=true&cursor={end}>; rel=\"next\"")));
+        headers.push((
+            "Link",
+            format!("<http://{addr}/api/models/{repo}/tree/{commit}?recursive=true&cursor={end}>; rel=\"next\""),
+        ));
     }
     respond(conn, 200, &headers, &body)
 }
@@ -297,14 +298,22 @@ fn ms_list(conn: &mut TcpStream, state: &Mutex<State>, repo: &str) -> std::io::R
     };
     let list: Vec<_> = files
         .iter()
-        .map(|f| serde_json::json!({"Name": f.path.rsplit('/').next(), "Path": f.path, "Type": "blob",
-                                    "Size": f.data.len(), "Sha256": sha256_hex(&f.data)}))
+        .map(|f| {
+            serde_json::json!({"Name": f.path.rsplit('/').next(), "Path": f.path, "Type": "blob",
+                                    "Size": f.data.len(), "Sha256": sha256_hex(&f.data)})
+        })
         .collect();
     let body = serde_json::json!({"Code":200,"Data":{"Files":list},"Success":true});
     respond(conn, 200, &[], body.to_string().as_bytes())
 }
 
-fn plain(conn: &mut TcpStream, state: &Mutex<State>, gate: &(Mutex<bool>, Condvar), path: &str, req: &Req) -> std::io::Result<()> {
+fn plain(
+    conn: &mut TcpStream,
+    state: &Mutex<State>,
+    gate: &(Mutex<bool>, Condvar),
+    path: &str,
+    req: &Req,
+) -> std::io::Result<()> {
     let Some((_, files)) = lookup(state, "plain/files") else { return respond(conn, 404, &[], b"") };
     if path == "SHA256SUMS" {
         let sums: String = files.iter().map(|f| format!("{}  {}\n", sha256_hex(&f.data), f.path)).collect();
@@ -314,7 +323,14 @@ fn plain(conn: &mut TcpStream, state: &Mutex<State>, gate: &(Mutex<bool>, Condva
 }
 
 /// Serves a file's bytes, honouring Range unless a fault says otherwise.
-fn serve(conn: &mut TcpStream, state: &Mutex<State>, gate: &(Mutex<bool>, Condvar), repo: &str, path: &str, req: &Req) -> std::io::Result<()> {
+fn serve(
+    conn: &mut TcpStream,
+    state: &Mutex<State>,
+    gate: &(Mutex<bool>, Condvar),
+    repo: &str,
+    path: &str,
+    req: &Req,
+) -> std::io::Result<()> {
     let Some(file) = lookup(state, repo).and_then(|(_, fs)| fs.into_iter().find(|f| f.path == path)) else {
         return respond(conn, 404, &[], b"Entry not found");
     };
@@ -337,7 +353,10 @@ fn serve(conn: &mut TcpStream, state: &Mutex<State>, gate: &(Mutex<bool>, Condva
             *b ^= 0x5A;
         }
     }
-    let mut head = format!("HTTP/1.1 {status} X\r\nConnection: close\r\nContent-Length: {}\r\nAccept-Ranges: bytes\r\n", body.len());
+    let mut head = format!(
+        "HTTP/1.1 {status} X\r\nConnection: close\r\nContent-Length: {}\r\nAccept-Ranges: bytes\r\n",
+        body.len()
+    );
     if status == 206 {
         head.push_str(&format!("Content-Range: bytes {start}-{}/{len}\r\n", end - 1));
     }

@@ -4,13 +4,19 @@ use std::fmt::Write;
 
 use hy_planner::Plan;
 
-/// Decimal gigabytes with one decimal ("404.4 GB").
+/// Decimal units with one decimal ("404.4 GB", "2.4 MB"), so tiny models stay readable.
 pub fn gb(bytes: u64) -> String {
-    format!("{:.1} GB", bytes as f64 / 1e9)
+    signed_gb(bytes as i64)
 }
 
 fn signed_gb(bytes: i64) -> String {
-    format!("{:.1} GB", bytes as f64 / 1e9)
+    let b = bytes as f64;
+    match b.abs() {
+        x if x >= 1e9 || x == 0.0 => format!("{:.1} GB", b / 1e9),
+        x if x >= 1e6 => format!("{:.1} MB", b / 1e6),
+        x if x >= 1e3 => format!("{:.1} kB", b / 1e3),
+        _ => format!("{bytes} B"),
+    }
 }
 
 /// Renders the plan for a terminal.
@@ -61,7 +67,7 @@ pub fn render(p: &Plan) -> String {
 }
 
 fn weights(s: &mut String, p: &Plan) {
-    let _ = writeln!(s, "\nWeights: {} in total", gb(p.weights_bytes));
+    let _ = writeln!(s, "\nWeights: {} in total ({} bytes)", gb(p.weights_bytes), p.weights_bytes);
     let _ = writeln!(s, "  {:<20} {:<22} {:>10}  {:<22} {}", "COMPONENT", "TYPES", "SIZE", "DEVICE", "LAYERS");
     for c in &p.components {
         let places: Vec<_> = p.placement.iter().filter(|x| x.component == c.component).collect();

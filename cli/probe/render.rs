@@ -333,6 +333,30 @@ mod tests {
     }
 
     #[test]
+    fn bandwidth_rows_compare_with_theory_per_node() {
+        use hy_planner::hardware::{MeasuredBandwidth, NodeBandwidth, NumaNode};
+        let node = |id| NumaNode { id, cpus: vec![id], memory_bytes: 1, distances: vec![], socket: Some(id) };
+        let spec = HardwareSpec {
+            format_version: 1,
+            name: None,
+            cpu: CpuSpec::default(),
+            numa_nodes: vec![node(0), node(1)],
+            memory: MemorySpec { theoretical_bandwidth_gbps: Some(1228.8), mts: Some(6400), ..Default::default() },
+            gpus: vec![],
+            measured: Some(MeasuredBandwidth {
+                read_gbps: 921.6,
+                triad_gbps: 800.0,
+                threads: 64,
+                per_node: vec![NodeBandwidth { node: 1, threads: 32, read_gbps: 307.2, triad_gbps: 300.0 }],
+            }),
+        };
+        let text = bandwidth(&spec, &[]);
+        // Half the machine's theory per node: 614.4; 307.2 of it is 50%, 921.6 of 1228.8 is 75%.
+        assert!(text.contains("node 1   32       307.2      300.0       614.4             50%"), "{text}");
+        assert!(text.contains("machine  64       921.6      800.0       1228.8            75%"), "{text}");
+    }
+
+    #[test]
     fn table_aligns_columns() {
         let t = table(&["a", "bb"], &[vec!["xxx".into(), "y".into()]]);
         assert_eq!(t, "  a    bb\n  xxx  y\n");

@@ -498,26 +498,38 @@ impl Deepseek2 {
                 self.rope.apply(&mut q[off..off + rope], pos, rope);
             }
         }
-        // Absorbed queries: per head [W_UKᵀ q_nope | q_pe], width kv_lora + rope.
+        // Absorbed queries: per head [W_UKᵀ q_nope | q_pe], width kv_lora + rope. Heads run in
+        // parallel: each head's matrices are small, below the kernels' own split threshold.
+        let q_abs = (0..nh)
+            .into_par_iter()
+            .map(|hd| {
+                let q_nope: Vec<f32> =
+                    (0..n).flat_map(|r| q[r * nh * q_head + hd * q_head..][..nope].iter().copied()).collect();
+                linear_new(&w.k_b[hd], &q_nope, n)
+            })
+            .collect::<Result<Vec<_>>>()?;
         let mut qq = vec![0.0f32; n * nh * width];
-        for hd in 0..nh {
-            let q_nope: Vec<f32> =
-                (0..n).flat_map(|r| q[r * nh * q_head + hd * q_head..][..nope].iter().copied()).collect();
-            let q_abs = linear_new(&w.k_b[hd], &q_nope, n)?;
+        for (hd, qa) in q_abs.iter().enumerate() {
             for r in 0..n {
                 let dst = &mut qq[(r * nh + hd) * width..][..width];
-                dst[..lora].copy_from_slice(&q_abs[r * lora..(r + 1) * lora]);
+                dst[..lora].copy_from_slice(&qa[r * lora..(r + 1) * lora]);
                 dst[lora..].copy_from_slice(&q[r * nh * q_head + hd * q_head + nope..][..rope]);
             }
         }
         let ctx = self.latent_attention(l, &qq, caches, segs);
         // Per head W_UV · context, gathered into `n × (n_heads · v_head)` for o_proj.
-        let mut o_in = vec![0.0f32; n * nh * c.v_head];
-        for hd in 0..nh {
-            let ch: Vec<f32> = (0..n).flat_map(|r| ctx[(r * nh + hd) * lora..][..lora].iter().copied()).collect();
-            let oh = linear_new(&w.v_b[hd], &ch, n)?;
+        let vh = c.v_head;
+        let per_head = (0..nh)
+            .into_par_iter()
+            .map(|hd| {
+                let ch: Vec<f32> = (0..n).flat_map(|r| ctx[(r * nh + hd) * lora..][..lora].iter().copied()).collect();
+                linear_new(&w.v_b[hd], &ch, n)
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let mut o_in = vec![0.0f32; n * nh * vh];
+        for (hd, oh) in per_head.iter().enumerate() {
             for r in 0..n {
-                o_in[(r * nh + hd) * c.v_head..][..c.v_head].copy_from_slice(&oh[r * c.v_head..(r + 1) * c.v_head]);
+                o_in[(r * nh + hd) * vh..][..vh].copy_from_slice(&oh[r * vh..(r + 1) * vh]);
             }
         }
         linear_new(&w.o, &o_in, n)

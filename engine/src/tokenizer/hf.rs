@@ -23,6 +23,15 @@ fn sibling_json(path: &Path, name: &str) -> Result<Option<Value>, TokenizerError
     }
 }
 
+/// A text file next to `path` (newer HF folders keep the template in chat_template.jinja).
+fn sibling_text(path: &Path, name: &str) -> Result<Option<String>, TokenizerError> {
+    let p = path.with_file_name(name);
+    if !p.is_file() {
+        return Ok(None);
+    }
+    std::fs::read_to_string(&p).map(Some).map_err(|source| TokenizerError::Io { path: p, source })
+}
+
 pub(super) fn load(path: &Path) -> Result<Parts, TokenizerError> {
     let root = read_json(path)?;
     let model = root.get("model").ok_or_else(|| TokenizerError::Missing(format!("\"model\" in {}", path.display())))?;
@@ -72,7 +81,7 @@ pub(super) fn load(path: &Path) -> Result<Parts, TokenizerError> {
         unk,
         add_bos,
         add_eos,
-        chat_template: chat_template(&cfg),
+        chat_template: chat_template(&cfg).or(sibling_text(path, "chat_template.jinja")?),
     })
 }
 

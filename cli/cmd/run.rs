@@ -10,6 +10,7 @@ use hy_engine::runtime::codec::{TemplateSource, TokenizerCodec};
 use hy_engine::runtime::{Scheduler, SchedulerConfig, SchedulerHandle};
 use hy_engine::server::{self, App, ServerConfig};
 use hy_engine::tokenizer::{builtin_template_names, Tokenizer};
+use hy_planner::Plan;
 use std::io::Write;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -23,8 +24,10 @@ const DEFAULT_CONTEXT: usize = 4096;
 #[derive(clap::Args)]
 pub struct Args {
     /// A local GGUF file (first shard of a split GGUF) or an HF folder with config.json.
-    pub model: String,
-    /// A plan from `hy plan --save`; its predicted decode speed is shown when ready.
+    /// May be left out when --plan names the model.
+    pub model: Option<String>,
+    /// A plan from `hy plan --save`: its model, context and concurrency are the defaults, and
+    /// its predicted decode speed is shown when ready.
     #[arg(long)]
     pub plan: Option<PathBuf>,
     /// Address to bind. The default serves this machine only; use 0.0.0.0 to expose it.
@@ -38,9 +41,10 @@ pub struct Args {
     pub api_key: Option<String>,
     #[command(flatten)]
     pub engine: EngineArgs,
-    /// Sequences decoded together at most; more requests wait in the queue.
-    #[arg(long, default_value_t = 16)]
-    pub max_concurrency: usize,
+    /// Sequences decoded together at most; more requests wait in the queue (default: the
+    /// plan's concurrency, else 16).
+    #[arg(long)]
+    pub max_concurrency: Option<usize>,
     /// Requests allowed to wait for a slot; beyond that the server answers 429.
     #[arg(long, default_value_t = 64)]
     pub queue: usize,
@@ -67,13 +71,22 @@ pub struct EngineArgs {
     pub chat_template: Option<String>,
 }
 
-pub fn run(args: Args) -> anyhow::Result<i32> {
-    let path = resolve_model(&args.model)?;
-    let expected = match &args.plan {
-        Some(p) => expected_tok_s(p)?,
-        None => None,
+pub fn run(mut args: Args) -> anyhow::Result<i32> {
+    let plan = args.plan.as_deref().map(read_plan).transpose()?;
+    let model = match (&args.model, &plan) {
+        (Some(m), _) => m.clone(),
+        (None, Some(p)) => p.model_reference.clone(),
+        (None, None) => bail!("name a model: `hy run MODEL` (a GGUF file or HF folder) or `hy run --plan plan.toml`"),
     };
-    let engine = Engine::load(&path, &args.engine, args.max_concurrency, args.queue)?;
+    let path = resolve_model(&model)?;
+    if let Some(p) = &plan {
+        // The plan sized memory for its context and concurrency: use them unless overridden.
+        args.engine.context = args.engine.context.or(usize::try_from(p.context).ok());
+        args.max_concurrency = args.max_concurrency.or(usize::try_from(p.concurrency).ok());
+    }
+    let expected = plan.as_ref().map(|p| p.predicted.decode_tokens_per_s).filter(|t| *t > 0.0);
+    let max_concurrency = args.max_concurrency.unwrap_or(16);
+    let engine = Engine::load(&path, &args.engine, max_concurrency, args.queue)?;
     let model_id = args.served_model_name.clone().unwrap_or_else(|| default_model_id(&path));
     let cfg =
         ServerConfig { model_id: model_id.clone(), api_key: args.api_key.clone(), max_body_bytes: args.max_body_bytes };
@@ -213,25 +226,15 @@ fn default_model_id(path: &Path) -> String {
     }
 }
 
-/// The decode speed a saved plan predicts, if it states one. The plan schema is the
-/// planner's; this reads the few key names it may use without depending on its types.
-fn expected_tok_s(path: &Path) -> anyhow::Result<Option<f64>> {
+/// Reads a plan saved by `hy plan --save`.
+fn read_plan(path: &Path) -> anyhow::Result<Plan> {
     let text = std::fs::read_to_string(path).with_context(|| format!("reading the plan {}", path.display()))?;
-    let plan: toml::Value =
-        toml::from_str(&text).with_context(|| format!("{} is not a valid plan TOML", path.display()))?;
-    Ok(find_number(&plan, &["decode_tok_s", "decode_tokens_per_second", "tok_s", "tokens_per_second"]))
-}
-
-fn find_number(v: &toml::Value, keys: &[&str]) -> Option<f64> {
-    let table = v.as_table()?;
-    for key in keys {
-        match table.get(*key) {
-            Some(toml::Value::Float(f)) => return Some(*f),
-            Some(toml::Value::Integer(i)) => return Some(*i as f64),
-            _ => {}
-        }
-    }
-    table.values().find_map(|child| find_number(child, keys))
+    Plan::from_toml_str(&text).map_err(|e| {
+        crate::exit::coded(
+            crate::exit::INVALID_INPUT,
+            format!("{} is not a usable plan: {e}; write one with `hy plan MODEL --save plan.toml`", path.display()),
+        )
+    })
 }
 
 fn print_ready(addr: SocketAddr, model_id: &str, engine: &SchedulerHandle, expected: Option<f64>) {
@@ -266,7 +269,12 @@ async fn shutdown_signal() {
         _ = ctrl_c => {},
         _ = term => {},
     }
-    eprintln!("hy: shutting down (finishing open requests)");
+    eprintln!("hy: shutting down (finishing open requests; Ctrl-C again to stop now)");
+    tokio::spawn(async {
+        let _ = tokio::signal::ctrl_c().await;
+        eprintln!("hy: stopped without finishing open requests");
+        std::process::exit(130);
+    });
 }
 
 #[cfg(test)]
@@ -286,13 +294,5 @@ mod tests {
         assert_eq!(choose_context(None, 2048), 2048);
         assert_eq!(choose_context(Some(8192), 4096), 4096);
         assert_eq!(choose_context(Some(512), 4096), 512);
-    }
-
-    #[test]
-    fn plan_speed_is_found_in_nested_tables() {
-        let v: toml::Value = toml::from_str("[predicted]\ndecode_tok_s = 12.5\n").unwrap();
-        assert_eq!(find_number(&v, &["decode_tok_s"]), Some(12.5));
-        let v: toml::Value = toml::from_str("a = 1\n").unwrap();
-        assert_eq!(find_number(&v, &["decode_tok_s"]), None);
     }
 }

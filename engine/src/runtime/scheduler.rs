@@ -129,9 +129,22 @@ impl Scheduler {
             codec,
         });
         let engine_shared = shared.clone();
-        let thread = std::thread::Builder::new()
-            .name("hy-engine".into())
-            .spawn(move || Engine::new(model, engine_shared).run())?;
+        let thread = std::thread::Builder::new().name("hy-engine".into()).spawn(move || {
+            let shared = engine_shared.clone();
+            let outcome = catch_unwind(AssertUnwindSafe(|| Engine::new(model, engine_shared).run()));
+            // Whatever ended the loop, refuse new work (503) and fail what still waits, so
+            // no client hangs on an engine that is gone.
+            let mut q = shared.lock();
+            q.shutdown = true;
+            let msg = if outcome.is_err() {
+                "the engine stopped after an internal error"
+            } else {
+                "the server is shutting down"
+            };
+            for job in q.pending.drain(..) {
+                let _ = job.events.send(Event::Error(msg.into()));
+            }
+        })?;
         Ok(Scheduler { handle: SchedulerHandle { shared }, thread: Some(thread) })
     }
 
@@ -196,6 +209,19 @@ impl SchedulerHandle {
     }
 }
 
+/// Prompt tokens run per prefill call. Long prompts are prefilled in chunks between decode
+/// steps, so one long prompt delays the other streams by one chunk at a time, not by its
+/// whole prefill.
+pub const PREFILL_CHUNK: usize = 256;
+
+/// A sequence whose prompt is (partly) still to be run.
+struct Prefilling {
+    seq: Active,
+    prompt: Vec<u32>,
+    /// Prompt tokens already in the cache.
+    done: usize,
+}
+
 /// One sequence being generated.
 struct Active {
     events: UnboundedSender<Event>,
@@ -219,25 +245,29 @@ struct Engine {
     model: Box<dyn Model>,
     shared: Arc<Shared>,
     eos: Vec<u32>,
+    prefilling: VecDeque<Prefilling>,
     active: Vec<Active>,
 }
 
 impl Engine {
     fn new(model: Box<dyn Model>, shared: Arc<Shared>) -> Engine {
         let eos = shared.codec.eos_ids();
-        Engine { model, shared, eos, active: Vec::new() }
+        Engine { model, shared, eos, prefilling: VecDeque::new(), active: Vec::new() }
     }
 
     fn run(mut self) {
         while let Some(jobs) = self.admit() {
             for job in jobs {
-                self.start(job);
+                self.enqueue(job);
             }
+            self.prefill_chunk();
             self.decode_step();
-            self.shared.stats.active.store(self.active.len(), Ordering::Relaxed);
+            let n = self.active.len() + self.prefilling.len();
+            self.shared.stats.active.store(n, Ordering::Relaxed);
         }
-        for seq in self.active.drain(..) {
-            let _ = seq.events.send(Event::Error("the server is shutting down".into()));
+        let msg = "the server is shutting down";
+        for seq in self.active.drain(..).chain(self.prefilling.drain(..).map(|p| p.seq)) {
+            let _ = seq.events.send(Event::Error(msg.into()));
         }
     }
 
@@ -250,45 +280,35 @@ impl Engine {
             if q.shutdown {
                 return None;
             }
-            let free = shared.cfg.max_concurrency.saturating_sub(self.active.len());
-            let n = free.min(q.pending.len());
+            let busy = self.active.len() + self.prefilling.len();
+            let n = shared.cfg.max_concurrency.saturating_sub(busy).min(q.pending.len());
             let jobs: Vec<Job> = q.pending.drain(..n).collect();
             shared.stats.queue_depth.store(q.pending.len(), Ordering::Relaxed);
-            if !jobs.is_empty() || !self.active.is_empty() {
+            if !jobs.is_empty() || busy > 0 {
                 return Some(jobs);
             }
             q = shared.wake.wait(q).unwrap_or_else(|e| e.into_inner());
         }
     }
 
-    /// Prefills a new sequence and samples its first token.
-    fn start(&mut self, job: Job) {
-        if job.events.is_closed() {
-            self.shared.stats.cancelled_total.fetch_add(1, Ordering::Relaxed);
-            return;
-        }
+    /// Sets up a new sequence (no compute yet); its prompt runs in [`Engine::prefill_chunk`].
+    fn enqueue(&mut self, job: Job) {
         let req = job.req;
         let prompt_len = req.prompt.len();
         let model = &self.model;
-        let result = catch_unwind(AssertUnwindSafe(|| {
-            let mut state = model.new_state(prompt_len + req.max_tokens);
-            let logits = model.forward(&mut state, &req.prompt, Logits::Last)?;
-            anyhow::Ok((state, logits))
-        }));
-        let (state, mut logits) = match flatten(result) {
-            Ok(v) => v,
+        let state = match flatten(catch_unwind(AssertUnwindSafe(|| {
+            anyhow::Ok(model.new_state(prompt_len + req.max_tokens))
+        }))) {
+            Ok(s) => s,
             Err(msg) => {
-                let _ = job.events.send(Event::Error(format!("prefill failed: {msg}")));
+                let _ = job.events.send(Event::Error(format!("could not allocate the sequence: {msg}")));
                 return;
             }
         };
-        self.shared.stats.prompt_tokens_total.fetch_add(prompt_len as u64, Ordering::Relaxed);
-        let mut sampler = Sampler::new(req.sampling, &req.prompt);
-        let sampled = sampler.sample(&mut logits);
-        let mut seq = Active {
+        let seq = Active {
             events: job.events,
             state,
-            sampler,
+            sampler: Sampler::new(req.sampling, &req.prompt),
             decoder: self.shared.codec.decoder(),
             stop: StopMatcher::new(req.stop),
             prompt_len,
@@ -296,6 +316,37 @@ impl Engine {
             generated: 0,
             next: 0,
         };
+        self.prefilling.push_back(Prefilling { seq, prompt: req.prompt, done: 0 });
+    }
+
+    /// Runs the next chunk of the oldest unfinished prompt; after its last chunk samples the
+    /// first token and moves the sequence to decoding.
+    fn prefill_chunk(&mut self) {
+        let Some(mut p) = self.prefilling.pop_front() else { return };
+        if p.seq.events.is_closed() {
+            self.shared.stats.cancelled_total.fetch_add(1, Ordering::Relaxed);
+            return;
+        }
+        let end = (p.done + PREFILL_CHUNK).min(p.prompt.len());
+        let model = &self.model;
+        let chunk = &p.prompt[p.done..end];
+        let state = &mut p.seq.state;
+        let result = flatten(catch_unwind(AssertUnwindSafe(|| model.forward(state, chunk, Logits::Last))));
+        let mut logits = match result {
+            Ok(l) => l,
+            Err(msg) => {
+                let _ = p.seq.events.send(Event::Error(format!("prefill failed: {msg}")));
+                return;
+            }
+        };
+        self.shared.stats.prompt_tokens_total.fetch_add((end - p.done) as u64, Ordering::Relaxed);
+        p.done = end;
+        if p.done < p.prompt.len() {
+            self.prefilling.push_front(p);
+            return;
+        }
+        let mut seq = p.seq;
+        let sampled = seq.sampler.sample(&mut logits);
         if let Step::Continue = self.accept(&mut seq, sampled) {
             self.active.push(seq);
         }

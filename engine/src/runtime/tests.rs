@@ -136,3 +136,17 @@ fn eos_is_not_in_the_text_and_logprobs_are_reported() {
     assert_eq!(tokens, vec![u32::from(b'z')]);
     assert!(!tokens.contains(&EOS));
 }
+
+#[test]
+fn long_prompts_are_prefilled_in_chunks_with_the_same_result() {
+    use super::scheduler::PREFILL_CHUNK;
+    let model = CountingModel::new(Duration::ZERO);
+    let cfg = SchedulerConfig { max_concurrency: 2, queue_capacity: 2, context: 4 * PREFILL_CHUNK };
+    let s = Scheduler::start(Box::new(model), Arc::new(ByteCodec), cfg).expect("spawn engine thread");
+    // 2.5 chunks of 'a' ending in "k": only the last position's logits matter.
+    let prompt = format!("{}k", "a".repeat(PREFILL_CHUNK * 5 / 2));
+    let (text, reason, _) = collect(s.handle().submit(req(&prompt, 3, &[])).unwrap());
+    assert_eq!((text.as_str(), reason), ("lmn", FinishReason::Length));
+    let prefilled = s.handle().stats().prompt_tokens_total.load(std::sync::atomic::Ordering::Relaxed);
+    assert_eq!(prefilled as usize, prompt.len());
+}

@@ -68,7 +68,7 @@ pub fn render(p: &Plan) -> String {
 
 fn weights(s: &mut String, p: &Plan) {
     let _ = writeln!(s, "\nWeights: {} in total ({} bytes)", gb(p.weights_bytes), p.weights_bytes);
-    let _ = writeln!(s, "  {:<20} {:<22} {:>10}  {:<22} {}", "COMPONENT", "TYPES", "SIZE", "DEVICE", "LAYERS");
+    let _ = writeln!(s, "  {:<20} {:<22} {:>10}  {:<22} LAYERS", "COMPONENT", "TYPES", "SIZE", "DEVICE");
     for c in &p.components {
         let places: Vec<_> = p.placement.iter().filter(|x| x.component == c.component).collect();
         for (i, pl) in places.iter().enumerate() {

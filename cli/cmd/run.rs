@@ -103,6 +103,11 @@ pub fn run(mut args: Args) -> anyhow::Result<i32> {
             .await
             .with_context(|| format!("cannot listen on {bind}; pick another --port or stop what uses it"))?;
         let addr = listener.local_addr().context("reading the bound address")?;
+        if !addr.ip().is_loopback() && args.api_key.is_none() {
+            eprintln!(
+                "hy: warning: listening on {addr} without --api-key: anyone who can reach this port can use the model"
+            );
+        }
         print_ready(addr, &model_id, &engine.handle, expected);
         server::serve(listener, app, shutdown_signal()).await.context("serving HTTP")
     })?;

@@ -33,6 +33,36 @@ pub enum What {
     /// Time the routed-expert (MoE) pass per layer and per token against the read bandwidth
     /// of the same threads, on synthetic weights with a real model's shapes.
     Moe(MoeArgs),
+    /// End-to-end prefill and decode tok/s of a model (batch 1 and N) next to the planner's
+    /// prediction for this box; `--save` writes a calibration file for `hy plan`.
+    Decode(DecodeArgs),
+}
+
+#[derive(clap::Args)]
+pub struct DecodeArgs {
+    /// A local GGUF file or HF folder.
+    pub model: std::path::PathBuf,
+    /// Prompt tokens for the prefill measurement.
+    #[arg(long, default_value_t = 64)]
+    pub prompt: usize,
+    /// Tokens generated per sequence for the decode measurement.
+    #[arg(long, default_value_t = 32)]
+    pub gen: usize,
+    /// Batch sizes (sequences decoded together), comma-separated.
+    #[arg(long, default_value = "1,4", value_delimiter = ',')]
+    pub batch: Vec<usize>,
+    /// Compute threads (default: all CPUs).
+    #[arg(long)]
+    pub threads: Option<usize>,
+    /// Write a calibration file (TOML) with the efficiencies these measurements imply; pass
+    /// it to `hy plan --calibration FILE`.
+    #[arg(long, value_name = "FILE")]
+    pub save: Option<std::path::PathBuf>,
+    /// Efficiencies the prediction starts from (default: the planner's defaults).
+    #[arg(long, value_name = "FILE")]
+    pub calibration: Option<std::path::PathBuf>,
+    #[arg(long)]
+    pub json: bool,
 }
 
 #[derive(clap::Args)]
@@ -85,6 +115,7 @@ pub fn run(args: Args) -> anyhow::Result<i32> {
     match args.what {
         What::Memory(a) => memory(a),
         What::Moe(a) => moe(a),
+        What::Decode(a) => super::bench_decode::run(a),
     }
 }
 

@@ -1,0 +1,218 @@
+//! `hy bench decode MODEL`: end-to-end prefill and decode speed of the engine on this box,
+//! next to what the planner predicts for the same model, box (CPU only, as the engine runs
+//! today) and memory bandwidth measured in the same run. `--save` writes the efficiencies
+//! that make the prediction match, as a calibration file for `hy plan --calibration`.
+
+use std::time::Instant;
+
+use anyhow::Context;
+use hy_engine::models::loader::{self, LoadOptions};
+use hy_engine::models::{Logits, Model};
+use hy_planner::hardware::HardwareSpec;
+use hy_planner::plan::{plan, ModelInput, PlanOptions, QuantChoice};
+use hy_planner::Efficiency;
+use serde::Serialize;
+
+use super::bench::DecodeArgs;
+use crate::exit;
+use crate::model_source;
+use crate::probe::bandwidth;
+
+#[derive(Serialize)]
+struct Row {
+    batch: usize,
+    prefill_tokens: usize,
+    prefill_tokens_per_s: f64,
+    /// Aggregate over the batch.
+    decode_tokens_per_s: f64,
+    predicted_decode_tokens_per_s: f64,
+    predicted_prefill_tokens_per_s: f64,
+    /// Prediction after calibrating on batch 1 (the efficiencies written by `--save`).
+    calibrated_decode_tokens_per_s: f64,
+    calibrated_prefill_tokens_per_s: f64,
+}
+
+#[derive(Serialize)]
+struct Report {
+    model: String,
+    threads: usize,
+    read_gbps: f64,
+    rows: Vec<Row>,
+    calibration: Efficiency,
+}
+
+pub fn run(args: DecodeArgs) -> anyhow::Result<i32> {
+    if args.batch.iter().any(|&b| b == 0) || args.gen == 0 || args.prompt == 0 {
+        return Err(exit::coded(exit::USAGE, "--batch, --gen and --prompt must be at least 1"));
+    }
+    let threads = args.threads.unwrap_or_else(|| std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1));
+    rayon::ThreadPoolBuilder::new().num_threads(threads).build_global().context("starting compute threads")?;
+    let model = loader::load(&args.model, &LoadOptions::default())
+        .with_context(|| format!("loading {}", args.model.display()))?;
+    let hw = measured_cpu_box(threads)?;
+    let read_gbps = hw.measured.as_ref().map(|m| m.read_gbps).unwrap_or(0.0);
+    let input = model_source::resolve(&args.model.to_string_lossy(), QuantChoice::Auto, false)?;
+    let base = match &args.calibration {
+        Some(p) => {
+            Efficiency::from_toml_str(&std::fs::read_to_string(p).with_context(|| format!("reading {}", p.display()))?)
+                .map_err(|e| exit::coded(exit::INVALID_INPUT, format!("{}: {e}", p.display())))?
+        }
+        None => Efficiency::default(),
+    };
+
+    let mut measured = Vec::new();
+    for &b in &args.batch {
+        eprintln!("bench decode: batch {b}, {} prompt tokens, {} generated, {threads} threads", args.prompt, args.gen);
+        measured.push((b, measure(model.as_ref(), b, args.prompt, args.gen)?));
+    }
+    let context = (args.prompt + args.gen) as u64;
+    let predict = |eff: &Efficiency, b: usize| predict(&input, &hw, eff, context, b as u64);
+    let (d1, p1) = measured.first().map(|(_, m)| (m.decode, m.prefill)).unwrap_or((0.0, 0.0));
+    let calibrated = calibrate(&base, d1, p1, |e| predict(e, measured[0].0))?;
+    let mut rows = Vec::new();
+    for (b, m) in &measured {
+        let (pd, pp) = predict(&base, *b)?;
+        let (cd, cp) = predict(&calibrated, *b)?;
+        rows.push(Row {
+            batch: *b,
+            prefill_tokens: args.prompt,
+            prefill_tokens_per_s: m.prefill,
+            decode_tokens_per_s: m.decode,
+            predicted_decode_tokens_per_s: pd,
+            predicted_prefill_tokens_per_s: pp,
+            calibrated_decode_tokens_per_s: cd,
+            calibrated_prefill_tokens_per_s: cp,
+        });
+    }
+    let report = Report { model: model.info().name.clone(), threads, read_gbps, rows, calibration: calibrated };
+    if let Some(path) = &args.save {
+        let text = format!(
+            "# hy calibration: efficiencies measured by `hy bench decode {}` ({} threads, read {:.1} GB/s)\n{}",
+            args.model.display(),
+            threads,
+            read_gbps,
+            toml::to_string(&report.calibration)?
+        );
+        std::fs::write(path, text).with_context(|| format!("writing {}", path.display()))?;
+        eprintln!("wrote calibration to {} (use: hy plan MODEL --calibration {})", path.display(), path.display());
+    }
+    print(&report, args.json)?;
+    Ok(exit::OK)
+}
+
+struct Measured {
+    prefill: f64,
+    decode: f64,
+}
+
+/// Deterministic token ids spread over the vocabulary.
+fn tokens(n: usize, vocab: usize, salt: usize) -> Vec<u32> {
+    (0..n).map(|i| ((i * 7919 + salt * 104_729 + 13) % vocab.max(1)) as u32).collect()
+}
+
+/// Prefill of the first sequence (timed), the others untimed, then `gen` batched decode steps.
+fn measure(model: &dyn Model, batch: usize, prompt: usize, gen: usize) -> anyhow::Result<Measured> {
+    let vocab = model.info().vocab_size;
+    let mut states: Vec<_> = (0..batch).map(|_| model.new_state(prompt + gen + 1)).collect();
+    let mut prefill = 0.0;
+    for (i, s) in states.iter_mut().enumerate() {
+        let t = Instant::now();
+        model.forward(s, &tokens(prompt, vocab, i), Logits::Last)?;
+        if i == 0 {
+            prefill = prompt as f64 / t.elapsed().as_secs_f64();
+        }
+    }
+    let mut next: Vec<u32> = (0..batch).map(|i| tokens(1, vocab, 1000 + i)[0]).collect();
+    let t = Instant::now();
+    for _ in 0..gen {
+        let mut refs: Vec<&mut _> = states.iter_mut().collect();
+        let logits = model.forward_batch(&mut refs, &next)?;
+        next = logits.iter().map(|l| argmax(l) as u32).collect();
+    }
+    let decode = (batch * gen) as f64 / t.elapsed().as_secs_f64();
+    Ok(Measured { prefill, decode })
+}
+
+fn argmax(x: &[f32]) -> usize {
+    x.iter().enumerate().fold((0, f32::NEG_INFINITY), |(bi, bv), (i, &v)| if v > bv { (i, v) } else { (bi, bv) }).0
+}
+
+/// This machine as the engine uses it: CPU only (GPU execution does not exist yet), with the
+/// read bandwidth of `threads` pinned threads measured now.
+fn measured_cpu_box(threads: usize) -> anyhow::Result<HardwareSpec> {
+    let mut hw = super::plan::local_hardware()?;
+    hw.gpus.clear();
+    let nodes = hw.numa_nodes.len().max(1);
+    let cfg = bandwidth::BenchConfig {
+        bytes_per_thread: 256 << 20,
+        repetitions: 3,
+        threads_per_node: Some(threads.div_ceil(nodes)),
+    };
+    let m = bandwidth::measure(&hw.numa_nodes, &cfg, &mut |_| {}).context("measuring memory bandwidth")?;
+    hw.measured = Some(m.bandwidth);
+    Ok(hw)
+}
+
+/// (decode tok/s aggregate, prefill tok/s) the planner predicts.
+fn predict(
+    input: &ModelInput,
+    hw: &HardwareSpec,
+    eff: &Efficiency,
+    context: u64,
+    batch: u64,
+) -> anyhow::Result<(f64, f64)> {
+    let mut opts = PlanOptions::new(context, batch);
+    opts.efficiency = eff.clone();
+    opts.hardware_label = "this machine, CPU only (measured)".into();
+    let p = plan(input, hw, QuantChoice::Auto, &opts).context("planning for this machine")?;
+    Ok((p.predicted.decode_tokens_per_s_total, p.predicted.prefill_tokens_per_s))
+}
+
+/// Scales the CPU bandwidth and compute efficiencies until the batch-1 prediction matches the
+/// measurement (a few fixed-point steps: the step time is not purely proportional).
+fn calibrate(
+    base: &Efficiency,
+    decode: f64,
+    prefill: f64,
+    predict: impl Fn(&Efficiency) -> anyhow::Result<(f64, f64)>,
+) -> anyhow::Result<Efficiency> {
+    let mut e = base.clone();
+    for _ in 0..6 {
+        let (pd, pp) = predict(&e)?;
+        if pd > 0.0 && decode > 0.0 {
+            e.cpu_bandwidth_efficiency = (e.cpu_bandwidth_efficiency * decode / pd).clamp(0.01, 1.0);
+        }
+        if pp > 0.0 && prefill > 0.0 {
+            e.cpu_compute_efficiency = (e.cpu_compute_efficiency * prefill / pp).clamp(0.001, 1.0);
+        }
+    }
+    Ok(e)
+}
+
+fn print(r: &Report, json: bool) -> anyhow::Result<()> {
+    if json {
+        println!("{}", serde_json::to_string_pretty(r)?);
+        return Ok(());
+    }
+    println!("{} — {} threads, read bandwidth {:.1} GB/s (measured now)", r.model, r.threads, r.read_gbps);
+    println!(
+        "{:>5} {:>12} {:>12} {:>14} {:>14} {:>16}",
+        "batch", "prefill t/s", "decode t/s", "predicted t/s", "measured/pred", "calibrated t/s"
+    );
+    for row in &r.rows {
+        println!(
+            "{:>5} {:>12.1} {:>12.1} {:>14.1} {:>13.0}% {:>16.1}",
+            row.batch,
+            row.prefill_tokens_per_s,
+            row.decode_tokens_per_s,
+            row.predicted_decode_tokens_per_s,
+            100.0 * row.decode_tokens_per_s / row.predicted_decode_tokens_per_s.max(1e-9),
+            row.calibrated_decode_tokens_per_s
+        );
+    }
+    println!(
+        "calibration: cpu_bandwidth_efficiency {:.3}, cpu_compute_efficiency {:.3} (decode/prefill tok/s are aggregates over the batch)",
+        r.calibration.cpu_bandwidth_efficiency, r.calibration.cpu_compute_efficiency
+    );
+    Ok(())
+}

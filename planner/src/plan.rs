@@ -878,6 +878,175 @@ fn bottleneck(spec: &ModelSpec, topo: &Topology, eff: &Efficiency, s: &StepBreak
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::arch::{ArchKind, Architecture};
+    use crate::topology::{CpuNode, GpuInfo};
+
+    const MB: u64 = 1_000_000;
+
+    /// 2 MoE layers of 4 experts (top-2), `expert_mb` MB per expert; attention 50 MB,
+    /// lm_head 30 MB, embeddings 20 MB; GQA with 2 KV heads of 128 (2048 B/token).
+    fn toy(expert_mb: u64) -> ModelSpec {
+        let arch = Architecture {
+            kind: ArchKind::Qwen3Moe,
+            hidden_size: 1024,
+            num_layers: 2,
+            vocab_size: 1000,
+            num_heads: 8,
+            num_kv_heads: 2,
+            head_dim: 128,
+            intermediate_size: 0,
+            first_dense_layers: 0,
+            num_experts: 4,
+            experts_per_token: 2,
+            moe_intermediate_size: 512,
+            num_shared_experts: 0,
+            mla: None,
+            tie_word_embeddings: false,
+            sliding_window: None,
+            max_context: 8192,
+            mtp_layers: 0,
+        };
+        let mut s = ModelSpec::new("toy", "test", "q8_0", "qwen3_moe", arch, true);
+        for l in 0..2 {
+            s.add_tensor(Component::RoutedExperts, Some(l), "Q8_0", 1000, 4 * expert_mb * MB);
+        }
+        s.add_tensor(Component::Attention, Some(0), "Q8_0", 1000, 50 * MB);
+        s.add_tensor(Component::LmHead, None, "Q8_0", 1000, 30 * MB);
+        s.add_tensor(Component::Embeddings, None, "Q8_0", 1000, 20 * MB);
+        s
+    }
+
+    fn topo(nodes: u32, node_gb: u64, node_gbps: f64, gpu: Option<(u64, f64)>) -> Topology {
+        Topology {
+            nodes: (0..nodes)
+                .map(|id| CpuNode {
+                    id,
+                    memory_bytes: node_gb * 1000 * MB,
+                    cores: 8,
+                    theoretical_gbps: node_gbps,
+                    bandwidth_gbps: node_gbps,
+                })
+                .collect(),
+            gpus: gpu
+                .map(|(vram, bw)| GpuInfo {
+                    index: 0,
+                    name: "test GPU".into(),
+                    vram_bytes: vram,
+                    bandwidth_gbps: bw,
+                    pcie_gbps: 32.0,
+                    tflops: 100.0,
+                })
+                .into_iter()
+                .collect(),
+            memory_total_bytes: nodes as u64 * node_gb * 1000 * MB,
+            theoretical_gbps: node_gbps * nodes as f64,
+            bandwidth_measured: true,
+            // Compute is made free so the hand-computed cases are pure bandwidth.
+            cpu_tflops: 1e9,
+            notes: vec![],
+        }
+    }
+
+    fn opts(context: u64, concurrency: u64) -> PlanOptions {
+        let mut o = PlanOptions::new(context, concurrency);
+        o.efficiency.gpu_tflops = Some(1e9);
+        o.efficiency.gpu_reserve_gib = 0.0;
+        o
+    }
+
+    fn close(a: f64, b: f64) -> bool {
+        (a - b).abs() < 1e-9 * b.abs().max(1.0)
+    }
+
+    #[test]
+    fn cpu_only_decode_step_is_bytes_over_bandwidth() {
+        let p = place(&toy(100), "toy", &topo(1, 64, 100.0, None), &opts(4096, 1));
+        assert_eq!(p.mode, "cpu");
+        let bw = 100e9 * 0.72; // measured bandwidth × cpu_bandwidth_efficiency
+                               // 2 layers × 2 experts × 100 MB.
+        let experts_ms = 1e3 * 400e6 / bw;
+        // attention + lm_head, plus 4096 tokens × 2048 B of KV cache.
+        let other_ms = 1e3 * (80e6 + 4096.0 * 2048.0) / bw;
+        let st = &p.predicted.step;
+        assert!(close(st.cpu_experts_ms, experts_ms), "{} {experts_ms}", st.cpu_experts_ms);
+        assert!(close(st.cpu_other_ms, other_ms));
+        assert!(close(st.total_ms, experts_ms + other_ms));
+        assert!(close(p.predicted.decode_tokens_per_s, 1e3 / (experts_ms + other_ms)));
+    }
+
+    #[test]
+    fn concurrency_reads_the_expected_distinct_experts_once_per_step() {
+        let p = place(&toy(100), "toy", &topo(1, 64, 100.0, None), &opts(4096, 2));
+        let bw = 100e9 * 0.72;
+        // Two tokens touch 4·(1 − (1 − 2/4)²) = 3 distinct experts per layer.
+        let experts_ms = 1e3 * (2.0 * 3.0 * 100e6) / bw;
+        let other_ms = 1e3 * (80e6 + 2.0 * 4096.0 * 2048.0) / bw;
+        let st = &p.predicted.step;
+        assert!(close(st.cpu_experts_ms, experts_ms));
+        assert!(close(p.predicted.decode_tokens_per_s_total, 2e3 / (experts_ms + other_ms)));
+    }
+
+    #[test]
+    fn hybrid_step_adds_gpu_time_and_per_layer_hand_offs() {
+        // 200 MB of VRAM holds attention + lm_head + KV + buffers, not a 400 MB expert layer.
+        let p = place(&toy(100), "toy", &topo(1, 64, 100.0, Some((200 * MB, 1000.0))), &opts(4096, 1));
+        assert_eq!(p.mode, "hybrid");
+        assert!(p.gpu_expert_layers.is_empty());
+        let st = &p.predicted.step;
+        let gpu_ms = 1e3 * (80e6 + 4096.0 * 2048.0) / (1000e9 * 0.8) + 2.0 * 0.020;
+        // 160 µs per CPU expert layer + the hidden state (2 × 1024 × 4 B) over 32 GB/s × 0.8.
+        let sync_ms = 2.0 * (0.160 + 1e3 * 8192.0 / (32e9 * 0.8));
+        assert!(close(st.gpu_ms, gpu_ms), "{} {gpu_ms}", st.gpu_ms);
+        assert!(close(st.sync_ms, sync_ms), "{} {sync_ms}", st.sync_ms);
+        assert!(close(st.cpu_experts_ms, 1e3 * 400e6 / (100e9 * 0.72)));
+        assert!(close(st.total_ms, st.cpu_experts_ms + gpu_ms + sync_ms));
+    }
+
+    #[test]
+    fn spare_vram_takes_whole_layers_and_small_models_go_to_the_gpu() {
+        // 700 MB: the attention path (~130 MB) plus one 400 MB layer.
+        let p = place(&toy(100), "toy", &topo(1, 64, 100.0, Some((700 * MB, 1000.0))), &opts(4096, 1));
+        assert_eq!(p.gpu_expert_layers, vec![1]);
+        let gpu = p.devices.iter().find(|d| d.kind == "gpu").unwrap();
+        assert_eq!(gpu.weights_bytes, 80 * MB + 400 * MB);
+        assert!(gpu.free_bytes >= 0);
+        let p = place(&toy(100), "toy", &topo(1, 64, 100.0, Some((2000 * MB, 1000.0))), &opts(4096, 1));
+        assert_eq!(p.mode, "gpu");
+        assert!(p.devices.iter().filter(|d| d.kind == "cpu").all(|d| d.weights_bytes == 0));
+    }
+
+    #[test]
+    fn numa_replicates_when_a_copy_fits_each_node_else_splits() {
+        // Nodes of 10 GB keep 4 GiB / 2 for the OS: ~7.85 GB usable each.
+        let small = place(&toy(500), "toy", &topo(2, 10, 100.0, None), &opts(1024, 1));
+        assert_eq!(small.numa.policy, "replicate");
+        assert_eq!(small.devices[0].weights_bytes, 4000 * MB + 50 * MB);
+        let big = place(&toy(1000), "toy", &topo(2, 10, 100.0, None), &opts(1024, 1));
+        assert_eq!(big.numa.policy, "split");
+        assert_eq!(big.devices[0].weights_bytes, 4000 * MB + 50 * MB);
+        assert!(big.fits && small.fits);
+        // Split adds a cross-node sync per CPU expert layer.
+        let bw = 200e9 * 0.72;
+        let expect = 1e3 * 4.0 * 1000e6 / bw;
+        assert!(close(big.predicted.step.cpu_experts_ms, expect));
+        assert!(close(big.predicted.step.sync_ms, 2.0 * 0.010));
+    }
+
+    #[test]
+    fn shortfall_is_the_bytes_missing() {
+        let p = place(&toy(1000), "toy", &topo(1, 8, 100.0, None), &opts(1024, 1));
+        assert!(!p.fits);
+        let d = &p.devices[0];
+        let need = d.reserved_bytes + d.weights_bytes + d.kv_bytes + d.other_bytes;
+        assert_eq!(p.shortfall_bytes, need - d.capacity_bytes);
+    }
+
+    #[test]
+    fn plan_toml_round_trips() {
+        let p = place(&toy(100), "toy", &topo(2, 64, 100.0, Some((700 * MB, 1000.0))), &opts(4096, 2));
+        let back = Plan::from_toml_str(&p.to_toml_string().unwrap()).unwrap();
+        assert_eq!(back, p);
+    }
 
     #[test]
     fn layer_ranges_compress_runs() {

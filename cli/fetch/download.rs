@@ -100,11 +100,19 @@ struct Shared {
     state: Mutex<State>,
     dirty: AtomicBool,
     state_path: PathBuf,
+    /// Held while persisting; `true` once the download is over, so that a persist still
+    /// queued on the blocking pool cannot resurrect a state file after the rename.
+    closed: Mutex<bool>,
 }
 
 impl Shared {
     fn snapshot(&self) -> State {
         self.state.lock().map(|s| s.clone()).unwrap_or_else(|p| p.into_inner().clone())
+    }
+
+    /// Stops all further persisting (waits for one in progress).
+    fn close(&self) {
+        *self.closed.lock().unwrap_or_else(|p| p.into_inner()) = true;
     }
 
     fn with_state<R>(&self, f: impl FnOnce(&mut State) -> R) -> R {
@@ -115,6 +123,10 @@ impl Shared {
     /// Snapshot first, then fsync the data, then write the snapshot: the state on disk never
     /// runs ahead of the data on disk.
     fn persist(&self) -> std::io::Result<()> {
+        let closed = self.closed.lock().unwrap_or_else(|p| p.into_inner());
+        if *closed {
+            return Ok(());
+        }
         let snap = self.snapshot();
         self.file.sync_data()?;
         write_state(&self.state_path, &snap)
@@ -213,6 +225,7 @@ async fn download(ctx: &Ctx, job: &Job) -> Result<()> {
         state: Mutex::new(state),
         dirty: AtomicBool::new(false),
         state_path: job.state.clone(),
+        closed: Mutex::new(false),
     });
     let ticker = spawn_persister(shared.clone(), ctx.http.tuning.persist);
     let mut result = run_chunks(ctx, job, &shared).await;
@@ -228,12 +241,13 @@ async fn download(ctx: &Ctx, job: &Job) -> Result<()> {
         result = run_chunks(ctx, job, &shared).await;
     }
     ticker.abort();
+    if let Err(ChunkError::Fatal(_)) = &result {
+        let _ = shared.persist();
+    }
+    shared.close();
     match result {
         Ok(()) => {}
-        Err(ChunkError::Fatal(e)) => {
-            let _ = shared.persist();
-            return Err(e);
-        }
+        Err(ChunkError::Fatal(e)) => return Err(e),
         Err(ChunkError::RangeIgnored) => {
             return Err(exit::coded(
                 exit::DOWNLOAD_FAILED,

@@ -6,7 +6,7 @@ use super::openai::{
 };
 use super::App;
 use crate::runtime::{Event, GenerateRequest, TextCodec};
-use axum::extract::{Request, State};
+use axum::extract::{Path, Request, State};
 use axum::http::{header, StatusCode};
 use axum::response::sse::{Event as SseEvent, Sse};
 use axum::response::{IntoResponse, Response};
@@ -30,16 +30,26 @@ pub async fn models(State(app): State<App>, req: Request) -> Response {
     if let Err(e) = app.authorize(req.headers()) {
         return e.into_response();
     }
-    let info = app.engine.model_info();
-    Json(json!({"object": "list", "data": [{
+    Json(json!({"object": "list", "data": [model_object(&app)]})).into_response()
+}
+
+/// `GET /v1/models/{id}`: the served model, or 404.
+pub async fn model(State(app): State<App>, Path(id): Path<String>, req: Request) -> Response {
+    if let Err(e) = app.authorize(req.headers()).and_then(|_| app.check_model(&id)) {
+        return e.into_response();
+    }
+    Json(model_object(&app)).into_response()
+}
+
+fn model_object(app: &App) -> Value {
+    json!({
         "id": app.cfg.model_id,
         "object": "model",
         "created": app.created,
         "owned_by": "hy",
         "context_length": app.engine.config().context,
-        "architecture": info.arch,
-    }]}))
-    .into_response()
+        "architecture": app.engine.model_info().arch,
+    })
 }
 
 pub async fn chat_completions(State(app): State<App>, req: Request) -> Response {

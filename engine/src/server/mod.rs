@@ -112,6 +112,7 @@ pub fn router(app: App) -> Router {
         .route("/health", get(handlers::health))
         .route("/metrics", get(handlers::metrics))
         .route("/v1/models", get(handlers::models))
+        .route("/v1/models/{id}", get(handlers::model))
         .route("/v1/chat/completions", post(handlers::chat_completions))
         .route("/v1/completions", post(handlers::completions))
         .fallback(handlers::fallback)
@@ -125,7 +126,7 @@ async fn count_requests(State(app): State<App>, req: Request, next: Next) -> Res
     let endpoint = match req.uri().path() {
         "/health" => "health",
         "/metrics" => "metrics",
-        "/v1/models" => "models",
+        p if p == "/v1/models" || p.starts_with("/v1/models/") => "models",
         "/v1/chat/completions" => "chat_completions",
         "/v1/completions" => "completions",
         _ => "other",

@@ -112,6 +112,9 @@ async fn models_and_health() {
     let v = r.json();
     assert_eq!(v["object"], "list");
     assert_eq!(v["data"][0]["id"], "counting");
+    let r = send(t.addr, "GET", "/v1/models/counting", &[], b"").await;
+    assert_eq!((r.status, r.json()["id"].clone()), (200, json!("counting")));
+    send(t.addr, "GET", "/v1/models/other", &[], b"").await.assert_error(404, Some("model"));
     let r = send(t.addr, "GET", "/health", &[], b"").await;
     assert_eq!((r.status, r.json()["status"].clone()), (200, json!("ok")));
 }
@@ -335,4 +338,25 @@ async fn disconnecting_a_plain_request_cancels_its_generation() {
     }
     drop(s);
     assert_eq!(wait_for_cancel(&t.app).await, 1);
+}
+
+#[tokio::test]
+async fn chunked_body_over_the_limit_is_413() {
+    let t = start(0, 4, 4, None).await;
+    let body = json!({"model": "counting", "prompt": "x".repeat(4096)}).to_string();
+    let head = "POST /v1/completions HTTP/1.1\r\nHost: test\r\nConnection: close\r\nTransfer-Encoding: chunked\r\n\r\n";
+    let mut req = head.as_bytes().to_vec();
+    req.extend_from_slice(format!("{:x}\r\n{body}\r\n0\r\n\r\n", body.len()).as_bytes());
+    let mut s = TcpStream::connect(t.addr).await.expect("connect");
+    s.write_all(&req).await.expect("write");
+    let mut raw = Vec::new();
+    s.read_to_end(&mut raw).await.expect("read");
+    let text = String::from_utf8_lossy(&raw);
+    let (head, body) = text.split_once("\r\n\r\n").expect("HTTP response");
+    let reply = Reply {
+        status: head.split(' ').nth(1).and_then(|s| s.parse().ok()).unwrap_or(0),
+        head: head.into(),
+        body: body.into(),
+    };
+    reply.assert_error(413, None);
 }

@@ -353,3 +353,17 @@ fn the_text_form_states_assumptions_and_bottleneck() {
     }
     assert!(Path::new(&example("provision.sh")).exists());
 }
+
+#[test]
+fn without_profile_or_hardware_it_plans_for_the_probed_machine() {
+    let root = root().join("tests/fixtures/probe/dual-epyc");
+    let out =
+        hy().args(["plan", "deepseek-r1", "--quant", "q4_k_m", "--json"]).env("HY_PROBE_ROOT", &root).output().unwrap();
+    let p = json_of(&out);
+    assert_eq!(p["hardware"], "this machine (probed)");
+    // The fixture is a dual-socket EPYC without a GPU: two CPU devices, everything on them.
+    let kinds: Vec<&str> = p["devices"].as_array().unwrap().iter().map(|d| d["kind"].as_str().unwrap()).collect();
+    assert_eq!(kinds, ["cpu", "cpu"]);
+    assert_eq!(p["mode"], "cpu");
+    assert_eq!(p["numa"]["nodes"], 2);
+}

@@ -130,3 +130,26 @@ fn profile_preferred_quant_is_used_unless_overridden() {
             .unwrap();
     assert_eq!(p["quant_choice"], "auto");
 }
+
+#[test]
+fn match_without_hardware_uses_the_probed_machine() {
+    let root = root().join("tests/fixtures/probe/dual-epyc");
+    let out = Command::new(env!("CARGO_BIN_EXE_hy"))
+        .env("HY_PROFILE_DIR", "/nonexistent-hy-profiles")
+        .env("HY_PROBE_ROOT", &root)
+        .args(["profiles", "match", "--json"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0));
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let hy90 = v.as_array().unwrap().iter().find(|r| r["profile"] == "HY90").unwrap();
+    // The fixture box is HY90's CPU and memory without its GPU: only the GPU checks fail.
+    let failed: Vec<&str> = hy90["checks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|c| c["ok"] == false)
+        .map(|c| c["what"].as_str().unwrap())
+        .collect();
+    assert_eq!(failed, ["GPUs", "GPU VRAM"]);
+}

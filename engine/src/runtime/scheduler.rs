@@ -170,7 +170,7 @@ impl SchedulerHandle {
         if req.prompt.is_empty() {
             return Err(SubmitError::EmptyPrompt);
         }
-        if req.prompt.len() + req.max_tokens > cfg.context {
+        if req.prompt.len().saturating_add(req.max_tokens) > cfg.context {
             return Err(SubmitError::TooLong {
                 prompt: req.prompt.len(),
                 max_tokens: req.max_tokens,

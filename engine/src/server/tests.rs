@@ -211,6 +211,8 @@ async fn bad_requests_get_openai_errors() {
         .await
         .assert_error(400, Some("max_tokens"));
     post(t.addr, chat, json!({"model": "counting", "messages": msgs, "max_tokens": 100})).await.assert_error(413, None);
+    let huge = json!({"model": "counting", "messages": msgs, "max_tokens": i64::MAX});
+    post(t.addr, chat, huge).await.assert_error(413, None);
     post(t.addr, chat, json!({"model": "counting", "messages": msgs, "max_completion_tokens": 100}))
         .await
         .assert_error(413, None);

@@ -142,3 +142,83 @@ fn gemma_prompts_tokenize_like_llama_cpp(tok: &Tokenizer) {
         assert_eq!(tok.decode(&cont), g["continuation_text"].as_str().unwrap());
     }
 }
+
+/// Random text from a pool that stresses the pre-tokenizers: contractions, digit runs,
+/// whitespace runs with CR/LF, CJK, kana, emoji with ZWJ, punctuation, accents.
+fn random_text(rng: &mut impl rand::Rng) -> String {
+    const POOL: &[&str] = &[
+        "a",
+        "Z",
+        "é",
+        "ß",
+        " ",
+        "  ",
+        "\t",
+        "\n",
+        "\r\n",
+        "'s",
+        "'LL",
+        "'t",
+        "1",
+        "23",
+        "4567",
+        "阿",
+        "莫西林",
+        "ひら",
+        "カタ",
+        "한",
+        "🙂",
+        "👨\u{200d}👩",
+        "\u{fe0f}",
+        ".",
+        "!!",
+        "?",
+        "\"",
+        "(",
+        ")",
+        "{",
+        "}",
+        "-",
+        "_",
+        "/",
+        "#",
+        "€",
+        "¥",
+        "∑",
+        "Ω",
+        "ق",
+        "ж",
+        "the",
+        "The",
+        " world",
+        "don't",
+        "x86_64",
+        "<|bos|>",
+        "<s>",
+        "\u{a0}",
+        "\u{3000}",
+    ];
+    let n = rng.gen_range(0..40);
+    (0..n).map(|_| POOL[rng.gen_range(0..POOL.len())]).collect()
+}
+
+/// The GGUF path (regexes built in for the `tokenizer.ggml.pre` name, merges from GGUF
+/// strings) and the tokenizer.json path (regexes and merges from the JSON) must agree on
+/// any text, not just the corpus.
+#[test]
+fn gguf_and_tokenizer_json_agree_on_random_text() {
+    use rand::SeedableRng;
+    let mut rng = rand::rngs::StdRng::seed_from_u64(42);
+    for model in TINY {
+        let dir = fixtures().join(model);
+        let hf = Tokenizer::from_tokenizer_json(&dir.join("hf/tokenizer.json")).expect("tokenizer.json");
+        let file = GgufFile::open(&dir.join(format!("gguf/{model}-Q8_0.gguf"))).expect("gguf");
+        let gg = Tokenizer::from_gguf(&file).expect("gguf tokenizer");
+        for _ in 0..400 {
+            let text = random_text(&mut rng);
+            let ids = hf.encode(&text, true);
+            assert_eq!(gg.encode(&text, true), ids, "{model}: {text:?}");
+            assert_eq!(hf.decode(&ids), text, "{model}: {text:?}");
+        }
+    }
+}

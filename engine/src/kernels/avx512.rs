@@ -4,7 +4,11 @@
 
 use std::arch::x86_64::*;
 
-use super::avx2::{self, as_bytes, as_bytes_i16, f16c_at, hsum256, k_chunks, k_scales, s_quants};
+use super::avx2::{self, as_bytes, as_bytes_i16, KScales};
+use super::blocks::{k4_scale_min_bytes, q3k_scale_bytes};
+use super::unpack::{dispatch, ty, unpack_fns};
+
+unpack_fns!("avx512f,avx512bw,avx512vl,avx2,fma,f16c");
 use super::quant::{BlockQ8K, BlockQ8_0};
 use crate::dtype::GgmlType;
 
@@ -18,14 +22,6 @@ fn load64(b: &[u8]) -> __m512i {
 
 #[inline]
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2,fma,f16c")]
-fn load32(b: &[u8]) -> __m256i {
-    assert!(b.len() >= 32);
-    // SAFETY: at least 32 readable bytes (checked above); unaligned load.
-    unsafe { _mm256_loadu_si256(b.as_ptr() as *const __m256i) }
-}
-
-#[inline]
-#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2,fma,f16c")]
 fn join(lo: __m256i, hi: __m256i) -> __m512i {
     _mm512_inserti64x4(_mm512_castsi256_si512(lo), hi, 1)
 }
@@ -34,32 +30,51 @@ fn join(lo: __m256i, hi: __m256i) -> __m512i {
 const SCALE_IDX: [i16; 32] =
     [0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1, 2, 2, 2, 2, 2, 2, 2, 2, 3, 3, 3, 3, 3, 3, 3, 3];
 
-/// k-quant row · Q8_K activations.
+/// k-quant row · up to 4 rows of Q8_K activations (block unpacked once for all of them).
 ///
 /// # Safety
-/// The CPU must support AVX-512 F/BW/VL, AVX2, FMA and F16C; `t` must be a k-quant type.
+/// The CPU must support AVX-512 F/BW/VL, AVX2, FMA and F16C; `t` must be a k-quant type;
+/// 1 ≤ acts.len() ≤ 4.
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2,fma,f16c")]
-pub unsafe fn dot_k(t: GgmlType, row: &[u8], acts: &[BlockQ8K]) -> f32 {
+pub unsafe fn dot_k(t: GgmlType, row: &[u8], acts: &[&[BlockQ8K]], out: &mut [f32]) {
+    // SAFETY (all arms): same features; N matches acts.len() (1..=4 checked by the caller).
+    unsafe { dispatch!(dot_k_n, t, acts.len(), [Q2_K, Q3_K, Q4_K, Q5_K, Q6_K], (row, acts, out)) }
+}
+
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2,fma,f16c")]
+unsafe fn dot_k_n<const T: u32, const N: usize>(row: &[u8], acts: &[&[BlockQ8K]], out: &mut [f32]) {
+    let t = ty(T);
+    let pf = super::simd::prefetch_distance();
     let idx0 = load64(as_bytes_i16(&SCALE_IDX));
-    let mut acc = _mm512_setzero_ps();
-    let mut accm = _mm256_setzero_ps();
-    for (b, a) in row.chunks_exact(t.type_size()).zip(acts) {
-        let s = k_scales(t, b);
+    let mut acc = [_mm512_setzero_ps(); N];
+    let mut accm = [_mm256_setzero_ps(); N];
+    for (k, b) in row.chunks_exact(t.type_size()).enumerate() {
+        prefetch_block(b, pf);
+        let s = k_scales::<T>(b);
         let sc = _mm512_castsi256_si512(_mm256_cvtepi8_epi16(s.sc8));
-        let ch = k_chunks(t, b);
-        let mut isum = _mm512_setzero_si512();
+        let ch = k_chunks::<T>(b);
+        // (Plain loops, not closures: closures would not inherit this function's features.)
+        let mut q = [_mm512_setzero_si512(); 4];
+        let mut scv = [_mm512_setzero_si512(); 4];
         for c in 0..4 {
-            let q = join(ch[2 * c], ch[2 * c + 1]);
-            let y = load64(as_bytes(&a.qs[64 * c..64 * c + 64]));
-            let p = _mm512_maddubs_epi16(q, y);
-            let scv = _mm512_permutexvar_epi16(_mm512_add_epi16(idx0, _mm512_set1_epi16(4 * c as i16)), sc);
-            isum = _mm512_add_epi32(isum, _mm512_madd_epi16(p, scv));
+            q[c] = join(ch[2 * c], ch[2 * c + 1]);
+            scv[c] = _mm512_permutexvar_epi16(_mm512_add_epi16(idx0, _mm512_set1_epi16(4 * c as i16)), sc);
         }
-        let msum = _mm256_madd_epi16(load32(as_bytes_i16(&a.bsums)), s.mn);
-        acc = _mm512_fmadd_ps(_mm512_set1_ps(s.d * a.d), _mm512_cvtepi32_ps(isum), acc);
-        accm = _mm256_fmadd_ps(_mm256_set1_ps(s.dmin * a.d), _mm256_cvtepi32_ps(msum), accm);
+        for i in 0..N {
+            let a = &acts[i][k];
+            let mut isum = _mm512_setzero_si512();
+            for c in 0..4 {
+                let y = load64(as_bytes(&a.qs[64 * c..64 * c + 64]));
+                isum = _mm512_add_epi32(isum, _mm512_madd_epi16(_mm512_maddubs_epi16(q[c], y), scv[c]));
+            }
+            let msum = _mm256_madd_epi16(load32(as_bytes_i16(&a.bsums)), s.mn);
+            acc[i] = _mm512_fmadd_ps(_mm512_set1_ps(s.d * a.d), _mm512_cvtepi32_ps(isum), acc[i]);
+            accm[i] = _mm256_fmadd_ps(_mm256_set1_ps(s.dmin * a.d), _mm256_cvtepi32_ps(msum), accm[i]);
+        }
     }
-    _mm512_reduce_add_ps(acc) - hsum256(accm)
+    for i in 0..N {
+        out[i] = _mm512_reduce_add_ps(acc[i]) - hsum256(accm[i]);
+    }
 }
 
 /// Two f32 scales, one per 256-bit half.
@@ -70,39 +85,55 @@ fn halves(a: f32, b: f32) -> __m512 {
     _mm512_castpd_ps(_mm512_insertf64x4(lo, _mm256_castps_pd(_mm256_set1_ps(b)), 1))
 }
 
-/// Q4_0-family row · Q8_0 activations, two blocks per step.
+/// Q4_0-family row · up to 4 rows of Q8_0 activations, two blocks per step.
 ///
 /// # Safety
-/// The CPU must support AVX-512 F/BW/VL, AVX2, FMA and F16C; `t` must be a Q4_0-family type.
+/// The CPU must support AVX-512 F/BW/VL, AVX2, FMA and F16C; `t` must be a Q4_0-family type;
+/// 1 ≤ acts.len() ≤ 4.
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2,fma,f16c")]
-pub unsafe fn dot_s(t: GgmlType, row: &[u8], acts: &[BlockQ8_0]) -> f32 {
+pub unsafe fn dot_s(t: GgmlType, row: &[u8], acts: &[&[BlockQ8_0]], out: &mut [f32]) {
+    // SAFETY (all arms): same features; N matches acts.len() (1..=4 checked by the caller).
+    unsafe { dispatch!(dot_s_n, t, acts.len(), [Q4_0, Q4_1, Q5_0, Q5_1, Q8_0], (row, acts, out)) }
+}
+
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2,fma,f16c")]
+unsafe fn dot_s_n<const T: u32, const N: usize>(row: &[u8], acts: &[&[BlockQ8_0]], out: &mut [f32]) {
+    let t = ty(T);
     let ts = t.type_size();
     let offset = matches!(t, GgmlType::Q4_1 | GgmlType::Q5_1);
+    let pf = super::simd::prefetch_distance();
     let ones = _mm512_set1_epi16(1);
-    let mut acc = _mm512_setzero_ps();
-    let mut msum = 0f32;
-    let pairs = (row.len() / ts).min(acts.len()) / 2;
-    for i in 0..pairs {
-        let (b0, b1) = (&row[2 * i * ts..], &row[(2 * i + 1) * ts..]);
-        let (a0, a1) = (&acts[2 * i], &acts[2 * i + 1]);
-        let q = join(s_quants(t, b0), s_quants(t, b1));
-        let y = join(load32(as_bytes(&a0.qs)), load32(as_bytes(&a1.qs)));
-        let p = if offset {
-            msum += f16c_at(b0, 2) * a0.s + f16c_at(b1, 2) * a1.s;
-            _mm512_maddubs_epi16(q, y)
-        } else {
-            // |q| · (y with q's sign): maddubs needs its first operand unsigned.
-            let neg = _mm512_movepi8_mask(q);
-            let sy = _mm512_mask_sub_epi8(y, neg, _mm512_setzero_si512(), y);
-            _mm512_maddubs_epi16(_mm512_abs_epi8(q), sy)
-        };
-        let s = _mm512_cvtepi32_ps(_mm512_madd_epi16(p, ones));
-        let d = halves(f16c_at(b0, 0) * a0.d, f16c_at(b1, 0) * a1.d);
-        acc = _mm512_fmadd_ps(d, s, acc);
+    let mut acc = [_mm512_setzero_ps(); N];
+    let mut msum = [0f32; N];
+    let pairs = row.len() / ts / 2;
+    for (k, bb) in row.chunks_exact(2 * ts).enumerate() {
+        let (b0, b1) = bb.split_at(ts);
+        prefetch_block(bb, pf);
+        let q = join(s_quants::<T>(b0), s_quants::<T>(b1));
+        let (d0, d1) = (f16c_at(b0, 0), f16c_at(b1, 0));
+        let (m0, m1) = if offset { (f16c_at(b0, 2), f16c_at(b1, 2)) } else { (0.0, 0.0) };
+        let neg = _mm512_movepi8_mask(q);
+        let aq = _mm512_abs_epi8(q);
+        for i in 0..N {
+            let (a0, a1) = (&acts[i][2 * k], &acts[i][2 * k + 1]);
+            let y = join(load32(as_bytes(&a0.qs)), load32(as_bytes(&a1.qs)));
+            let p = if offset {
+                msum[i] += m0 * a0.s + m1 * a1.s;
+                _mm512_maddubs_epi16(q, y)
+            } else {
+                // |q| · (y with q's sign): maddubs needs its first operand unsigned.
+                _mm512_maddubs_epi16(aq, _mm512_mask_sub_epi8(y, neg, _mm512_setzero_si512(), y))
+            };
+            let s = _mm512_cvtepi32_ps(_mm512_madd_epi16(p, ones));
+            acc[i] = _mm512_fmadd_ps(halves(d0 * a0.d, d1 * a1.d), s, acc[i]);
+        }
     }
+    for i in 0..N {
+        out[i] = _mm512_reduce_add_ps(acc[i]) + msum[i];
+    }
+    // An odd last block.
     // SAFETY: same CPU features as this function.
-    let rest = unsafe { avx2::dot_s(t, &row[2 * pairs * ts..], &acts[2 * pairs..]) };
-    _mm512_reduce_add_ps(acc) + msum + rest
+    unsafe { avx2::dot_s_n::<T, N>(&row[2 * pairs * ts..], acts, 2 * pairs, out) };
 }
 
 /// Sixteen weights of a float row as f32.

@@ -127,11 +127,11 @@ pub fn matmul_rows(isa: Isa, w: &QMatrix, p: &Prepared, rows: Range<usize>, out:
     match (&p.act, w.ty) {
         (Act::Q8K(a), WeightType::Ggml(t)) => {
             let f = simd::k_kernel(isa, t);
-            each_row(data, rb, a, w.cols / 256, p.n, out, |row, a| f(t, row, a));
+            each_row_multi(data, rb, a, w.cols / 256, p.n, out, |row, a, o| f(t, row, a, o));
         }
         (Act::Q8_0(a), WeightType::Ggml(t)) => {
             let f = simd::s_kernel(isa, t);
-            each_row(data, rb, a, w.cols / 32, p.n, out, |row, a| f(t, row, a));
+            each_row_multi(data, rb, a, w.cols / 32, p.n, out, |row, a, o| f(t, row, a, o));
         }
         (Act::F32(x), WeightType::Ggml(t)) => {
             let f = simd::f_kernel(isa, t);
@@ -161,6 +161,25 @@ fn each_row<A>(
     for (row, o) in data.chunks_exact(rb).zip(out.chunks_exact_mut(n)) {
         for (i, oi) in o.iter_mut().enumerate() {
             *oi = f(row, &acts[i * per_row..(i + 1) * per_row]);
+        }
+    }
+}
+
+/// Like [`each_row`] for kernels that take up to [`simd::MAX_ACTS`] activation rows per call,
+/// so each weight block is unpacked once per group rather than once per activation row.
+fn each_row_multi<A>(
+    data: &[u8],
+    rb: usize,
+    acts: &[A],
+    per_row: usize,
+    n: usize,
+    out: &mut [f32],
+    f: impl Fn(&[u8], &[&[A]], &mut [f32]),
+) {
+    let rows: Vec<&[A]> = acts.chunks_exact(per_row).take(n).collect();
+    for (row, o) in data.chunks_exact(rb).zip(out.chunks_exact_mut(n)) {
+        for (a, oc) in rows.chunks(simd::MAX_ACTS).zip(o.chunks_mut(simd::MAX_ACTS)) {
+            f(row, a, oc);
         }
     }
 }
@@ -277,11 +296,15 @@ pub(crate) mod reference {
     use super::*;
     use crate::dtype::GgmlType;
 
-    pub fn k(t: GgmlType, row: &[u8], a: &[BlockQ8K]) -> f32 {
-        scalar::dot_k_row(t, row, a)
+    pub fn k(t: GgmlType, row: &[u8], a: &[&[BlockQ8K]], out: &mut [f32]) {
+        for (o, a) in out.iter_mut().zip(a) {
+            *o = scalar::dot_k_row(t, row, a);
+        }
     }
-    pub fn s(t: GgmlType, row: &[u8], a: &[BlockQ8_0]) -> f32 {
-        scalar::dot_s_row(t, row, a)
+    pub fn s(t: GgmlType, row: &[u8], a: &[&[BlockQ8_0]], out: &mut [f32]) {
+        for (o, a) in out.iter_mut().zip(a) {
+            *o = scalar::dot_s_row(t, row, a);
+        }
     }
     pub fn f(t: GgmlType, row: &[u8], x: &[f32]) -> f32 {
         scalar::dot_exact_row(t, row, x)

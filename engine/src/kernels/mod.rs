@@ -25,6 +25,8 @@ pub mod matvec;
 pub mod quant;
 pub mod scalar;
 pub mod simd;
+#[cfg(target_arch = "x86_64")]
+mod unpack;
 
 use crate::dtype::GgmlType;
 

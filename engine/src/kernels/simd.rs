@@ -1,13 +1,19 @@
 //! Run-time selection of row kernels per ISA and weight type.
 
+use std::sync::atomic::{AtomicUsize, Ordering};
+
 use super::matvec::{reference, Isa};
 use super::quant::{BlockQ8K, BlockQ8_0};
 use crate::dtype::GgmlType;
 
-/// k-quant row · Q8_K activations.
-pub type KFn = fn(GgmlType, &[u8], &[BlockQ8K]) -> f32;
-/// Q4_0-family row · Q8_0 activations.
-pub type SFn = fn(GgmlType, &[u8], &[BlockQ8_0]) -> f32;
+/// Most activation rows one call of a [`KFn`]/[`SFn`] takes (each weight block is unpacked
+/// once for all of them).
+pub const MAX_ACTS: usize = 4;
+
+/// k-quant row · up to [`MAX_ACTS`] rows of Q8_K activations: `out[i] = row · acts[i]`.
+pub type KFn = fn(GgmlType, &[u8], &[&[BlockQ8K]], &mut [f32]);
+/// Q4_0-family row · up to [`MAX_ACTS`] rows of Q8_0 activations.
+pub type SFn = fn(GgmlType, &[u8], &[&[BlockQ8_0]], &mut [f32]);
 /// Any row · f32 activations.
 pub type FFn = fn(GgmlType, &[u8], &[f32]) -> f32;
 /// FP8 row, per-128-column scales, f32 activations.
@@ -45,13 +51,15 @@ mod x86 {
     use super::super::{avx2, avx512};
     use super::*;
 
-    pub fn k_avx2(t: GgmlType, row: &[u8], a: &[BlockQ8K]) -> f32 {
+    pub fn k_avx2(t: GgmlType, row: &[u8], a: &[&[BlockQ8K]], out: &mut [f32]) {
+        assert!((1..=MAX_ACTS).contains(&a.len()) && out.len() >= a.len());
         // SAFETY: handed out only when AVX2/FMA/F16C were detected; t is a k-quant.
-        unsafe { avx2::dot_k(t, row, a) }
+        unsafe { avx2::dot_k(t, row, a, out) }
     }
-    pub fn s_avx2(t: GgmlType, row: &[u8], a: &[BlockQ8_0]) -> f32 {
+    pub fn s_avx2(t: GgmlType, row: &[u8], a: &[&[BlockQ8_0]], out: &mut [f32]) {
+        assert!((1..=MAX_ACTS).contains(&a.len()) && out.len() >= a.len());
         // SAFETY: as above; t is a Q4_0-family type.
-        unsafe { avx2::dot_s(t, row, a) }
+        unsafe { avx2::dot_s(t, row, a, out) }
     }
     pub fn f_avx2(t: GgmlType, row: &[u8], x: &[f32]) -> f32 {
         // SAFETY: as above; t is F32/F16/BF16.
@@ -61,13 +69,15 @@ mod x86 {
         // SAFETY: as above.
         unsafe { avx2::dot_fp8(row, scales, x) }
     }
-    pub fn k_avx512(t: GgmlType, row: &[u8], a: &[BlockQ8K]) -> f32 {
+    pub fn k_avx512(t: GgmlType, row: &[u8], a: &[&[BlockQ8K]], out: &mut [f32]) {
+        assert!((1..=MAX_ACTS).contains(&a.len()) && out.len() >= a.len());
         // SAFETY: handed out only when AVX-512 F/BW/VL (and AVX2/FMA/F16C) were detected.
-        unsafe { avx512::dot_k(t, row, a) }
+        unsafe { avx512::dot_k(t, row, a, out) }
     }
-    pub fn s_avx512(t: GgmlType, row: &[u8], a: &[BlockQ8_0]) -> f32 {
+    pub fn s_avx512(t: GgmlType, row: &[u8], a: &[&[BlockQ8_0]], out: &mut [f32]) {
+        assert!((1..=MAX_ACTS).contains(&a.len()) && out.len() >= a.len());
         // SAFETY: as above.
-        unsafe { avx512::dot_s(t, row, a) }
+        unsafe { avx512::dot_s(t, row, a, out) }
     }
     pub fn f_avx512(t: GgmlType, row: &[u8], x: &[f32]) -> f32 {
         // SAFETY: as above.
@@ -77,6 +87,19 @@ mod x86 {
         // SAFETY: as above.
         unsafe { avx512::dot_fp8(row, scales, x) }
     }
+}
+
+/// Software prefetch distance in bytes for the quantized kernels (0 = off). Set from the
+/// `HY_PREFETCH` environment variable once per process; default 1024.
+pub fn prefetch_distance() -> usize {
+    static DIST: AtomicUsize = AtomicUsize::new(usize::MAX);
+    let d = DIST.load(Ordering::Relaxed);
+    if d != usize::MAX {
+        return d;
+    }
+    let d = std::env::var("HY_PREFETCH").ok().and_then(|v| v.parse().ok()).unwrap_or(1024);
+    DIST.store(d, Ordering::Relaxed);
+    d
 }
 
 fn is_float(t: GgmlType) -> bool {

@@ -127,23 +127,30 @@ fn every_type_every_isa_matches_f64_reference() {
 #[test]
 fn simd_variants_equal_scalar_on_same_activations() {
     // With the same quantized activations the integer parts are exact, so only the order of
-    // the float sums may differ.
+    // the float sums may differ. Batches of 1..=6 rows cover the 4-at-a-time kernels, their
+    // remainders, and odd block counts (Q8_0 family pairs blocks on AVX-512).
     let mut rng = StdRng::seed_from_u64(7);
     for &ty in &TYPES {
-        let (rows, cols) = (9, 1024);
-        let data: Vec<u8> = (0..rows).flat_map(|_| random_row(ty, cols, &mut rng)).collect();
-        let w = QMatrix::new(ty, rows, cols, &data).unwrap();
-        let x = random_x(cols, &mut rng);
-        for p in [Precision::Exact, Precision::Fast] {
-            let prep = prepare_with(w.ty, cols, &x, 1, p);
-            let mut ys = vec![0f32; rows];
-            matmul_rows(Isa::Scalar, &w, &prep, 0..rows, &mut ys);
-            for isa in Isa::all_supported() {
-                let mut y = vec![0f32; rows];
-                matmul_rows(isa, &w, &prep, 0..rows, &mut y);
-                for r in 0..rows {
-                    let scale = ys[r].abs().max(1.0);
-                    assert!((y[r] - ys[r]).abs() <= 1e-4 * scale, "{ty} {isa:?} {p:?} row {r}: {} vs {}", y[r], ys[r]);
+        let mut shapes = vec![(1, 1024), (2, 768), (3, 1024), (4, 256 * 3), (5, 1024), (6, 256)];
+        if blocks::is_small_block(ty) {
+            shapes.extend([(1, 96), (3, 96), (5, 32)]); // odd block counts
+        }
+        for (n, cols) in shapes {
+            let rows = 5;
+            let data: Vec<u8> = (0..rows).flat_map(|_| random_row(ty, cols, &mut rng)).collect();
+            let w = QMatrix::new(ty, rows, cols, &data).unwrap();
+            let x = random_x(cols * n, &mut rng);
+            for p in [Precision::Exact, Precision::Fast] {
+                let prep = prepare_with(w.ty, cols, &x, n, p);
+                let mut ys = vec![0f32; rows * n];
+                matmul_rows(Isa::Scalar, &w, &prep, 0..rows, &mut ys);
+                for isa in Isa::all_supported() {
+                    let mut y = vec![f32::NAN; rows * n];
+                    matmul_rows(isa, &w, &prep, 0..rows, &mut y);
+                    for (i, (&a, &b)) in y.iter().zip(&ys).enumerate() {
+                        let scale = b.abs().max(1.0);
+                        assert!((a - b).abs() <= 1e-4 * scale, "{ty} {isa:?} {p:?} n {n} out {i}: {a} vs {b}");
+                    }
                 }
             }
         }

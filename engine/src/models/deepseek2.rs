@@ -11,7 +11,9 @@
 //! so attention runs over the latents directly and keys/values are never expanded. GGUF files
 //! from current llama.cpp store exactly `W_UK_hᵀ` (`attn_k_b`, `[n_head, kv_lora, qk_nope]`)
 //! and `W_UV_h` (`attn_v_b`); for HF checkpoints and older GGUFs (`attn_kv_b`) the load splits
-//! `kv_b_proj` into those per-head f32 matrices once (DeepSeek-V3: 1.0 B of 671 B weights).
+//! `kv_b_proj` per head once, keeping the stored precision where that is exact (bf16/f16
+//! transposed as stored; FP8 transposed with its block scales when heads sit on 128-row block
+//! boundaries, as in DeepSeek-V3 and Kimi-K2) and f32 otherwise.
 //!
 //! RoPE on the `qk_rope` part rotates adjacent pairs: HF's `rope_interleave` de-interleaves
 //! then applies `rotate_half`, which is the same rotation with the output permuted identically
@@ -26,6 +28,7 @@ use anyhow::{bail, ensure, Context, Result};
 use half::f16;
 use rayon::prelude::*;
 
+use crate::dtype::GgmlType;
 use crate::formats::TensorBytes;
 use crate::kernels::WeightType;
 use crate::models::common::{add_assign, rms_norm_rows, rms_norm_rows_into, KvDtype, Rope, RopeStyle};
@@ -635,7 +638,107 @@ fn load_kv_b(cfg: &DeepseekConfig, src: &dyn WeightSource, l: usize) -> Result<(
     }
     let kv_b_name = format!("blk.{l}.attn_kv_b.weight");
     let kv_b = require_shape(src, &kv_b_name, ARCH, nh * (nope + vh), lora)?;
-    let full = to_f32(&kv_b)?;
+    split_kv_b(&kv_b, KvBDims { nh, nope, vh, lora })
+}
+
+/// Head count and sizes of a `kv_b_proj` (`[nh·(nope+vh) × lora]`).
+#[derive(Clone, Copy, Debug)]
+struct KvBDims {
+    nh: usize,
+    nope: usize,
+    vh: usize,
+    lora: usize,
+}
+
+/// Splits `kv_b_proj` into per-head `W_UKᵀ` (`[lora × nope]`) and `W_UV` (`[vh × lora]`) in the
+/// stored precision where that is exact: float types are transposed element by element (W_UV
+/// is a zero-copy row view); FP8 is transposed with its 128×128 block scales when the heads
+/// sit on block boundaries (DeepSeek-V3 / Kimi-K2: nope = v = 128), so the FP8 release keeps
+/// its 1-byte weights. Other layouts (quantised GGUF `attn_kv_b`, unaligned FP8) become f32.
+fn split_kv_b(kv_b: &Weight, d: KvBDims) -> Result<(Vec<Weight>, Vec<Weight>)> {
+    const B: usize = crate::models::hf::FP8_BLOCK;
+    match kv_b.ty {
+        WeightType::Ggml(t @ (GgmlType::F32 | GgmlType::F16 | GgmlType::BF16)) => {
+            split_kv_b_plain(kv_b, d, t.type_size())
+        }
+        WeightType::Fp8E4M3Block128 if d.nope.is_multiple_of(B) && d.vh.is_multiple_of(B) => split_kv_b_fp8(kv_b, d),
+        _ => split_kv_b_f32(kv_b, d),
+    }
+}
+
+/// `[rows × cols]` elements of `elem` bytes starting at row `r0` of `src`, transposed.
+fn transpose_bytes(src: &[u8], cols: usize, r0: usize, rows: usize, elem: usize) -> Vec<u8> {
+    let mut out = vec![0u8; rows * cols * elem];
+    for i in 0..rows {
+        for j in 0..cols {
+            let from = ((r0 + i) * cols + j) * elem;
+            let to = (j * rows + i) * elem;
+            out[to..to + elem].copy_from_slice(&src[from..from + elem]);
+        }
+    }
+    out
+}
+
+fn owned(bytes: Vec<u8>) -> TensorBytes {
+    TensorBytes::Owned(Arc::new(bytes))
+}
+
+fn split_kv_b_plain(kv_b: &Weight, d: KvBDims, elem: usize) -> Result<(Vec<Weight>, Vec<Weight>)> {
+    let (mut k, mut v) = (Vec::with_capacity(d.nh), Vec::with_capacity(d.nh));
+    for hd in 0..d.nh {
+        let r0 = hd * (d.nope + d.vh);
+        let kt = transpose_bytes(&kv_b.bytes, d.lora, r0, d.nope, elem);
+        k.push(Weight::new(&format!("{}[k_b {hd}]", kv_b.name), owned(kt), kv_b.ty, d.lora, d.nope)?);
+        v.push(kv_b.slice_rows(r0 + d.nope, d.vh)?);
+    }
+    Ok((k, v))
+}
+
+/// f32 block scales of an FP8 weight, `[ceil(rows/128)][ceil(cols/128)]`.
+fn fp8_scales(w: &Weight) -> Result<Vec<f32>> {
+    let s = w.block_scales.as_ref().with_context(|| format!("{}: FP8 weight without block scales", w.name))?;
+    Ok(s.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect())
+}
+
+fn fp8_weight(name: &str, data: TensorBytes, scales: &[f32], rows: usize, cols: usize) -> Result<Weight> {
+    let mut w = Weight::new(name, data, WeightType::Fp8E4M3Block128, rows, cols)?;
+    w.block_scales = Some(owned(scales.iter().flat_map(|v| v.to_le_bytes()).collect()));
+    w.qmatrix().validate().map_err(|e| anyhow::anyhow!("{name}: {e}"))?;
+    Ok(w)
+}
+
+fn split_kv_b_fp8(kv_b: &Weight, d: KvBDims) -> Result<(Vec<Weight>, Vec<Weight>)> {
+    const B: usize = crate::models::hf::FP8_BLOCK;
+    let scales = fp8_scales(kv_b)?;
+    let cb = d.lora.div_ceil(B);
+    let (mut k, mut v) = (Vec::with_capacity(d.nh), Vec::with_capacity(d.nh));
+    for hd in 0..d.nh {
+        let r0 = hd * (d.nope + d.vh);
+        let (kb0, kbn, vb0, vbn) = (r0 / B, d.nope / B, (r0 + d.nope) / B, d.vh / B);
+        // Block (i, j) of W_UK_h is block (j, i) of its transpose, with the same scale.
+        let kt_scales: Vec<f32> =
+            (0..cb).flat_map(|j| (0..kbn).map(move |i| (i, j))).map(|(i, j)| scales[(kb0 + i) * cb + j]).collect();
+        let kt = transpose_bytes(&kv_b.bytes, d.lora, r0, d.nope, 1);
+        k.push(fp8_weight(&format!("{}[k_b {hd}]", kv_b.name), owned(kt), &kt_scales, d.lora, d.nope)?);
+        let v_bytes = sub_bytes(&kv_b.bytes, (r0 + d.nope) * d.lora, d.vh * d.lora);
+        let v_scales = &scales[vb0 * cb..(vb0 + vbn) * cb];
+        v.push(fp8_weight(&format!("{}[v_b {hd}]", kv_b.name), v_bytes, v_scales, d.vh, d.lora)?);
+    }
+    Ok((k, v))
+}
+
+/// `len` bytes of `b` from `start`, without copying mapped bytes.
+fn sub_bytes(b: &TensorBytes, start: usize, len: usize) -> TensorBytes {
+    match b {
+        TensorBytes::Mapped { map, start: s, .. } => TensorBytes::Mapped { map: map.clone(), start: s + start, len },
+        TensorBytes::Owned(v) => owned(v[start..start + len].to_vec()),
+    }
+}
+
+/// The general case: dequantise once and split in f32.
+fn split_kv_b_f32(kv_b: &Weight, d: KvBDims) -> Result<(Vec<Weight>, Vec<Weight>)> {
+    let KvBDims { nh, nope, vh, lora } = d;
+    let full = to_f32(kv_b)?;
     let mut k = Vec::with_capacity(nh);
     let mut v = Vec::with_capacity(nh);
     for hd in 0..nh {
@@ -648,8 +751,8 @@ fn load_kv_b(cfg: &DeepseekConfig, src: &dyn WeightSource, l: usize) -> Result<(
             }
         }
         let vv = full[base + nope * lora..base + (nope + vh) * lora].to_vec();
-        k.push(f32_weight(&format!("{kv_b_name}[k_b {hd}]"), kt, lora, nope)?);
-        v.push(f32_weight(&format!("{kv_b_name}[v_b {hd}]"), vv, vh, lora)?);
+        k.push(f32_weight(&format!("{}[k_b {hd}]", kv_b.name), kt, lora, nope)?);
+        v.push(f32_weight(&format!("{}[v_b {hd}]", kv_b.name), vv, vh, lora)?);
     }
     Ok((k, v))
 }
@@ -657,13 +760,7 @@ fn load_kv_b(cfg: &DeepseekConfig, src: &dyn WeightSource, l: usize) -> Result<(
 /// An owned f32 matrix as a weight.
 fn f32_weight(name: &str, data: Vec<f32>, rows: usize, cols: usize) -> Result<Weight> {
     let bytes: Vec<u8> = data.iter().flat_map(|v| v.to_le_bytes()).collect();
-    Ok(Weight::new(
-        name,
-        TensorBytes::Owned(Arc::new(bytes)),
-        WeightType::Ggml(crate::dtype::GgmlType::F32),
-        rows,
-        cols,
-    )?)
+    Ok(Weight::new(name, TensorBytes::Owned(Arc::new(bytes)), WeightType::Ggml(GgmlType::F32), rows, cols)?)
 }
 
 fn cache_of(state: &mut SeqState) -> Result<&mut MlaCache, ModelError> {
@@ -791,5 +888,56 @@ mod tests {
         assert_eq!((r.n_group, r.scoring), (1, Scoring::Softmax));
         raw["scoring_func"] = serde_json::json!("tanh");
         assert!(DeepseekConfig::from_hf(&HfConfig { path: "config.json".into(), raw }, "t").is_err());
+    }
+
+    fn random_bytes(n: usize, seed: u64, mask: u8) -> Vec<u8> {
+        let mut x = seed;
+        (0..n)
+            .map(|_| {
+                x = x.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+                ((x >> 33) as u8) & mask
+            })
+            .collect()
+    }
+
+    fn assert_same_split(a: &(Vec<Weight>, Vec<Weight>), b: &(Vec<Weight>, Vec<Weight>)) {
+        for (x, y) in a.0.iter().zip(&b.0).chain(a.1.iter().zip(&b.1)) {
+            assert_eq!((x.rows, x.cols), (y.rows, y.cols));
+            assert_eq!(to_f32(x).unwrap(), to_f32(y).unwrap(), "{} vs {}", x.name, y.name);
+        }
+    }
+
+    #[test]
+    fn kv_b_splits_keep_fp8_and_bf16_exactly() {
+        // DeepSeek-V3-like alignment: nope = v = 128, with a partial last column block.
+        let d = KvBDims { nh: 2, nope: 128, vh: 128, lora: 320 };
+        let rows = d.nh * (d.nope + d.vh);
+        // e4m3 bytes without the NaN encodings (0x7f, 0xff): clear bit 0 of the top nibble.
+        let q = random_bytes(rows * d.lora, 7, 0xf7);
+        let sc: Vec<f32> = random_bytes(rows.div_ceil(128) * d.lora.div_ceil(128), 9, 0xff)
+            .iter()
+            .map(|&b| 1e-3 * (1.0 + b as f32))
+            .collect();
+        let w = fp8_weight("kv_b", owned(q), &sc, rows, d.lora).unwrap();
+        let fp8 = split_kv_b(&w, d).unwrap();
+        assert!(fp8.0.iter().chain(&fp8.1).all(|w| w.ty == WeightType::Fp8E4M3Block128));
+        assert_same_split(&fp8, &split_kv_b_f32(&w, d).unwrap());
+        // bf16: transposed as stored; W_UV rows are a view.
+        let bf = Weight::new(
+            "kv_b",
+            owned(random_bytes(rows * d.lora * 2, 3, 0x3f)),
+            WeightType::Ggml(GgmlType::BF16),
+            rows,
+            d.lora,
+        )
+        .unwrap();
+        let split = split_kv_b(&bf, d).unwrap();
+        assert!(split.0.iter().chain(&split.1).all(|w| w.ty == WeightType::Ggml(GgmlType::BF16)));
+        assert_same_split(&split, &split_kv_b_f32(&bf, d).unwrap());
+        // Unaligned FP8 heads (the tiny fixture's nope = 64) fall back to f32.
+        let d2 = KvBDims { nh: 2, nope: 64, vh: 64, lora: 320 };
+        let rows2 = d2.nh * 128;
+        let w2 = fp8_weight("kv_b", owned(random_bytes(rows2 * d2.lora, 5, 0xf7)), &sc[..6], rows2, d2.lora).unwrap();
+        assert!(split_kv_b(&w2, d2).unwrap().0.iter().all(|w| w.ty == WeightType::Ggml(GgmlType::F32)));
     }
 }

@@ -76,6 +76,10 @@ impl TextCodec for TokenizerCodec {
         String::from_utf8_lossy(self.tok.token_bytes(id)).into_owned()
     }
 
+    fn token_bytes(&self, id: u32) -> Vec<u8> {
+        self.tok.token_bytes(id).to_vec()
+    }
+
     fn render_chat(&self, messages: &[ChatMessage]) -> Result<String, String> {
         let msgs: Vec<tokenizer::ChatMessage> =
             messages.iter().map(|m| tokenizer::ChatMessage::new(m.role.clone(), m.content.clone())).collect();

@@ -25,6 +25,10 @@ pub trait TextCodec: Send + Sync {
     fn decoder(&self) -> Box<dyn TextDecoder>;
     /// The text of one token on its own (for logprobs); may be lossy for partial UTF-8.
     fn token_text(&self, id: u32) -> String;
+    /// The bytes one token stands for (for logprobs' `bytes`).
+    fn token_bytes(&self, id: u32) -> Vec<u8> {
+        self.token_text(id).into_bytes()
+    }
     /// Renders a conversation into a prompt with the model's chat template (or the fallback
     /// chosen at load time), ending with the assistant turn's opening.
     fn render_chat(&self, messages: &[ChatMessage]) -> Result<String, String>;

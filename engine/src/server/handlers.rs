@@ -226,7 +226,7 @@ impl Output {
         let token_text = |id| codec.token_text(id);
         let own = token_text(token);
         match self.kind {
-            Kind::Chat => self.chat_logprobs.push(chat_logprob_entry(&own, lp, token_text)),
+            Kind::Chat => self.chat_logprobs.push(chat_logprob_entry(token, lp, codec.as_ref())),
             Kind::Completion => {
                 let offset = self.text.len();
                 if let Some(l) = self.legacy.as_mut() {
@@ -314,7 +314,7 @@ impl Output {
         let token_text = |id| self.codec.token_text(id);
         let own = token_text(token);
         match self.kind {
-            Kind::Chat => json!({"content": [chat_logprob_entry(&own, lp, token_text)]}),
+            Kind::Chat => json!({"content": [chat_logprob_entry(token, lp, self.codec.as_ref())]}),
             Kind::Completion => {
                 let mut l = LegacyLogprobs::default();
                 l.push(own, self.text.len(), lp, token_text);

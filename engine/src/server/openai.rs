@@ -1,7 +1,7 @@
 //! OpenAI request bodies, their validation, and the response objects.
 
 use super::error::ApiError;
-use crate::runtime::{ChatMessage, SamplingParams, TokenLogprobs};
+use crate::runtime::{ChatMessage, SamplingParams, TextCodec, TokenLogprobs};
 use serde::Deserialize;
 use serde_json::{json, Value};
 
@@ -286,17 +286,13 @@ pub fn usage(prompt: usize, completion: usize) -> Value {
     json!({"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion})
 }
 
-/// One entry of chat `logprobs.content`.
-pub fn chat_logprob_entry(text: &str, lp: &TokenLogprobs, token_text: impl Fn(u32) -> String) -> Value {
-    let top: Vec<Value> = lp
-        .top
-        .iter()
-        .map(|&(id, l)| {
-            let t = token_text(id);
-            json!({"token": t, "logprob": l, "bytes": t.as_bytes()})
-        })
-        .collect();
-    json!({"token": text, "logprob": lp.logprob, "bytes": text.as_bytes(), "top_logprobs": top})
+/// One entry of chat `logprobs.content` for token `id` (with its raw bytes, which may be part
+/// of a character).
+pub fn chat_logprob_entry(id: u32, lp: &TokenLogprobs, codec: &dyn TextCodec) -> Value {
+    let entry = |id: u32, logprob: f32| json!({"token": codec.token_text(id), "logprob": logprob, "bytes": codec.token_bytes(id)});
+    let mut v = entry(id, lp.logprob);
+    v["top_logprobs"] = lp.top.iter().map(|&(t, l)| entry(t, l)).collect();
+    v
 }
 
 /// Legacy completions `logprobs` object for a run of tokens.

@@ -90,7 +90,11 @@ fn modelscope_and_plain_url_folders() {
         file("model.safetensors.index.json", 14, 200, false),
     ];
     s.add_repo("owner/st-model", "master", files.clone());
-    s.add_repo("plain/files", "-", vec![file("a.bin", 15, 90_000, false), file("sub/b.bin", 16, 1000, false)]);
+    s.add_repo(
+        "plain/files",
+        "-",
+        vec![file("a.bin", 15, 90_000, false), file("sub/b.bin", 16, 1000, false), file("empty.txt", 17, 0, false)],
+    );
     let tmp = tempfile::tempdir().unwrap();
     let ms = hy(&s, tmp.path(), &["owner/st-model", "--source", "modelscope", "--quant", "fp8"], &[]);
     assert_eq!(ms.status.code(), Some(0), "{}", text(&ms).1);
@@ -104,6 +108,7 @@ fn modelscope_and_plain_url_folders() {
     assert_eq!(out.status.code(), Some(0), "{}", text(&out).1);
     assert_file(&dir, &file("a.bin", 15, 90_000, false));
     assert_file(&dir, &file("sub/b.bin", 16, 1000, false));
+    assert_file(&dir, &file("empty.txt", 17, 0, false));
 }
 
 #[test]

@@ -115,9 +115,11 @@ fn percent_decode(s: &str) -> String {
     let mut out = Vec::with_capacity(b.len());
     let mut i = 0;
     while i < b.len() {
+        let hex = |c: u8| (c as char).to_digit(16).map(|d| d as u8);
         if b[i] == b'%' && i + 2 < b.len() {
-            if let Ok(v) = u8::from_str_radix(&s[i + 1..i + 3], 16) {
-                out.push(v);
+            // Byte-wise, so a '%' followed by multi-byte UTF-8 cannot split a character.
+            if let (Some(h), Some(l)) = (hex(b[i + 1]), hex(b[i + 2])) {
+                out.push(h << 4 | l);
                 i += 3;
                 continue;
             }
@@ -173,4 +175,17 @@ async fn probe_size(http: &Http, url: &str) -> Result<u64> {
         exit::DOWNLOAD_FAILED,
         format!("{url} answered HTTP {} without a usable size (Content-Range/Content-Length)", resp.status().as_u16()),
     ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn index_links_and_escapes() {
+        assert_eq!(percent_decode("a%20b%2Fc%zz%\u{e9}"), "a b/c%zz%\u{e9}");
+        let html = r#"<a href="../">up</a><a href="x.gguf">x</a><a href="sub/">d</a><a href="https://e/y">y</a><a href="x.gguf">again</a><a href="?C=N">sort</a>"#;
+        assert_eq!(hrefs(html), vec!["x.gguf"]);
+        assert_eq!(default_dir("http://h:8/a/b/"), default_dir("http://h:8/a/b/f.bin"));
+    }
 }

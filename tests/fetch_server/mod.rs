@@ -397,6 +397,9 @@ fn write_counted(conn: &mut TcpStream, state: &Mutex<State>, path: &str, body: &
 }
 
 fn parse_range(r: &str, len: usize) -> Option<(usize, usize)> {
+    if len == 0 {
+        return None;
+    }
     let spec = r.strip_prefix("bytes=")?;
     let (a, b) = spec.split_once('-')?;
     let a: usize = a.parse().ok()?;

@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use anyhow::Context;
 use hy_planner::catalog;
 use hy_planner::hardware::HardwareSpec;
-use hy_planner::plan::{auto_candidates, plan, ModelInput, Plan, PlanOptions, QuantChoice};
+use hy_planner::plan::{auto_candidates, plan, ModelInput, NumaChoice, Plan, PlanOptions, QuantChoice};
 use hy_planner::topology::parse_hardware_toml;
 use hy_planner::{Efficiency, Quant};
 use hy_profiles::Profile;
@@ -66,6 +66,13 @@ pub struct Args {
     /// Override: CPU↔GPU hand-off cost per CPU expert layer, µs (default 160).
     #[arg(long, value_name = "US")]
     pub hybrid_sync_us: Option<f64>,
+    /// NUMA policy for CPU experts: auto (replicate when a copy fits each node), replicate, split.
+    /// Default: the profile's engine setting, else auto.
+    #[arg(long, value_name = "POLICY")]
+    pub numa: Option<String>,
+    /// Compute threads per NUMA node (default: the profile's, else all physical cores).
+    #[arg(long, value_name = "N")]
+    pub threads_per_node: Option<u32>,
     /// For an HF folder: price from config.json even when weights are present.
     #[arg(long)]
     pub from_config: bool,
@@ -211,8 +218,21 @@ fn options(args: &Args, t: &Target, input: &ModelInput, eff: (Efficiency, String
     o.profile = t.profile.as_ref().map(|p| p.name.clone());
     if let Some(p) = &t.profile {
         o.ubatch = p.defaults.engine.ubatch;
+        o.numa = NumaChoice::parse(&p.defaults.engine.numa).unwrap_or_default();
+        o.threads_per_node = p.defaults.engine.threads_per_node;
+    }
+    if let Some(n) = args.threads_per_node {
+        o.threads_per_node = n;
     }
     o
+}
+
+fn parse_numa(s: Option<&str>) -> anyhow::Result<Option<NumaChoice>> {
+    s.map(|v| {
+        NumaChoice::parse(v)
+            .ok_or_else(|| exit::coded(exit::USAGE, format!("unknown --numa '{v}'; use auto, replicate or split")))
+    })
+    .transpose()
 }
 
 pub fn run(args: Args) -> anyhow::Result<i32> {
@@ -231,7 +251,10 @@ pub fn run(args: Args) -> anyhow::Result<i32> {
     }
     let t = target(&args)?;
     let quant = choose_quant(explicit_quant, t.profile.as_ref(), &input);
-    let opts = options(&args, &t, &input, eff);
+    let mut opts = options(&args, &t, &input, eff);
+    if let Some(n) = parse_numa(args.numa.as_deref())? {
+        opts.numa = n;
+    }
     let mut p = plan(&input, &t.hw, quant, &opts).map_err(|e| exit::coded(exit::USAGE, e.to_string()))?;
     if !p.fits {
         add_profile_suggestions(&mut p, &input, quant, &opts);

@@ -20,7 +20,7 @@ pub use arch::{ArchKind, Architecture, Mla};
 pub use cost::Efficiency;
 pub use hardware::HardwareSpec;
 pub use model::{Component, ModelSpec};
-pub use plan::{plan, Plan, PlanOptions, QuantChoice};
+pub use plan::{plan, NumaChoice, Plan, PlanOptions, QuantChoice};
 pub use quant::Quant;
 pub use wtype::WType;
 

@@ -49,6 +49,30 @@ pub struct PlanOptions {
     /// Hardware description for the output ("profile HY90", "hardware file x.toml").
     pub hardware_label: String,
     pub profile: Option<String>,
+    /// NUMA policy for the CPU experts: `Auto` decides by memory.
+    pub numa: NumaChoice,
+    /// Compute threads per NUMA node; 0 = all physical cores of the node.
+    pub threads_per_node: u32,
+}
+
+/// `--numa` / a profile's `defaults.engine.numa`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum NumaChoice {
+    #[default]
+    Auto,
+    Replicate,
+    Split,
+}
+
+impl NumaChoice {
+    pub fn parse(s: &str) -> Option<NumaChoice> {
+        match s.to_ascii_lowercase().as_str() {
+            "auto" => Some(NumaChoice::Auto),
+            "replicate" => Some(NumaChoice::Replicate),
+            "split" => Some(NumaChoice::Split),
+            _ => None,
+        }
+    }
 }
 
 impl PlanOptions {
@@ -61,6 +85,8 @@ impl PlanOptions {
             efficiency_source: "defaults".into(),
             hardware_label: String::new(),
             profile: None,
+            numa: NumaChoice::Auto,
+            threads_per_node: 0,
         }
     }
 }
@@ -450,7 +476,14 @@ pub fn place(spec: &ModelSpec, reference: &str, topo: &Topology, opts: &PlanOpti
     let shared_per_node = (cpu_other_weights + cpu_kv + cpu_buffer) / n_nodes;
     let min_node_usable =
         topo.nodes.iter().map(|n| n.memory_bytes.saturating_sub(reserve_total / n_nodes)).min().unwrap_or(0);
-    let replicate = n_nodes > 1 && cpu_routed > 0 && cpu_routed + shared_per_node <= min_node_usable;
+    let replicate = n_nodes > 1
+        && cpu_routed > 0
+        && match opts.numa {
+            NumaChoice::Auto => cpu_routed + shared_per_node <= min_node_usable,
+            NumaChoice::Replicate => true,
+            NumaChoice::Split => false,
+        };
+    let threads = |cores: u32| if opts.threads_per_node > 0 { opts.threads_per_node.min(cores) } else { cores };
     let numa_policy = if n_nodes == 1 {
         "single"
     } else if replicate {
@@ -476,7 +509,7 @@ pub fn place(spec: &ModelSpec, reference: &str, topo: &Topology, opts: &PlanOpti
             kv_bytes: kv,
             other_bytes: other,
             free_bytes: n.memory_bytes as i64 - (reserved + weights + kv + other) as i64,
-            threads: Some(n.cores),
+            threads: Some(threads(n.cores)),
             bandwidth_gbps: n.bandwidth_gbps * eff.cpu_bandwidth_efficiency,
         });
     }
@@ -510,13 +543,20 @@ pub fn place(spec: &ModelSpec, reference: &str, topo: &Topology, opts: &PlanOpti
     let numa = NumaPlan {
         policy: numa_policy.into(),
         nodes: n_nodes as u32,
-        threads_per_node: topo.nodes.iter().map(|n| n.cores).collect(),
+        threads_per_node: topo.nodes.iter().map(|n| threads(n.cores)).collect(),
         reason: match numa_policy {
             "single" => "one NUMA node".into(),
+            "replicate" if opts.numa == NumaChoice::Replicate => {
+                format!(
+                    "replication asked for: each node holds a copy of the CPU experts ({:.1} GB)",
+                    cpu_routed as f64 / 1e9
+                )
+            }
             "replicate" => format!(
                 "each node holds a full copy of the CPU experts ({:.1} GB), so every thread reads local memory",
                 cpu_routed as f64 / 1e9
             ),
+            _ if opts.numa == NumaChoice::Split => "split asked for: each node holds 1/N of every expert".into(),
             _ if cpu_routed == 0 => "no experts on the CPU".into(),
             _ => format!(
                 "a copy per node ({:.1} GB) does not fit in a node's {:.1} GB, so each node holds 1/{} of every expert",
@@ -1030,6 +1070,20 @@ mod tests {
         let expect = 1e3 * 4.0 * 1000e6 / bw;
         assert!(close(big.predicted.step.cpu_experts_ms, expect));
         assert!(close(big.predicted.step.sync_ms, 2.0 * 0.010));
+    }
+
+    #[test]
+    fn numa_and_threads_can_be_forced() {
+        let mut o = opts(1024, 1);
+        o.numa = NumaChoice::Split;
+        o.threads_per_node = 6;
+        let p = place(&toy(500), "toy", &topo(2, 10, 100.0, None), &o);
+        assert_eq!(p.numa.policy, "split");
+        assert_eq!(p.numa.threads_per_node, vec![6, 6]);
+        o.numa = NumaChoice::Replicate;
+        let p = place(&toy(1000), "toy", &topo(2, 10, 100.0, None), &o);
+        assert_eq!(p.numa.policy, "replicate");
+        assert!(!p.fits, "a copy per node does not fit 10 GB nodes");
     }
 
     #[test]

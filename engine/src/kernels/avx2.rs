@@ -167,10 +167,10 @@ pub unsafe fn dot_float(t: GgmlType, row: &[u8], x: &[f32]) -> f32 {
 fn fp8x8(b: &[u8]) -> __m256 {
     assert!(b.len() >= 8);
     // SAFETY: 8 readable bytes.
-    let v = _mm_cvtepu8_epi16(unsafe { _mm_loadl_epi64(b.as_ptr() as *const __m128i) });
-    let s = _mm_slli_epi16(_mm_and_si128(v, _mm_set1_epi16(0x80)), 8);
-    let m = _mm_slli_epi16(_mm_and_si128(v, _mm_set1_epi16(0x7F)), 7);
-    _mm256_cvtph_ps(_mm_or_si128(s, m))
+    let v = _mm_cvtepi8_epi16(unsafe { _mm_loadl_epi64(b.as_ptr() as *const __m128i) });
+    // Sign-extended, shifted by 7: exponent and mantissa land in f16 bits 7..13 and the
+    // sign (copied into every high bit) in bit 15; bit 14 must be cleared.
+    _mm256_cvtph_ps(_mm_and_si128(_mm_slli_epi16(v, 7), _mm_set1_epi16(0xBF80u16 as i16)))
 }
 
 /// FP8 e4m3 row · f32 activations with one scale per 128 columns.

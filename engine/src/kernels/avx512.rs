@@ -172,16 +172,15 @@ pub unsafe fn dot_float(t: GgmlType, row: &[u8], x: &[f32]) -> f32 {
     _mm512_reduce_add_ps(v) + rest
 }
 
-/// Sixteen e4m3 bytes as f32 divided by 256 (moved into an f16 exponent, see fp.rs).
+/// 32 e4m3 bytes as f32 divided by 256 (moved into an f16 exponent, see fp.rs).
 #[inline]
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2,fma,f16c")]
-fn fp8x16(b: &[u8]) -> __m512 {
-    assert!(b.len() >= 16);
-    // SAFETY: 16 readable bytes.
-    let v = _mm256_cvtepu8_epi16(unsafe { _mm_loadu_si128(b.as_ptr() as *const __m128i) });
-    let s = _mm256_slli_epi16(_mm256_and_si256(v, _mm256_set1_epi16(0x80)), 8);
-    let m = _mm256_slli_epi16(_mm256_and_si256(v, _mm256_set1_epi16(0x7F)), 7);
-    _mm512_cvtph_ps(_mm256_or_si256(s, m))
+fn fp8x32(b: &[u8]) -> (__m512, __m512) {
+    // Sign-extended, shifted by 7: exponent and mantissa land in f16 bits 7..13 and the
+    // sign (copied into every high bit) in bit 15; bit 14 must be cleared.
+    let v = _mm512_cvtepi8_epi16(load32(b));
+    let h = _mm512_and_si512(_mm512_slli_epi16(v, 7), _mm512_set1_epi16(0xBF80u16 as i16));
+    (_mm512_cvtph_ps(_mm512_castsi512_si256(h)), _mm512_cvtph_ps(_mm512_extracti64x4_epi64(h, 1)))
 }
 
 /// FP8 e4m3 row · f32 activations with one scale per 128 columns.
@@ -199,8 +198,9 @@ pub unsafe fn dot_fp8(row: &[u8], scales: &[f32], x: &[f32]) -> f32 {
         while i + 32 <= n {
             // SAFETY: i + 32 <= n <= xs.len().
             let (x0, x1) = unsafe { (_mm512_loadu_ps(xs.as_ptr().add(i)), _mm512_loadu_ps(xs.as_ptr().add(i + 16))) };
-            a0 = _mm512_fmadd_ps(fp8x16(&b[i..]), x0, a0);
-            a1 = _mm512_fmadd_ps(fp8x16(&b[i + 16..]), x1, a1);
+            let (w0, w1) = fp8x32(&b[i..]);
+            a0 = _mm512_fmadd_ps(w0, x0, a0);
+            a1 = _mm512_fmadd_ps(w1, x1, a1);
             i += 32;
         }
         total = _mm512_fmadd_ps(_mm512_add_ps(a0, a1), _mm512_set1_ps(s * 256.0), total);

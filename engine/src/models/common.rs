@@ -44,9 +44,11 @@ pub fn rms_norm_rows_into(x: &[f32], w: &[f32], eps: f32, out: &mut [f32]) {
 }
 
 fn rms_scale(row: &[f32], eps: f32) -> f32 {
-    let ss: f64 = row.iter().map(|&v| (v as f64) * (v as f64)).sum();
-    let mean = ss / row.len() as f64;
-    (1.0 / (mean + eps as f64).sqrt()) as f32
+    // Squares in f32 summed in f64, then mean and scale in f32: the reference order of ggml
+    // (so llama.cpp's numbers can be reproduced bit for bit), and within an ulp of exact.
+    let ss: f64 = row.iter().map(|&v| (v * v) as f64).sum();
+    let mean = (ss / row.len() as f64) as f32;
+    1.0 / (mean + eps).sqrt()
 }
 
 /// SiLU (swish): `x · σ(x)`.
@@ -76,6 +78,26 @@ pub fn gated_activation(act: Activation, gate: &mut [f32], up: &[f32]) {
     match act {
         Activation::Silu => gate.iter_mut().zip(up).for_each(|(g, &u)| *g = silu(*g) * u),
         Activation::GeluTanh => gate.iter_mut().zip(up).for_each(|(g, &u)| *g = gelu_tanh(*g) * u),
+    }
+}
+
+/// As [`gated_activation`], with GELU computed as ggml's CPU backend does (a table indexed by
+/// the f16-rounded input holding f16 results; identity/zero beyond ±10), so the `Fast` path can
+/// reproduce llama.cpp's numbers. SiLU is computed exactly there too.
+pub fn gated_activation_ggml(act: Activation, gate: &mut [f32], up: &[f32]) {
+    match act {
+        Activation::Silu => gated_activation(act, gate, up),
+        Activation::GeluTanh => gate.iter_mut().zip(up).for_each(|(g, &u)| *g = gelu_ggml(*g) * u),
+    }
+}
+
+fn gelu_ggml(x: f32) -> f32 {
+    if x <= -10.0 {
+        0.0
+    } else if x >= 10.0 {
+        x
+    } else {
+        f16::from_f32(gelu_tanh(f16::from_f32(x).to_f32())).to_f32()
     }
 }
 
@@ -382,15 +404,20 @@ pub fn attention(q: &[f32], kv: &LayerKv, pos0: usize, p: &AttnParams, out: &mut
 }
 
 fn attend_one(q: &[f32], kv: &LayerKv, kvh: usize, first: usize, last: usize, p: &AttnParams, o: &mut [f32]) {
+    match kv.k {
+        KvBuf::F32(_) => attend_online(q, kv, kvh, first, last, p, o),
+        KvBuf::F16(_) => attend_f16(q, kv, kvh, first, last, p, o),
+    }
+}
+
+/// f32 cache: exact, one pass with a running max and sum (online softmax).
+fn attend_online(q: &[f32], kv: &LayerKv, kvh: usize, first: usize, last: usize, p: &AttnParams, o: &mut [f32]) {
     o.iter_mut().for_each(|v| *v = 0.0);
     let (mut max, mut sum) = (f32::NEG_INFINITY, 0.0f32);
     for j in first..=last {
         let k_off = j * kv.k_dim + kvh * p.head_dim;
         let v_off = j * kv.v_dim + kvh * p.v_head_dim;
-        let mut s = dot_kv(q, &kv.k, k_off) * p.scale;
-        if let Some(cap) = p.softcap {
-            s = cap * (s / cap).tanh();
-        }
+        let s = score(dot_kv(q, &kv.k, k_off), p);
         if s > max {
             // Rescale what was accumulated under the old maximum.
             let r = (max - s).exp();
@@ -406,6 +433,54 @@ fn attend_one(q: &[f32], kv: &LayerKv, kvh: usize, first: usize, last: usize, p:
         let inv = 1.0 / sum;
         o.iter_mut().for_each(|v| *v *= inv);
     }
+}
+
+#[inline]
+fn score(dot: f32, p: &AttnParams) -> f32 {
+    let s = dot * p.scale;
+    match p.softcap {
+        Some(cap) => cap * (s / cap).tanh(),
+        None => s,
+    }
+}
+
+thread_local! {
+    /// Per-thread buffers of the f16 path (query in f16, then scores/probabilities).
+    static F16_SCRATCH: std::cell::RefCell<(Vec<f16>, Vec<f32>)> = const { std::cell::RefCell::new((Vec::new(), Vec::new())) };
+}
+
+/// f16 cache: computed as ggml does with an f16 KV cache (llama.cpp's default), so that the
+/// `Fast` path can reproduce llama.cpp's numbers: the query is rounded to f16 for q·k, the
+/// softmax is f32 (sum in f64), and the normalised probabilities are rounded to f16 for the
+/// weighted sum of values.
+fn attend_f16(q: &[f32], kv: &LayerKv, kvh: usize, first: usize, last: usize, p: &AttnParams, o: &mut [f32]) {
+    let (KvBuf::F16(kc), KvBuf::F16(vc)) = (&kv.k, &kv.v) else {
+        return attend_online(q, kv, kvh, first, last, p, o);
+    };
+    F16_SCRATCH.with(|cell| {
+        let (q16, probs) = &mut *cell.borrow_mut();
+        q16.clear();
+        q16.extend(q.iter().map(|&x| f16::from_f32(x)));
+        probs.clear();
+        probs.extend((first..=last).map(|j| {
+            let k = &kc[j * kv.k_dim + kvh * p.head_dim..][..p.head_dim];
+            let dot: f32 = q16.iter().zip(k).map(|(a, b)| a.to_f32() * b.to_f32()).sum();
+            score(dot, p)
+        }));
+        let max = probs.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+        let mut sum = 0.0f64;
+        for s in probs.iter_mut() {
+            *s = (*s - max).exp();
+            sum += *s as f64;
+        }
+        let inv = if sum > 0.0 { (1.0 / sum) as f32 } else { 0.0 };
+        o.iter_mut().for_each(|v| *v = 0.0);
+        for (j, &w) in (first..=last).zip(probs.iter()) {
+            let w = f16::from_f32(w * inv).to_f32();
+            let v = &vc[j * kv.v_dim + kvh * p.v_head_dim..][..p.v_head_dim];
+            o.iter_mut().zip(v).for_each(|(d, s)| *d += w * s.to_f32());
+        }
+    });
 }
 
 #[inline]

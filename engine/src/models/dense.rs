@@ -7,12 +7,13 @@
 //! sequence into the same matmul, so batched decode also reads each weight once per step.
 
 use super::common::{
-    add_assign, attention, gated_activation, rms_norm_rows, rms_norm_rows_into, softcap, Activation, AttnParams,
-    KvCache, KvDtype, Rope,
+    add_assign, attention, gated_activation, gated_activation_ggml, rms_norm_rows, rms_norm_rows_into, softcap,
+    Activation, AttnParams, KvCache, KvDtype, Rope,
 };
 use super::error::ModelError;
 use super::weights::{check_shape, optional_vec, require, require_vec, Weight, WeightSource};
 use super::{Logits, Model, ModelInfo, SeqState};
+use crate::kernels::{self, Precision};
 
 /// Architecture options of a dense model.
 #[derive(Clone, Debug)]
@@ -27,6 +28,9 @@ pub struct DenseConfig {
     pub activation: Activation,
     /// Multiplies q·k (1/sqrt(head_dim), or gemma's query_pre_attn_scalar^-0.5).
     pub attn_scale: f32,
+    /// Apply `attn_scale` to q before q·k rather than to the scores (same maths; gemma does it
+    /// this way, which matters for the rounding of an f16 KV cache).
+    pub prescale_q: bool,
     pub attn_softcap: Option<f32>,
     pub final_softcap: Option<f32>,
     /// The rope configurations layers pick from (gemma3: local and global).
@@ -232,12 +236,18 @@ impl DenseModel {
         }
         let (rope_idx, window) = self.cfg.layer_attn[l];
         let rope = &self.cfg.ropes[rope_idx];
+        let scale = if self.cfg.prescale_q {
+            q.iter_mut().for_each(|v| *v *= self.cfg.attn_scale);
+            1.0
+        } else {
+            self.cfg.attn_scale
+        };
         let params = AttnParams {
             n_heads: self.cfg.n_heads,
             n_kv_heads: self.cfg.n_kv_heads,
             head_dim: hd,
             v_head_dim: hd,
-            scale: self.cfg.attn_scale,
+            scale,
             window,
             softcap: self.cfg.attn_softcap,
         };
@@ -265,7 +275,11 @@ impl DenseModel {
         rms_norm_rows_into(x, &w.ffn_norm, self.cfg.rms_eps, h);
         w.w_gate.linear(h, n, gate)?;
         w.w_up.linear(h, n, up)?;
-        gated_activation(self.cfg.activation, gate, up);
+        // Fast means "as llama.cpp": its CPU GELU goes through an f16 table.
+        match kernels::precision() {
+            Precision::Fast => gated_activation_ggml(self.cfg.activation, gate, up),
+            Precision::Exact => gated_activation(self.cfg.activation, gate, up),
+        }
         w.w_down.linear(gate, n, o)?;
         if let Some(pn) = &w.post_ffn_norm {
             rms_norm_rows(o, pn, self.cfg.rms_eps);

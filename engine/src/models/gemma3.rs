@@ -74,6 +74,7 @@ fn gguf_config(f: &GgufFile, kv_dtype: KvDtype) -> Result<DenseConfig, ModelErro
         embed_scale: Some((hidden as f32).sqrt()),
         activation: Activation::GeluTanh,
         attn_scale: attn_scale(f, hidden, n_heads, head_dim, n_layers),
+        prescale_q: true,
         attn_softcap: f.arch_f64("attn_logit_softcapping").map(|v| v as f32).filter(|&v| v > 0.0),
         final_softcap: f.arch_f64("final_logit_softcapping").map(|v| v as f32).filter(|&v| v > 0.0),
         ropes,

@@ -24,6 +24,7 @@ use std::sync::{Arc, Mutex, RwLock};
 use anyhow::{ensure, Context, Result};
 
 use crate::kernels::{self, WeightType};
+use crate::models::common::{gated_activation, Activation};
 use crate::models::weights::{optional_vec, require_shape, Weight, WeightSource};
 use crate::models::ModelError;
 use crate::runtime::experts::{expert_pass, ExpertMats};
@@ -189,13 +190,6 @@ pub fn route(cfg: &RouterConfig, logits: &[f32], bias: Option<&[f32]>) -> Select
     Selection { experts, weights }
 }
 
-/// `gate = silu(gate) * up`, the SwiGLU activation of every expert and dense FFN here.
-pub fn swiglu_in_place(gate: &mut [f32], up: &[f32]) {
-    for (g, u) in gate.iter_mut().zip(up) {
-        *g = *g / (1.0 + (-*g).exp()) * u;
-    }
-}
-
 /// The three matrices of one SwiGLU FFN (an expert, a shared expert or a dense MLP):
 /// `down(silu(gate(x)) * up(x))`.
 pub struct FfnWeights {
@@ -233,7 +227,7 @@ impl FfnWeights {
         let mut u = vec![0.0f32; n * ff];
         self.gate.linear(x, n, &mut g)?;
         self.up.linear(x, n, &mut u)?;
-        swiglu_in_place(&mut g, &u);
+        gated_activation(Activation::Silu, &mut g, &u);
         Ok(self.down.linear(&g, n, y)?)
     }
 }

@@ -9,7 +9,7 @@
 
 use super::http::{classify, Http, Verdict};
 use super::progress::Reporter;
-use super::verify::{hash_file, Digest};
+use super::verify::{hash_file, Digest, Hasher, Hashes};
 use crate::exit;
 use anyhow::{Context, Result};
 use futures_util::StreamExt;
@@ -51,18 +51,34 @@ struct State {
     chunk: u64,
     expect: String,
     done: Vec<u64>,
+    /// Bumped whenever written bytes are thrown away (a restart from 0), so the hasher that
+    /// follows the download knows to start over. Not persisted.
+    #[serde(skip, default)]
+    gen: u64,
 }
 
 impl State {
     fn fresh(size: u64, chunk: u64, expect: &str) -> State {
         let chunk = chunk.max(1);
         let n = size.div_ceil(chunk).max(1) as usize;
-        State { version: 1, size, chunk, expect: expect.into(), done: vec![0; n] }
+        State { version: 1, size, chunk, expect: expect.into(), done: vec![0; n], gen: 0 }
     }
 
     fn range(&self, i: usize) -> (u64, u64) {
         let start = i as u64 * self.chunk;
         (start, self.chunk.min(self.size.saturating_sub(start)))
+    }
+
+    /// Bytes from offset 0 that are all on disk.
+    fn prefix(&self) -> u64 {
+        let mut total = 0;
+        for (i, &d) in self.done.iter().enumerate() {
+            total += d;
+            if d < self.range(i).1 {
+                break;
+            }
+        }
+        total
     }
 
     fn done_bytes(&self) -> u64 {
@@ -103,6 +119,10 @@ struct Shared {
     /// Held while persisting; `true` once the download is over, so that a persist still
     /// queued on the blocking pool cannot resurrect a state file after the rename.
     closed: Mutex<bool>,
+    /// No more writes will happen (set after all chunks completed).
+    finished: AtomicBool,
+    /// The download failed; the hasher should give up.
+    stop: AtomicBool,
 }
 
 impl Shared {
@@ -162,10 +182,7 @@ pub struct Fetched {
 pub async fn fetch_file(ctx: &Ctx, job: &Job) -> Result<Fetched> {
     let mut last = String::new();
     for round in 0..2 {
-        download(ctx, job).await?;
-        let (tmp, git) = (job.tmp.clone(), matches!(job.digest, Digest::GitSha1(_)));
-        let hashes =
-            tokio::task::spawn_blocking(move || hash_file(&tmp, git)).await.context("hashing task failed")??;
+        let hashes = download(ctx, job).await?;
         match hashes.check(&job.digest) {
             Ok(()) => {
                 finalize(job).with_context(|| format!("moving {} into place", job.label))?;
@@ -211,13 +228,16 @@ fn finalize(job: &Job) -> std::io::Result<()> {
     Ok(())
 }
 
-/// Brings `job.tmp` to full, contiguous content (unverified).
-async fn download(ctx: &Ctx, job: &Job) -> Result<()> {
+/// Brings `job.tmp` to full, contiguous content and returns its hashes, computed while the
+/// bytes arrive (verification then costs no time after the last byte).
+async fn download(ctx: &Ctx, job: &Job) -> Result<Hashes> {
     let (file, state) = open_partial(ctx, job)?;
     let already = state.done_bytes();
     ctx.reporter.file_start(job.id, &job.label, job.size, already);
+    let git = matches!(job.digest, Digest::GitSha1(_));
     if already == job.size {
-        return Ok(());
+        let tmp = job.tmp.clone();
+        return tokio::task::spawn_blocking(move || hash_file(&tmp, git)).await.context("hashing task failed")?;
     }
     let multi = state.done.len() > 1;
     let shared = Arc::new(Shared {
@@ -226,37 +246,82 @@ async fn download(ctx: &Ctx, job: &Job) -> Result<()> {
         dirty: AtomicBool::new(false),
         state_path: job.state.clone(),
         closed: Mutex::new(false),
+        finished: AtomicBool::new(false),
+        stop: AtomicBool::new(false),
     });
     let ticker = spawn_persister(shared.clone(), ctx.http.tuning.persist);
-    let mut result = run_chunks(ctx, job, &shared).await;
+    let hasher = {
+        let (s, size) = (shared.clone(), job.size);
+        tokio::task::spawn_blocking(move || follow_hash(&s, size, git))
+    };
+    let result = transfer(ctx, job, &shared, multi).await;
+    ticker.abort();
+    if result.is_err() {
+        shared.stop.store(true, Ordering::Release);
+        let _ = shared.persist();
+    }
+    shared.close();
+    result?;
+    shared.finished.store(true, Ordering::Release);
+    shared.file.sync_data().with_context(|| format!("syncing {}", job.tmp.display()))?;
+    let hashes = hasher.await.context("hashing task failed")?;
+    hashes.with_context(|| format!("reading back {}", job.tmp.display()))?.context("hashing stopped early")
+}
+
+/// Runs the chunks; on a server that ignores Range, restarts as one stream from byte 0.
+async fn transfer(ctx: &Ctx, job: &Job, shared: &Arc<Shared>, multi: bool) -> Result<()> {
+    let mut result = run_chunks(ctx, job, shared).await;
     if multi && matches!(result, Err(ChunkError::RangeIgnored)) {
-        // The server ignores Range: one sequential stream from byte 0 is the only safe way.
         let rewind = shared.with_state(|s| {
             let had = s.done_bytes();
+            let gen = s.gen + 1;
             *s = State::fresh(job.size, job.size, &expect_key(job));
+            s.gen = gen;
             had
         });
         ctx.reporter.rewind(job.id, rewind);
         ctx.reporter.note(&format!("{}: server ignores HTTP Range; downloading it as one stream", job.label));
-        result = run_chunks(ctx, job, &shared).await;
+        result = run_chunks(ctx, job, shared).await;
     }
-    ticker.abort();
-    if let Err(ChunkError::Fatal(_)) = &result {
-        let _ = shared.persist();
-    }
-    shared.close();
     match result {
-        Ok(()) => {}
-        Err(ChunkError::Fatal(e)) => return Err(e),
-        Err(ChunkError::RangeIgnored) => {
-            return Err(exit::coded(
-                exit::DOWNLOAD_FAILED,
-                format!("{}: server answered a range request with the whole file", job.label),
-            ))
-        }
+        Ok(()) => Ok(()),
+        Err(ChunkError::Fatal(e)) => Err(e),
+        Err(ChunkError::RangeIgnored) => Err(exit::coded(
+            exit::DOWNLOAD_FAILED,
+            format!("{}: server answered a range request with the whole file", job.label),
+        )),
     }
-    shared.file.sync_data().with_context(|| format!("syncing {}", job.tmp.display()))?;
-    Ok(())
+}
+
+/// Hashes the file behind the download: reads the contiguous prefix that is on disk (from
+/// the page cache, just written) as it grows. Within one `gen` a byte below the prefix is
+/// never rewritten, so the result equals hashing the finished file; a new `gen` starts over.
+/// Returns None when the download failed.
+fn follow_hash(shared: &Shared, size: u64, git: bool) -> std::io::Result<Option<Hashes>> {
+    let mut hasher = Hasher::new(size, git);
+    let (mut pos, mut gen) = (0u64, shared.with_state(|s| s.gen));
+    let mut buf = vec![0u8; 4 << 20];
+    loop {
+        let finished = shared.finished.load(Ordering::Acquire);
+        let (prefix, g) = shared.with_state(|s| (s.prefix(), s.gen));
+        if g != gen {
+            (hasher, pos, gen) = (Hasher::new(size, git), 0, g);
+        }
+        if pos < prefix {
+            let n = (prefix - pos).min(buf.len() as u64) as usize;
+            shared.file.read_exact_at(&mut buf[..n], pos)?;
+            hasher.update(&buf[..n]);
+            pos += n as u64;
+            continue;
+        }
+        if finished && pos == size {
+            return Ok(Some(hasher.finish()));
+        }
+        if shared.stop.load(Ordering::Acquire) {
+            return Ok(None);
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
 }
 
 fn open_partial(ctx: &Ctx, job: &Job) -> Result<(std::fs::File, State)> {
@@ -359,7 +424,10 @@ async fn attempt_range(
         200 if whole => {
             // Resuming, but the server sends the whole file: start over from byte 0.
             check_length(&resp, job)?;
-            let had = shared.with_state(|s| std::mem::take(&mut s.done[idx]));
+            let had = shared.with_state(|s| {
+                s.gen += 1;
+                std::mem::take(&mut s.done[idx])
+            });
             ctx.reporter.rewind(job.id, had);
             pos = 0;
         }

@@ -56,29 +56,48 @@ impl Hashes {
     }
 }
 
+/// Incremental sha256 (and git blob SHA-1, whose header needs the total length up front).
+pub struct Hasher {
+    sha256: Sha256,
+    sha1: Option<Sha1>,
+}
+
+impl Hasher {
+    pub fn new(len: u64, git: bool) -> Hasher {
+        let sha1 = git.then(|| {
+            let mut h = Sha1::new();
+            h.update(format!("blob {len}\0").as_bytes());
+            h
+        });
+        Hasher { sha256: Sha256::new(), sha1 }
+    }
+
+    pub fn update(&mut self, data: &[u8]) {
+        self.sha256.update(data);
+        if let Some(h) = self.sha1.as_mut() {
+            h.update(data);
+        }
+    }
+
+    pub fn finish(self) -> Hashes {
+        Hashes { sha256: hex::encode(self.sha256.finalize()), git_sha1: self.sha1.map(|h| hex::encode(h.finalize())) }
+    }
+}
+
 /// Reads `path` once and computes its sha256 (and git blob SHA-1 when `git` is true).
 /// Blocking; call from a blocking thread.
 pub fn hash_file(path: &Path, git: bool) -> Result<Hashes> {
     let mut f = std::fs::File::open(path).with_context(|| format!("opening {} to verify it", path.display()))?;
-    let len = f.metadata()?.len();
-    let mut sha256 = Sha256::new();
-    let mut sha1 = git.then(|| {
-        let mut h = Sha1::new();
-        h.update(format!("blob {len}\0").as_bytes());
-        h
-    });
+    let mut h = Hasher::new(f.metadata()?.len(), git);
     let mut buf = vec![0u8; 4 << 20];
     loop {
         let n = f.read(&mut buf).with_context(|| format!("reading {}", path.display()))?;
         if n == 0 {
             break;
         }
-        sha256.update(&buf[..n]);
-        if let Some(h) = sha1.as_mut() {
-            h.update(&buf[..n]);
-        }
+        h.update(&buf[..n]);
     }
-    Ok(Hashes { sha256: hex::encode(sha256.finalize()), git_sha1: sha1.map(|h| hex::encode(h.finalize())) })
+    Ok(h.finish())
 }
 
 #[cfg(test)]

@@ -11,6 +11,8 @@
 //! - `hybrid_sync_us` 160 and `gpu_layer_overhead_us` 20: per-layer costs of handing the hidden
 //!   state between GPU and CPU and of launching a layer's kernels; together with the above
 //!   they reproduce the HY90 vendor figure of 28 tok/s for DeepSeek-R1 Q4_K_M (one request).
+//! - `cpu_layer_overhead_us` 100: thread-pool barriers of a layer whose attention and dense
+//!   parts run on the CPU (about twenty operations of ~5 µs each).
 
 use serde::{Deserialize, Serialize};
 
@@ -38,6 +40,8 @@ pub struct Efficiency {
     pub gpu_tflops: Option<f64>,
     /// Kernel-launch cost per layer on the GPU, microseconds.
     pub gpu_layer_overhead_us: f64,
+    /// Barrier cost per layer whose attention path runs on the CPU, microseconds.
+    pub cpu_layer_overhead_us: f64,
     /// CPU↔GPU hand-off per MoE layer whose experts run on the CPU, microseconds.
     pub hybrid_sync_us: f64,
     /// Cross-node reduction per MoE layer when experts are split across NUMA nodes, microseconds.
@@ -62,6 +66,7 @@ impl Default for Efficiency {
             cpu_tflops: None,
             gpu_tflops: None,
             gpu_layer_overhead_us: 20.0,
+            cpu_layer_overhead_us: 100.0,
             hybrid_sync_us: 160.0,
             numa_sync_us: 10.0,
             os_reserve_fraction: 0.03,
@@ -96,6 +101,7 @@ impl Efficiency {
         }
         let non_negative = [
             ("gpu_layer_overhead_us", self.gpu_layer_overhead_us),
+            ("cpu_layer_overhead_us", self.cpu_layer_overhead_us),
             ("hybrid_sync_us", self.hybrid_sync_us),
             ("numa_sync_us", self.numa_sync_us),
             ("os_reserve_min_gib", self.os_reserve_min_gib),

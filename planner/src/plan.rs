@@ -750,6 +750,7 @@ fn decode_step(pl: &Placed, position: u64, n: u64) -> StepBreakdown {
             let bytes = path + kv_read;
             out.cpu_other_ms = 1e3 * (bytes / cpu_bw).max((attn_flops + dense_flops) / cpu_flops);
             out.cpu_experts_ms = 1e3 * cpu_experts;
+            out.sync_ms = a.num_layers as f64 * eff.cpu_layer_overhead_us / 1e3;
             out.cpu_bytes_per_step = (bytes + cpu_expert_bytes) as u64;
         }
         (_, Some(g)) => {
@@ -899,6 +900,12 @@ fn bottleneck(spec: &ModelSpec, topo: &Topology, eff: &Efficiency, s: &StepBreak
             share(ms),
             s.total_ms
         ),
+        "sync" if mode == "cpu" => format!(
+            "Per-layer synchronisation: thread barriers and cross-node reductions cost {:.1} ms ({:.0}% of the {:.1} ms step).",
+            ms,
+            share(ms),
+            s.total_ms
+        ),
         "sync" => format!(
             "CPU-GPU hand-offs: {} per-layer synchronisations cost {:.1} ms ({:.0}% of the {:.1} ms step); fewer CPU expert layers or a calibrated hybrid_sync_us would change this.",
             spec.arch.moe_layers(),
@@ -1010,8 +1017,10 @@ mod tests {
         let st = &p.predicted.step;
         assert!(close(st.cpu_experts_ms, experts_ms), "{} {experts_ms}", st.cpu_experts_ms);
         assert!(close(st.cpu_other_ms, other_ms));
-        assert!(close(st.total_ms, experts_ms + other_ms));
-        assert!(close(p.predicted.decode_tokens_per_s, 1e3 / (experts_ms + other_ms)));
+        // 2 layers × 100 µs of thread barriers.
+        assert!(close(st.sync_ms, 0.2));
+        assert!(close(st.total_ms, experts_ms + other_ms + 0.2));
+        assert!(close(p.predicted.decode_tokens_per_s, 1e3 / (experts_ms + other_ms + 0.2)));
     }
 
     #[test]
@@ -1023,7 +1032,7 @@ mod tests {
         let other_ms = 1e3 * (80e6 + 2.0 * 4096.0 * 2048.0) / bw;
         let st = &p.predicted.step;
         assert!(close(st.cpu_experts_ms, experts_ms));
-        assert!(close(p.predicted.decode_tokens_per_s_total, 2e3 / (experts_ms + other_ms)));
+        assert!(close(p.predicted.decode_tokens_per_s_total, 2e3 / (experts_ms + other_ms + 0.2)));
     }
 
     #[test]
@@ -1069,7 +1078,7 @@ mod tests {
         let bw = 200e9 * 0.72;
         let expect = 1e3 * 4.0 * 1000e6 / bw;
         assert!(close(big.predicted.step.cpu_experts_ms, expect));
-        assert!(close(big.predicted.step.sync_ms, 2.0 * 0.010));
+        assert!(close(big.predicted.step.sync_ms, 2.0 * 0.100 + 2.0 * 0.010));
     }
 
     #[test]

@@ -154,8 +154,13 @@ fn assumptions(s: &mut String, p: &Plan) {
     );
     let _ = writeln!(
         s,
-        "  cpu_compute_efficiency {:.2}  gpu_compute_efficiency {:.2}  hybrid_sync_us {:.0}  gpu_layer_overhead_us {:.0}  numa_sync_us {:.0}",
-        a.cpu_compute_efficiency, a.gpu_compute_efficiency, a.hybrid_sync_us, a.gpu_layer_overhead_us, a.numa_sync_us
+        "  cpu_compute_efficiency {:.2}  gpu_compute_efficiency {:.2}  hybrid_sync_us {:.0}  gpu_layer_overhead_us {:.0}  cpu_layer_overhead_us {:.0}  numa_sync_us {:.0}",
+        a.cpu_compute_efficiency,
+        a.gpu_compute_efficiency,
+        a.hybrid_sync_us,
+        a.gpu_layer_overhead_us,
+        a.cpu_layer_overhead_us,
+        a.numa_sync_us
     );
     let _ = writeln!(
         s,

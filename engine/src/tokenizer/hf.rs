@@ -8,7 +8,7 @@ use serde_json::Value;
 use std::collections::HashMap;
 use std::path::Path;
 
-fn read_json(path: &Path) -> Result<Value, TokenizerError> {
+pub(super) fn read_json(path: &Path) -> Result<Value, TokenizerError> {
     let text = std::fs::read_to_string(path).map_err(|source| TokenizerError::Io { path: path.to_owned(), source })?;
     serde_json::from_str(&text).map_err(|source| TokenizerError::Json { path: path.to_owned(), source })
 }
@@ -24,7 +24,7 @@ fn sibling_json(path: &Path, name: &str) -> Result<Option<Value>, TokenizerError
 }
 
 /// A text file next to `path` (newer HF folders keep the template in chat_template.jinja).
-fn sibling_text(path: &Path, name: &str) -> Result<Option<String>, TokenizerError> {
+pub(super) fn sibling_text(path: &Path, name: &str) -> Result<Option<String>, TokenizerError> {
     let p = path.with_file_name(name);
     if !p.is_file() {
         return Ok(None);

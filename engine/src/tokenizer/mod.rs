@@ -20,6 +20,7 @@ mod pretok;
 mod special;
 mod spm;
 mod stream;
+mod tiktoken;
 
 pub use chat::{builtin_template_names, render_chat, render_chat_with, ChatMessage};
 pub use stream::StreamDecoder;
@@ -161,6 +162,24 @@ impl Tokenizer {
     /// when present.
     pub fn from_tokenizer_json(path: &Path) -> Result<Tokenizer, TokenizerError> {
         Tokenizer::build(hf::load(path)?)
+    }
+
+    /// Loads a tiktoken-format vocabulary (`tiktoken.model`, as Kimi-K2 ships it) with
+    /// `tokenizer_config.json` next to it. `pattern` is the pre-tokenizer regex; `None`
+    /// means Kimi-K2's.
+    pub fn from_tiktoken(path: &Path, pattern: Option<&str>) -> Result<Tokenizer, TokenizerError> {
+        Tokenizer::build(tiktoken::load(path, pattern)?)
+    }
+
+    /// The tokenizer of a Hugging Face model folder: `tokenizer.json`, or else
+    /// `tiktoken.model` (Kimi-K2).
+    pub fn from_hf_dir(dir: &Path) -> Result<Tokenizer, TokenizerError> {
+        let json = dir.join("tokenizer.json");
+        let tiktoken = dir.join("tiktoken.model");
+        if !json.is_file() && tiktoken.is_file() {
+            return Tokenizer::from_tiktoken(&tiktoken, None);
+        }
+        Tokenizer::from_tokenizer_json(&json)
     }
 
     /// Builds the tokenizer described by a GGUF file's `tokenizer.*` metadata.

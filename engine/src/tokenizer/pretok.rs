@@ -157,7 +157,6 @@ pub(crate) const DEEPSEEK_LLM: [&str; 6] = [
 ];
 
 impl PreTokenizer {
-    #[cfg(test)]
     pub(crate) fn new(rules: Vec<Rule>) -> PreTokenizer {
         PreTokenizer { rules }
     }

@@ -10,10 +10,10 @@ pub mod dense;
 pub mod error;
 pub mod gemma3;
 pub mod hf;
-pub mod moe;
-pub mod qwen3moe;
 pub mod llama;
 pub mod loader;
+pub mod moe;
+pub mod qwen3moe;
 pub mod weights;
 
 pub use error::ModelError;

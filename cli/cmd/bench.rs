@@ -61,6 +61,10 @@ pub struct DecodeArgs {
     /// Efficiencies the prediction starts from (default: the planner's defaults).
     #[arg(long, value_name = "FILE")]
     pub calibration: Option<std::path::PathBuf>,
+    /// Run routed experts through the generic kernels instead of the pinned expert pool
+    /// (for comparison).
+    #[arg(long)]
+    pub no_expert_pool: bool,
     #[arg(long)]
     pub json: bool,
 }
@@ -337,7 +341,7 @@ fn random_routes(rng: &mut impl Rng, batch: usize, n_experts: usize, k: usize) -
 }
 
 /// Threads pinned one per allowed CPU, grouped by NUMA node (or split into simulated nodes).
-fn thread_layout(threads: Option<usize>, simulate: Option<usize>) -> ThreadLayout {
+pub(super) fn thread_layout(threads: Option<usize>, simulate: Option<usize>) -> ThreadLayout {
     let probed = probe::probe(&probe::ProbeOptions { gpu: false, cpuid: false, ..probe::ProbeOptions::live() });
     let allowed = allowed_cpus();
     let mut nodes: Vec<Vec<usize>> = probed

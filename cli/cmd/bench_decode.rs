@@ -47,6 +47,11 @@ pub fn run(args: DecodeArgs) -> anyhow::Result<i32> {
     }
     let threads = args.threads.unwrap_or_else(|| std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1));
     rayon::ThreadPoolBuilder::new().num_threads(threads).build_global().context("starting compute threads")?;
+    if !args.no_expert_pool {
+        // Routed experts run on pinned threads that own fixed row ranges (runtime::experts).
+        let layout = super::bench::thread_layout(Some(threads), None);
+        hy_engine::models::moe::set_expert_pool(Some(hy_engine::runtime::pool::Pool::new(layout)));
+    }
     let model = loader::load(&args.model, &LoadOptions::default())
         .with_context(|| format!("loading {}", args.model.display()))?;
     let hw = measured_cpu_box(threads)?;

@@ -73,7 +73,7 @@ pub struct Pool {
 }
 
 /// Spins this many times before yielding/sleeping while waiting.
-const SPINS: u32 = 20_000;
+const SPINS: u32 = 2_000;
 
 impl Pool {
     pub fn new(layout: ThreadLayout) -> Pool {

@@ -117,3 +117,44 @@ fn greedy_continuations_match_llama_cpp() {
     }
     assert!(matched >= MIN_MATCHED, "only {matched} of 128 greedy tokens identical");
 }
+
+/// Speed on this machine (run in a release build):
+/// `HY_GEMMA_GGUF=... cargo test --release -p hy-engine --test models_gemma3 -- --ignored --nocapture`.
+/// Prints prefill and decode tokens/s for both precisions; asserts only that the greedy tokens
+/// (Exact) are the reference's, so it is a correctness run as well.
+#[test]
+#[ignore = "speed report; run explicitly in a release build"]
+fn speed_report() {
+    let Some(path) = std::env::var_os("HY_GEMMA_GGUF") else {
+        eprintln!("skipped: set HY_GEMMA_GGUF to the Gemma 3 270M Q4_K_M file (scripts/get-gemma.sh)");
+        return;
+    };
+    let model = load(Path::new(&path), &LoadOptions::default()).unwrap();
+    let fixture = Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures/gemma3-270m/generations.json");
+    let gens: Value = serde_json::from_str(&std::fs::read_to_string(fixture).unwrap()).unwrap();
+    let g = &gens["generations"][1];
+    let prompt = ids(&g["prompt_ids"]);
+    // A 128-token prefill: the prompt's ids repeated.
+    let long: Vec<u32> = prompt.iter().cycle().take(128).copied().collect();
+    for p in [Precision::Exact, Precision::Fast] {
+        set_precision(p);
+        let mut st = model.new_state(long.len());
+        let t = std::time::Instant::now();
+        model.forward(&mut st, &long, Logits::Last).unwrap();
+        let prefill = long.len() as f64 / t.elapsed().as_secs_f64();
+        let mut st = model.new_state(prompt.len() + 32);
+        let mut logits = model.forward(&mut st, &prompt, Logits::Last).unwrap();
+        let t = std::time::Instant::now();
+        let mut got = Vec::new();
+        for _ in 0..32 {
+            let next = argmax(&logits);
+            got.push(next);
+            logits = model.forward(&mut st, &[next], Logits::Last).unwrap();
+        }
+        let decode = 32.0 / t.elapsed().as_secs_f64();
+        eprintln!("{p:?}: prefill {prefill:.1} tok/s (128 tokens), decode {decode:.1} tok/s (32 tokens)");
+        if p == Precision::Exact {
+            assert_eq!(got, ids(&g["continuation_ids"]));
+        }
+    }
+}

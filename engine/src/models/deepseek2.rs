@@ -79,6 +79,12 @@ impl DeepseekConfig {
             Some(n) if n > 0 => Some(hf_router(c, n)?),
             _ => None,
         };
+        // Neither family uses attention biases; refuse rather than silently drop them.
+        ensure!(
+            !c.opt_bool("attention_bias")?.unwrap_or(false),
+            "{}: attention_bias = true is not supported for this architecture",
+            c.path.display()
+        );
         let cfg = DeepseekConfig {
             name: name.to_string(),
             n_layers: c.usize("num_hidden_layers")?,

@@ -51,6 +51,12 @@ impl Qwen3MoeConfig {
         let hidden = c.usize("hidden_size")?;
         let n_heads = c.usize("num_attention_heads")?;
         ensure!(n_heads > 0, "{}: num_attention_heads is 0", c.path.display());
+        // Neither family uses attention biases; refuse rather than silently drop them.
+        ensure!(
+            !c.opt_bool("attention_bias")?.unwrap_or(false),
+            "{}: attention_bias = true is not supported for this architecture",
+            c.path.display()
+        );
         let cfg = Qwen3MoeConfig {
             name: name.to_string(),
             n_layers: c.usize("num_hidden_layers")?,

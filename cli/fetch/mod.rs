@@ -183,7 +183,7 @@ async fn run_async(req: Request, reporter: Arc<dyn Reporter>) -> Result<PathBuf>
     });
     let mut bytes_reused = 0;
     for (u, sha) in &reused {
-        finish_unit(&layout, u, sha, reporter.as_ref(), true)?;
+        finish_unit(&layout, u, sha, reporter.as_ref(), None)?;
         bytes_reused += u.file.size;
     }
     let ctx = Arc::new(Ctx {
@@ -273,10 +273,11 @@ fn check_disk(layout: &Layout, jobs: &[Job]) -> Result<u64> {
     Ok(needed)
 }
 
-fn finish_unit(layout: &Layout, u: &Unit, sha: &str, reporter: &dyn Reporter, reused: bool) -> Result<()> {
+/// `job`: the id of the download that produced it, or None when it was already present.
+fn finish_unit(layout: &Layout, u: &Unit, sha: &str, reporter: &dyn Reporter, job: Option<usize>) -> Result<()> {
     for (p, f) in u.placements.iter().zip(&u.paths) {
         layout.finish_file(p, f, sha)?;
-        reporter.file_done(0, &f.path, f.size, sha, f.digest.kind(), reused);
+        reporter.file_done(job.unwrap_or(usize::MAX), &f.path, f.size, sha, f.digest.kind(), job.is_none());
     }
     Ok(())
 }
@@ -298,7 +299,7 @@ async fn download_all(ctx: &Arc<Ctx>, layout: &Layout, todo: Vec<Unit>, jobs: Ve
     while let Some(joined) = set.join_next().await {
         let (idx, r) = joined.context("a download task panicked")?;
         match r {
-            Ok(fetched) => finish_unit(layout, &todo[idx], &fetched.sha256, ctx.reporter.as_ref(), false)?,
+            Ok(fetched) => finish_unit(layout, &todo[idx], &fetched.sha256, ctx.reporter.as_ref(), Some(idx))?,
             Err(e) => failures.push(e),
         }
     }

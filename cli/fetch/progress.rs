@@ -247,8 +247,10 @@ impl Reporter for BarReporter {
         pb.set_prefix("file");
         pb.set_message(path.to_string());
         pb.set_position(already);
-        if let Ok(mut m) = self.files.lock() {
-            m.insert(id, pb);
+        // A second round (after a checksum mismatch) replaces the file's old bar.
+        if let Some(old) = self.files.lock().ok().and_then(|mut m| m.insert(id, pb)) {
+            old.finish_and_clear();
+            self.multi.remove(&old);
         }
     }
     fn bytes(&self, id: usize, n: u64) {

@@ -98,7 +98,6 @@ enum Model {
 const CACHE_LIMIT: usize = 200_000;
 
 /// A tokenizer loaded from GGUF metadata or from `tokenizer.json`.
-#[derive(Debug)]
 pub struct Tokenizer {
     tokens: Vec<TokenInfo>,
     token_to_id: HashMap<String, u32>,
@@ -457,6 +456,24 @@ impl Tokenizer {
             )
         })?;
         render_chat(tmpl, messages, add_generation_prompt, self.bos_text(), self.eos_text())
+    }
+}
+
+/// A summary: the full vocabulary would flood any log it is printed to.
+impl std::fmt::Debug for Tokenizer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let kind = match self.model {
+            Model::ByteBpe { .. } => "byte-level BPE",
+            Model::Spm { .. } => "SentencePiece-style",
+        };
+        f.debug_struct("Tokenizer")
+            .field("kind", &kind)
+            .field("vocab_size", &self.tokens.len())
+            .field("bos", &self.bos)
+            .field("eos_ids", &self.eos_ids)
+            .field("add_bos", &self.add_bos)
+            .field("chat_template", &self.chat_template.is_some())
+            .finish()
     }
 }
 

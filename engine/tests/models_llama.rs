@@ -191,3 +191,78 @@ fn bad_inputs_are_errors_not_panics() {
     let not_gguf = load(&root().join("ref/prompts.json"), &LoadOptions::default());
     assert!(not_gguf.is_err());
 }
+
+/// A qwen2-layout GGUF made from the tiny-llama weights: Q/K rows in HF (NeoX) order — the
+/// inverse of llama.cpp's llama permutation — plus (zero) q/k/v biases, under arch `arch`.
+fn write_unpermuted(arch: &str, path: &Path) {
+    use hy_engine::formats::gguf_writer::{GgufWriter, WriterTensor};
+    use hy_engine::formats::{GgufFile, MetaValue};
+
+    let src = GgufFile::open(&gguf("F16")).unwrap();
+    let mut w = GgufWriter::new();
+    w.add_meta("general.architecture", MetaValue::String(arch.into()));
+    for (k, v) in src.metadata() {
+        if let Some(rest) = k.strip_prefix("llama.") {
+            w.add_meta(&format!("{arch}.{rest}"), v.clone());
+        }
+    }
+    let (n_head, n_kv, hd) = (4usize, 2usize, 64usize);
+    for t in src.tensors() {
+        let bytes = src.tensor_bytes(t).to_vec();
+        let data = if t.name.ends_with("attn_q.weight") {
+            unpermute_rows(&bytes, n_head, hd, t.row_len() * 2)
+        } else if t.name.ends_with("attn_k.weight") {
+            unpermute_rows(&bytes, n_kv, hd, t.row_len() * 2)
+        } else {
+            bytes
+        };
+        w.add_tensor(WriterTensor::new(&t.name, t.dims.clone(), t.ggml_type, data));
+        if let Some(layer) = t.name.strip_suffix(".attn_q.weight") {
+            for (b, n) in [("attn_q.bias", n_head * hd), ("attn_k.bias", n_kv * hd), ("attn_v.bias", n_kv * hd)] {
+                let zeros = vec![0u8; n * 4];
+                w.add_tensor(WriterTensor::new(
+                    &format!("{layer}.{b}"),
+                    vec![n as u64],
+                    hy_engine::GgmlType::F32,
+                    zeros,
+                ));
+            }
+        }
+    }
+    std::fs::write(path, w.to_bytes()).unwrap();
+}
+
+/// llama.cpp stores row (h, i, s) of a head at h·hd + 2i + s; HF at h·hd + s·hd/2 + i.
+fn unpermute_rows(bytes: &[u8], n_heads: usize, hd: usize, row_bytes: usize) -> Vec<u8> {
+    let mut out = vec![0u8; bytes.len()];
+    for h in 0..n_heads {
+        for i in 0..hd / 2 {
+            for s in 0..2 {
+                let from = h * hd + 2 * i + s;
+                let to = h * hd + s * hd / 2 + i;
+                out[to * row_bytes..(to + 1) * row_bytes]
+                    .copy_from_slice(&bytes[from * row_bytes..(from + 1) * row_bytes]);
+            }
+        }
+    }
+    out
+}
+
+/// The qwen2 path (NeoX rope on a GGUF, bias tensors) against the same independent reference;
+/// the same rows under arch `llama` (adjacent-pair rope) must not match, so the rope layout
+/// really is what is being checked.
+#[test]
+fn qwen2_layout_gives_the_same_logits() {
+    let dir = tempfile::tempdir().unwrap();
+    let qwen2 = dir.path().join("tiny-qwen2.gguf");
+    write_unpermuted("qwen2", &qwen2);
+    let model = load_exact(&qwen2);
+    assert_eq!(model.info().arch, "qwen2");
+    let (err, limit) = check_source(model.as_ref(), "hf");
+    assert!(err <= limit, "qwen2 layout: nrmse {err:.3e} > {limit:.1e}");
+
+    let wrong = dir.path().join("tiny-llama-unpermuted.gguf");
+    write_unpermuted("llama", &wrong);
+    let (err, limit) = check_source(load_exact(&wrong).as_ref(), "hf");
+    assert!(err > 10.0 * limit, "adjacent-pair rope on NeoX rows should not match (nrmse {err:.3e})");
+}

@@ -16,11 +16,11 @@ fn deepseek() -> Tokenizer {
     Tokenizer::from_tokenizer_json(&fixtures().join("tokenizers/deepseek/tokenizer.json")).expect("DeepSeek tokenizer")
 }
 
-/// Pushes `ids` one at a time; returns the chunks (the last one from `finish`).
+/// Pushes `ids` one at a time; returns the chunks (the last one from `flush`).
 fn stream(tok: &Tokenizer, ids: &[u32], skip_special: bool) -> Vec<String> {
     let mut d = StreamDecoder::new(tok, skip_special);
     let mut chunks: Vec<String> = ids.iter().map(|&id| d.push(id)).collect();
-    chunks.push(d.finish());
+    chunks.push(d.flush());
     chunks
 }
 
@@ -128,7 +128,7 @@ fn broken_utf8_becomes_replacement_characters_like_full_decode() {
     let ids = [HI, byte(0xE5), SPACE, HI];
     assert_eq!(stream(&tok, &ids, false), ["hi", "", "\u{FFFD} ", " hi", ""]);
     assert_eq!(tok.decode(&ids), "hi\u{FFFD}  hi");
-    // A character cut off at the end of the stream is flushed as U+FFFD by finish().
+    // A character cut off at the end of the stream is flushed as U+FFFD by flush().
     let ids = [HI, byte(0xF0), byte(0x9F)];
     assert_eq!(stream(&tok, &ids, false), ["hi", "", "", "\u{FFFD}"]);
     assert_eq!(stream(&tok, &ids, false).concat(), tok.decode(&ids));

@@ -4,7 +4,7 @@
 
 use super::Tokenizer;
 
-/// Push token ids, get text; call [`StreamDecoder::finish`] at the end of the stream.
+/// Push token ids, get text; call [`StreamDecoder::flush`] at the end of the stream.
 pub struct StreamDecoder<'a> {
     tok: &'a Tokenizer,
     pending: Vec<u8>,
@@ -35,7 +35,7 @@ impl<'a> StreamDecoder<'a> {
                 }
                 Err(e) => {
                     let valid = e.valid_up_to();
-                    // Safe to unwrap-free: the prefix up to `valid` is valid UTF-8.
+                    // The prefix up to `valid` is valid UTF-8, so this copies it unchanged.
                     out.push_str(&String::from_utf8_lossy(&self.pending[..valid]));
                     match e.error_len() {
                         // Incomplete character at the end: wait for more bytes.
@@ -56,7 +56,7 @@ impl<'a> StreamDecoder<'a> {
     }
 
     /// Ends the stream: bytes of a character that never completed become U+FFFD.
-    pub fn finish(&mut self) -> String {
+    pub fn flush(&mut self) -> String {
         let rest = String::from_utf8_lossy(&self.pending).into_owned();
         self.pending.clear();
         self.strip_start(rest)

@@ -187,6 +187,7 @@ pub fn gguf_file(path: &Path) -> anyhow::Result<ModelInput> {
         max_context: u("context_length").unwrap_or(4096),
         mtp_layers: u("nextn_predict_layers").unwrap_or(0),
     };
+    arch.check_bounds().map_err(|e| invalid(format!("{}: {e}", path.display())))?;
     let quant = g.get_u64("general.file_type").and_then(ftype_name).unwrap_or("mixed");
     let name = g
         .get_str("general.name")

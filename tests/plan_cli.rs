@@ -311,7 +311,7 @@ fn hf_repo_ids_resolve_to_the_catalog() {
 
 #[test]
 fn usage_and_input_errors_have_their_exit_codes() {
-    let cases: [(&[&str], i32, &str); 8] = [
+    let cases: [(&[&str], i32, &str); 9] = [
         (&["plan", "no-such-model", "--profile", "HY90"], 2, "unknown model 'no-such-model'"),
         (&["plan", "deepseek-r1", "--profile", "HY99"], 2, "unknown profile 'HY99'"),
         (&["plan", "deepseek-r1", "--profile", "HY90", "--quant", "q9"], 2, "unknown quantization 'q9'"),
@@ -320,6 +320,7 @@ fn usage_and_input_errors_have_their_exit_codes() {
         (&["plan", "deepseek-r1", "--hardware", "/nonexistent/hw.toml"], 6, "cannot read hardware file"),
         (&["plan", "./missing.gguf", "--profile", "HY90"], 6, "no such file"),
         (&["plan", "deepseek-r1", "--profile", "HY90", "--numa", "sometimes"], 2, "unknown --numa 'sometimes'"),
+        (&["plan", "deepseek-r1", "--profile", "HY90", "--context", "18446744073709551615"], 2, "context at most"),
     ];
     for (args, code, msg) in cases {
         let out = run(args);

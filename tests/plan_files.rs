@@ -370,3 +370,18 @@ fn a_folder_with_two_ggufs_asks_for_one() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("tiny-deepseek-v3-Q4_K_M.gguf") && err.contains("pass one file"), "{err}");
 }
+
+#[test]
+fn absurd_dimensions_in_a_gguf_are_an_input_error_not_a_crash() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("odd.gguf");
+    let kvs = vec![
+        ("general.architecture", Kv::Str("qwen3moe")),
+        ("qwen3moe.embedding_length", Kv::U32(u32::MAX)),
+        ("qwen3moe.block_count", Kv::U32(2)),
+    ];
+    std::fs::write(&path, gguf_bytes(&kvs, &sharded_model()[..3])).unwrap();
+    let out = hy().args(["plan", path.to_str().unwrap(), "--profile", "HY90"]).output().unwrap();
+    assert_eq!(out.status.code(), Some(6));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("hidden_size = 4294967295"));
+}

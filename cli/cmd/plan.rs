@@ -255,7 +255,7 @@ pub fn run(args: Args) -> anyhow::Result<i32> {
     if let Some(n) = parse_numa(args.numa.as_deref())? {
         opts.numa = n;
     }
-    let mut p = plan(&input, &t.hw, quant, &opts).map_err(|e| exit::coded(exit::USAGE, e.to_string()))?;
+    let mut p = plan(&input, &t.hw, quant, &opts).map_err(plan_error)?;
     if !p.fits {
         add_profile_suggestions(&mut p, &input, quant, &opts);
     }
@@ -282,6 +282,18 @@ pub fn run(args: Args) -> anyhow::Result<i32> {
         );
         Ok(exit::DOES_NOT_FIT)
     }
+}
+
+/// A planner error with its exit code: bad options are usage errors, bad models input errors.
+pub fn plan_error(e: hy_planner::PlanError) -> anyhow::Error {
+    use hy_planner::PlanError as E;
+    let code = match e {
+        E::UnsupportedQuant { .. } | E::InvalidOptions(_) => exit::USAGE,
+        E::InvalidModel(_) | E::InvalidHardware(_) | E::InvalidPlan(_) | E::InvalidCalibration(_) => {
+            exit::INVALID_INPUT
+        }
+    };
+    exit::coded(code, e.to_string())
 }
 
 /// Other profiles on which the same request fits.

@@ -151,8 +151,49 @@ impl Architecture {
         }
     }
 
+    /// Checks every dimension is within what any real model uses, so that sizes computed
+    /// from them cannot overflow (a corrupt file or config must not panic the planner).
+    pub fn check_bounds(&self) -> Result<(), String> {
+        let mla = self.mla.clone().unwrap_or(Mla {
+            q_lora_rank: 0,
+            kv_lora_rank: 0,
+            qk_nope_head_dim: 0,
+            qk_rope_head_dim: 0,
+            v_head_dim: 0,
+        });
+        let limits = [
+            ("hidden_size", self.hidden_size, 1u64 << 20),
+            ("num_layers", self.num_layers, 1 << 12),
+            ("vocab_size", self.vocab_size, 1 << 24),
+            ("num_heads", self.num_heads, 1 << 14),
+            ("num_kv_heads", self.num_kv_heads, 1 << 14),
+            ("head_dim", self.head_dim, 1 << 14),
+            ("intermediate_size", self.intermediate_size, 1 << 22),
+            ("first_dense_layers", self.first_dense_layers, 1 << 12),
+            ("num_experts", self.num_experts, 1 << 16),
+            ("experts_per_token", self.experts_per_token, 1 << 16),
+            ("moe_intermediate_size", self.moe_intermediate_size, 1 << 22),
+            ("num_shared_experts", self.num_shared_experts, 1 << 8),
+            ("max_context", self.max_context, 1 << 32),
+            ("sliding_window", self.sliding_window.unwrap_or(0), 1 << 32),
+            ("mtp_layers", self.mtp_layers, 1 << 8),
+            ("q_lora_rank", mla.q_lora_rank, 1 << 16),
+            ("kv_lora_rank", mla.kv_lora_rank, 1 << 16),
+            ("qk_nope_head_dim", mla.qk_nope_head_dim, 1 << 16),
+            ("qk_rope_head_dim", mla.qk_rope_head_dim, 1 << 16),
+            ("v_head_dim", mla.v_head_dim, 1 << 16),
+        ];
+        for (k, v, max) in limits {
+            if v > max {
+                return Err(format!("{k} = {v} is larger than any model uses (at most {max})"));
+            }
+        }
+        Ok(())
+    }
+
     /// Checks the values make a model; returns what is wrong.
     pub fn validate(&self) -> Result<(), String> {
+        self.check_bounds()?;
         let need = [
             ("hidden_size", self.hidden_size),
             ("num_layers", self.num_layers),

@@ -37,4 +37,6 @@ pub enum PlanError {
     InvalidPlan(String),
     #[error("invalid calibration: {0}")]
     InvalidCalibration(String),
+    #[error("invalid planning options: {0}")]
+    InvalidOptions(String),
 }

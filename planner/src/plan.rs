@@ -24,6 +24,14 @@ use crate::PlanError;
 /// Version of the plan-file format (`format_version`).
 pub const PLAN_FORMAT_VERSION: u32 = 1;
 
+/// Largest context the planner accepts (tokens): far beyond any model, small enough that
+/// sizes computed from it stay exact in u64.
+pub const MAX_CONTEXT: u64 = 1 << 32;
+/// Largest number of concurrent requests the planner accepts.
+pub const MAX_CONCURRENCY: u64 = 1 << 16;
+/// Largest prefill micro-batch the planner accepts (tokens).
+pub const MAX_UBATCH: u64 = 1 << 20;
+
 /// Decode speed is predicted at this many tokens of context (or the context, if shorter).
 pub const DECODE_POSITION: u64 = 4096;
 /// Prefill speed is predicted for a prompt of this many tokens (or the context, if shorter).
@@ -269,8 +277,16 @@ impl Plan {
 /// fits is chosen; when none fits, the plan of the smallest one is returned (`fits` false).
 pub fn plan(model: &ModelInput, hw: &HardwareSpec, quant: QuantChoice, opts: &PlanOptions) -> Result<Plan, PlanError> {
     opts.efficiency.validate()?;
-    if opts.context == 0 || opts.concurrency == 0 {
-        return Err(PlanError::InvalidModel("context and concurrency must be at least 1".into()));
+    if opts.context == 0 || opts.concurrency == 0 || opts.ubatch == 0 {
+        return Err(PlanError::InvalidOptions("context, concurrency and ubatch must be at least 1".into()));
+    }
+    if opts.context > MAX_CONTEXT || opts.concurrency > MAX_CONCURRENCY || opts.ubatch > MAX_UBATCH {
+        return Err(PlanError::InvalidOptions(format!(
+            "context at most {MAX_CONTEXT} tokens, concurrency at most {MAX_CONCURRENCY}, ubatch at most {MAX_UBATCH}"
+        )));
+    }
+    if let ModelInput::Fixed { spec, .. } = model {
+        spec.arch.check_bounds().map_err(|e| PlanError::InvalidModel(format!("{}: {e}", spec.name)))?;
     }
     let topo = topology(hw, &opts.efficiency);
     let mut out = match (model, quant) {
@@ -412,12 +428,17 @@ struct Sizes {
 fn sizes(spec: &ModelSpec, opts: &PlanOptions) -> Sizes {
     let a = &spec.arch;
     let kv_per_token = a.kv_bytes_per_token();
-    let kv_total = kv_per_token * opts.context * opts.concurrency + a.kv_fixed_bytes_per_sequence() * opts.concurrency;
+    // Saturating: an absurd request must come out as "does not fit", not as an overflow.
+    let kv_total = kv_per_token
+        .saturating_mul(opts.context)
+        .saturating_mul(opts.concurrency)
+        .saturating_add(a.kv_fixed_bytes_per_sequence().saturating_mul(opts.concurrency));
     // Logits, activations and a flash-attention tile per micro-batch token, in f32.
-    let gpu_buffer = opts.ubatch * 4 * (a.vocab_size + 16 * a.hidden_size + a.num_heads * 512);
-    let cpu_buffer =
-        opts.ubatch * 4 * (a.vocab_size + 16 * a.hidden_size + 3 * a.experts_per_token * a.moe_intermediate_size)
-            + (1 << 30);
+    let per_token = a.vocab_size + 16 * a.hidden_size;
+    let gpu_buffer = (4 * opts.ubatch).saturating_mul(per_token + a.num_heads * 512);
+    let cpu_buffer = (4 * opts.ubatch)
+        .saturating_mul(per_token + 3 * a.experts_per_token * a.moe_intermediate_size)
+        .saturating_add(1 << 30);
     let attention_path = spec.total_bytes() - spec.bytes(Component::RoutedExperts) - spec.bytes(Component::Embeddings);
     Sizes { kv_per_token, kv_total, gpu_buffer, cpu_buffer, attention_path }
 }
@@ -434,8 +455,8 @@ pub fn place(spec: &ModelSpec, reference: &str, topo: &Topology, opts: &PlanOpti
     let gpu_usable = gpu.map(|g| g.vram_bytes.saturating_sub(gpu_reserve_bytes(eff))).unwrap_or(0);
     let routed = spec.bytes(Component::RoutedExperts);
     let embeddings = spec.bytes(Component::Embeddings);
-    let all_on_gpu = spec.total_bytes() + s.kv_total + s.gpu_buffer;
-    let hybrid_gpu = s.attention_path + s.kv_total + s.gpu_buffer;
+    let all_on_gpu = spec.total_bytes().saturating_add(s.kv_total).saturating_add(s.gpu_buffer);
+    let hybrid_gpu = s.attention_path.saturating_add(s.kv_total).saturating_add(s.gpu_buffer);
     let mode = match gpu {
         None => "cpu",
         Some(_) if all_on_gpu <= gpu_usable => "gpu",
@@ -473,13 +494,13 @@ pub fn place(spec: &ModelSpec, reference: &str, topo: &Topology, opts: &PlanOpti
     let cpu_buffer = if mode == "gpu" { 0 } else { s.cpu_buffer };
     let n_nodes = topo.nodes.len().max(1) as u64;
     let reserve_total = os_reserve_bytes(topo.memory_total_bytes, eff);
-    let shared_per_node = (cpu_other_weights + cpu_kv + cpu_buffer) / n_nodes;
+    let shared_per_node = cpu_other_weights.saturating_add(cpu_kv).saturating_add(cpu_buffer) / n_nodes;
     let min_node_usable =
         topo.nodes.iter().map(|n| n.memory_bytes.saturating_sub(reserve_total / n_nodes)).min().unwrap_or(0);
     let replicate = n_nodes > 1
         && cpu_routed > 0
         && match opts.numa {
-            NumaChoice::Auto => cpu_routed + shared_per_node <= min_node_usable,
+            NumaChoice::Auto => cpu_routed.saturating_add(shared_per_node) <= min_node_usable,
             NumaChoice::Replicate => true,
             NumaChoice::Split => false,
         };
@@ -508,7 +529,7 @@ pub fn place(spec: &ModelSpec, reference: &str, topo: &Topology, opts: &PlanOpti
             weights_bytes: weights,
             kv_bytes: kv,
             other_bytes: other,
-            free_bytes: n.memory_bytes as i64 - (reserved + weights + kv + other) as i64,
+            free_bytes: free(n.memory_bytes, &[reserved, weights, kv, other]),
             threads: Some(threads(n.cores)),
             bandwidth_gbps: n.bandwidth_gbps * eff.cpu_bandwidth_efficiency,
         });
@@ -529,12 +550,12 @@ pub fn place(spec: &ModelSpec, reference: &str, topo: &Topology, opts: &PlanOpti
             weights_bytes: weights,
             kv_bytes: kv,
             other_bytes: other,
-            free_bytes: g.vram_bytes as i64 - (reserved + weights + kv + other) as i64,
+            free_bytes: free(g.vram_bytes, &[reserved, weights, kv, other]),
             threads: None,
             bandwidth_gbps: g.bandwidth_gbps * eff.gpu_bandwidth_efficiency,
         });
     }
-    let shortfall: u64 = devices.iter().map(|d| (-d.free_bytes).max(0) as u64).sum();
+    let shortfall: u64 = devices.iter().fold(0u64, |acc, d| acc.saturating_add(d.free_bytes.min(0).unsigned_abs()));
     let fits = shortfall == 0;
 
     let cpu_names: Vec<String> = topo.nodes.iter().map(|n| format!("cpu{}", n.id)).collect();
@@ -682,6 +703,13 @@ fn placements(
     out
 }
 
+/// capacity − Σ uses, clamped to the i64 range.
+fn free(capacity: u64, uses: &[u64]) -> i64 {
+    let used = uses.iter().fold(0u64, |a, b| a.saturating_add(*b));
+    let diff = capacity as i128 - used as i128;
+    diff.clamp(i64::MIN as i128, i64::MAX as i128) as i64
+}
+
 /// "3-10,12,40-60".
 fn layer_ranges(layers: &[u32]) -> String {
     let mut parts = Vec::new();
@@ -739,8 +767,8 @@ fn decode_step(pl: &Placed, position: u64, n: u64) -> StepBreakdown {
     // The attention path (and embeddings row) is read once per step; KV per request.
     let path = (spec.total_bytes() - spec.bytes(Component::RoutedExperts) - spec.bytes(Component::Embeddings)) as f64;
     let shared = spec.bytes(Component::SharedExperts) as f64;
-    let kv_read = (n * position.min(a.max_context.max(1)) * a.kv_bytes_per_token()) as f64
-        + (n * a.kv_fixed_bytes_per_sequence()) as f64;
+    let kv_read = n as f64 * position.min(a.max_context.max(1)) as f64 * a.kv_bytes_per_token() as f64
+        + n as f64 * a.kv_fixed_bytes_per_sequence() as f64;
     let attn_flops = attention_flops_per_position(spec) * (n * position) as f64;
     let dense_flops =
         2.0 * n as f64 * (spec.active_params() - expert_params * a.experts_per_token as f64 * a.moe_layers() as f64);

@@ -57,7 +57,7 @@ pub fn run(
             quants.iter().map(|q| QuantChoice::Fixed(*q)).collect()
         };
         for q in choices {
-            let p = plan(input, hw, q, &o).map_err(|e| exit::coded(exit::USAGE, e.to_string()))?;
+            let p = plan(input, hw, q, &o).map_err(super::plan_error)?;
             cells.push(Cell {
                 target: name.clone(),
                 quant: p.quant.clone(),

@@ -296,7 +296,10 @@ pub fn load_file(path: &Path) -> Result<Profile, ProfileError> {
 /// Built-in and user profiles; a user profile with a built-in's name replaces it.
 pub fn all() -> (Vec<Profile>, Vec<ProfileError>) {
     let mut profiles = builtin();
-    let (user, errors) = user_dir().map(|d| load_dir(&d)).unwrap_or_default();
+    // A broken built-in (e.g. after a HardwareSpec change) is reported, never silently dropped.
+    let mut errors = builtin_errors();
+    let (user, user_errors) = user_dir().map(|d| load_dir(&d)).unwrap_or_default();
+    errors.extend(user_errors);
     for u in user {
         match profiles.iter_mut().find(|p| p.name.eq_ignore_ascii_case(&u.name)) {
             Some(slot) => *slot = u,

@@ -266,3 +266,34 @@ fn qwen2_layout_gives_the_same_logits() {
     let (err, limit) = check_source(load_exact(&wrong).as_ref(), "hf");
     assert!(err > 10.0 * limit, "adjacent-pair rope on NeoX rows should not match (nrmse {err:.3e})");
 }
+
+/// Malformed metadata in an otherwise valid file gives an error naming the key, not a panic.
+#[test]
+fn malformed_metadata_is_an_error() {
+    use hy_engine::formats::gguf_writer::{GgufWriter, WriterTensor};
+    use hy_engine::formats::{GgufFile, MetaValue};
+
+    let src = GgufFile::open(&gguf("Q8_0")).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    for (key, value, says) in [
+        ("llama.attention.head_count_kv", MetaValue::U32(3), "3 KV heads for 4 query heads"),
+        ("llama.rope.dimension_count", MetaValue::U32(128), "128 rotated dimensions"),
+        ("llama.attention.head_count", MetaValue::U32(0), "for 0 query heads"),
+        ("llama.embedding_length", MetaValue::U32(128), "token_embd.weight"),
+    ] {
+        let mut w = GgufWriter::new();
+        for (k, v) in src.metadata() {
+            w.add_meta(k, if k == key { value.clone() } else { v.clone() });
+        }
+        for t in src.tensors() {
+            w.add_tensor(WriterTensor::new(&t.name, t.dims.clone(), t.ggml_type, src.tensor_bytes(t).to_vec()));
+        }
+        let path = dir.path().join("bad.gguf");
+        std::fs::write(&path, w.to_bytes()).unwrap();
+        let err = match load(&path, &LoadOptions::default()) {
+            Ok(_) => panic!("{key} = {value:?} was accepted"),
+            Err(e) => format!("{e:#}"),
+        };
+        assert!(err.contains(says), "{key}: {err}");
+    }
+}

@@ -40,6 +40,33 @@ pub struct DenseConfig {
     pub kv_dtype: KvDtype,
 }
 
+impl DenseConfig {
+    /// Rejects shapes the forward pass cannot run (a malformed file must give an error, not a
+    /// panic deep inside attention or rope).
+    pub fn validate(&self) -> Result<(), ModelError> {
+        let bad = |key: &str, msg: String| Err(ModelError::config(key, msg));
+        let (h, kv, hd) = (self.n_heads, self.n_kv_heads, self.head_dim);
+        if self.info.hidden_size == 0 || self.info.n_layers == 0 {
+            return bad("embedding_length/block_count", "must be positive".into());
+        }
+        if h == 0 || kv == 0 || h % kv != 0 {
+            return bad("attention.head_count_kv", format!("{kv} KV heads for {h} query heads"));
+        }
+        if hd == 0 || hd % 2 != 0 {
+            return bad("attention.key_length", format!("head dimension {hd} must be even and positive"));
+        }
+        for r in &self.ropes {
+            if r.rot_dim > hd || r.rot_dim % 2 != 0 {
+                return bad("rope.dimension_count", format!("{} rotated dimensions for heads of {hd}", r.rot_dim));
+            }
+        }
+        if self.layer_attn.len() != self.info.n_layers || self.layer_attn.iter().any(|&(r, _)| r >= self.ropes.len()) {
+            return bad("layer_attn", "one valid rope index per layer is required".into());
+        }
+        Ok(())
+    }
+}
+
 /// One layer's weights. Optional parts are present only for the architectures that have them.
 pub struct DenseLayer {
     attn_norm: Vec<f32>,
@@ -125,6 +152,7 @@ impl DenseModel {
     /// Loads the weights by internal (GGUF) name. `tied_ok`: use the embedding table as the LM
     /// head when `output.weight` is absent.
     pub fn load(cfg: DenseConfig, src: &dyn WeightSource) -> Result<Self, ModelError> {
+        cfg.validate()?;
         let arch = cfg.info.arch.clone();
         let d = cfg.info.hidden_size;
         let tok_embd = require(src, "token_embd.weight", &arch)?;
@@ -149,9 +177,6 @@ impl DenseModel {
         let output_norm = require_vec(src, "output_norm.weight", &arch, d)?;
         let mut cfg = cfg;
         cfg.info.vocab_size = output.rows;
-        if cfg.layer_attn.len() != cfg.info.n_layers || cfg.layer_attn.iter().any(|&(r, _)| r >= cfg.ropes.len()) {
-            return Err(ModelError::config("layer_attn", "one valid rope index per layer is required"));
-        }
         Ok(DenseModel { cfg, tok_embd, layers, output_norm, output, ffn_dim })
     }
 

@@ -24,6 +24,29 @@ pub(crate) struct KScales {
 
 unpack_fns!("avx2,fma,f16c");
 
+/// Bytes with bit `bit` set in `v` become `val`, others 0 (a per-byte bit test).
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+fn bit_to(v: __m256i, bit: u32, val: i8) -> __m256i {
+    let m = _mm256_set1_epi8((1u8 << bit) as i8);
+    _mm256_and_si256(_mm256_cmpeq_epi8(_mm256_and_si256(v, m), m), _mm256_set1_epi8(val))
+}
+
+/// The 32 bits of a u32 as 32 bytes: byte i = `val` if bit i is set, else 0.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+fn bits_to_bytes(bits: u32, val: i8) -> __m256i {
+    let v = _mm256_set1_epi32(bits as i32);
+    #[rustfmt::skip]
+    let shuf = _mm256_setr_epi8(
+        0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1,
+        2, 2, 2, 2, 2, 2, 2, 2, 3, 3, 3, 3, 3, 3, 3, 3,
+    );
+    let m = _mm256_set1_epi64x(0x8040_2010_0804_0201u64 as i64);
+    let x = _mm256_and_si256(_mm256_shuffle_epi8(v, shuf), m);
+    _mm256_and_si256(_mm256_cmpeq_epi8(x, m), _mm256_set1_epi8(val))
+}
+
 /// k-quant row · up to 4 rows of Q8_K activations: each block is unpacked once and used for
 /// every activation row (`out[i]` = row · `acts[i]`).
 ///

@@ -9,6 +9,21 @@ use super::blocks::{k4_scale_min_bytes, q3k_scale_bytes};
 use super::unpack::{dispatch, ty, unpack_fns};
 
 unpack_fns!("avx512f,avx512bw,avx512vl,avx2,fma,f16c");
+
+/// Bytes with bit `bit` set in `v` become `val`, others 0 (a mask-register bit test).
+#[inline]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2,fma,f16c")]
+fn bit_to(v: __m256i, bit: u32, val: i8) -> __m256i {
+    let k = _mm256_test_epi8_mask(v, _mm256_set1_epi8((1u8 << bit) as i8));
+    _mm256_maskz_mov_epi8(k, _mm256_set1_epi8(val))
+}
+
+/// The 32 bits of a u32 as 32 bytes: byte i = `val` if bit i is set, else 0.
+#[inline]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2,fma,f16c")]
+fn bits_to_bytes(bits: u32, val: i8) -> __m256i {
+    _mm256_maskz_mov_epi8(bits, _mm256_set1_epi8(val))
+}
 use super::quant::{BlockQ8K, BlockQ8_0};
 use crate::dtype::GgmlType;
 

@@ -90,14 +90,15 @@ mod x86 {
 }
 
 /// Software prefetch distance in bytes for the quantized kernels (0 = off). Set from the
-/// `HY_PREFETCH` environment variable once per process; default 1024.
+/// `HY_PREFETCH` environment variable once per process; default 2048 (the best of 0, 512,
+/// 1024, 2048 and 4096 on a 16-core Xeon at batch 1: Q4_K 65 → 85 GB/s).
 pub fn prefetch_distance() -> usize {
     static DIST: AtomicUsize = AtomicUsize::new(usize::MAX);
     let d = DIST.load(Ordering::Relaxed);
     if d != usize::MAX {
         return d;
     }
-    let d = std::env::var("HY_PREFETCH").ok().and_then(|v| v.parse().ok()).unwrap_or(1024);
+    let d = std::env::var("HY_PREFETCH").ok().and_then(|v| v.parse().ok()).unwrap_or(2048);
     DIST.store(d, Ordering::Relaxed);
     d
 }

@@ -2,6 +2,7 @@
 //!
 //! A macro defines them once per feature set: helpers compiled for fewer features than their
 //! caller are not always inlined, and a call per block costs more than the work it does.
+//! Each module adds its own `bit_to` and `bits_to_bytes` (AVX-512 has mask registers for them).
 
 /// Defines the helpers in the invoking module, compiled for `$features`.
 macro_rules! unpack_fns {
@@ -11,7 +12,21 @@ macro_rules! unpack_fns {
         #[target_feature(enable = $features)]
         pub(crate) fn f16c_at(b: &[u8], off: usize) -> f32 {
             let bits = u16::from_le_bytes([b[off], b[off + 1]]);
-            _mm_cvtss_f32(_mm_cvtph_ps(_mm_cvtsi32_si128(bits as i32)))
+// `vmovd` writes the whole vector register. From intrinsics LLVM emits a 16-bit insert
+            // into whatever register is free (often the accumulator), which chained every block
+            // to the previous block's sum and halved the speed of the Q8_0-family kernels.
+            let v: __m128i;
+            // SAFETY: `vmovd` only copies a general register into a vector register (AVX is
+            // enabled here); no memory, stack or flags are touched.
+            unsafe {
+                std::arch::asm!(
+                    "vmovd {v}, {g:e}",
+                    v = lateout(xmm_reg) v,
+                    g = in(reg) bits as u32,
+                    options(pure, nomem, nostack, preserves_flags)
+                )
+            };
+            _mm_cvtss_f32(_mm_cvtph_ps(v))
         }
 
         #[inline]
@@ -65,14 +80,6 @@ macro_rules! unpack_fns {
         #[target_feature(enable = $features)]
         fn u32x4_to_m128(u: [u32; 4]) -> __m128i {
             _mm_setr_epi32(u[0] as i32, u[1] as i32, u[2] as i32, u[3] as i32)
-        }
-
-        /// Bytes equal to `mask` bit set in `v` become `val`, others 0 (a per-byte bit test).
-        #[inline]
-        #[target_feature(enable = $features)]
-        fn bit_to(v: __m256i, bit: u32, val: i8) -> __m256i {
-            let m = _mm256_set1_epi8((1u8 << bit) as i8);
-            _mm256_and_si256(_mm256_cmpeq_epi8(_mm256_and_si256(v, m), m), _mm256_set1_epi8(val))
         }
 
         #[inline]
@@ -191,29 +198,16 @@ macro_rules! unpack_fns {
         #[inline]
         #[target_feature(enable = $features)]
         pub(crate) fn prefetch_block(b: &[u8], dist: usize) {
+            // One prefetch per cache line of the stream: the lines that start inside this
+            // block, `dist` bytes ahead (small blocks often start none and issue nothing).
             if dist > 0 {
-                let p = b.as_ptr().wrapping_add(dist);
-                let mut o = 0;
-                while o < b.len() {
-                    prefetch(p.wrapping_add(o));
-                    o += 64;
+                let start = b.as_ptr() as usize;
+                let mut line = (start + 63) & !63;
+                while line < start + b.len() {
+                    prefetch((line + dist) as *const u8);
+                    line += 64;
                 }
             }
-        }
-
-        /// The 32 bits of a u32 as 32 bytes: byte i = `val` if bit i is set, else 0.
-        #[inline]
-        #[target_feature(enable = $features)]
-        fn bits_to_bytes(bits: u32, val: i8) -> __m256i {
-            let v = _mm256_set1_epi32(bits as i32);
-            #[rustfmt::skip]
-            let shuf = _mm256_setr_epi8(
-                0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1,
-                2, 2, 2, 2, 2, 2, 2, 2, 3, 3, 3, 3, 3, 3, 3, 3,
-            );
-            let m = _mm256_set1_epi64x(0x8040_2010_0804_0201u64 as i64);
-            let x = _mm256_and_si256(_mm256_shuffle_epi8(v, shuf), m);
-            _mm256_and_si256(_mm256_cmpeq_epi8(x, m), _mm256_set1_epi8(val))
         }
 
         /// 16 bytes of nibbles to 32 bytes: low nibbles first, then high nibbles.

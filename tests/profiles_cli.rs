@@ -129,6 +129,12 @@ fn profile_preferred_quant_is_used_unless_overridden() {
         serde_json::from_slice(&hy(&["plan", "deepseek-r1", "--profile", "HY90", "--quant", "auto", "--json"]).stdout)
             .unwrap();
     assert_eq!(p["quant_choice"], "auto");
+    // FP8 at 128K × 64 requests (589 GB of KV cache) does not fit HY90; the preference gives way.
+    let out = hy(&["plan", "deepseek-r1", "--profile", "HY90", "--concurrency", "64", "--json"]);
+    assert_eq!(out.status.code(), Some(0));
+    let p: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_ne!(p["quant"], "fp8");
+    assert!(p["warnings"].to_string().contains("the profile prefers fp8"), "{}", p["warnings"]);
 }
 
 #[test]

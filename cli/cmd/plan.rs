@@ -256,6 +256,21 @@ pub fn run(args: Args) -> anyhow::Result<i32> {
         opts.numa = n;
     }
     let mut p = plan(&input, &t.hw, quant, &opts).map_err(plan_error)?;
+    // A profile's preferred quantization is a preference: when it does not fit the asked
+    // context and concurrency, the best one that does is taken instead, and said so.
+    if !p.fits && explicit_quant.is_none() && quant != QuantChoice::Auto {
+        let auto = plan(&input, &t.hw, QuantChoice::Auto, &opts).map_err(plan_error)?;
+        if auto.fits {
+            let mut auto = auto;
+            auto.warnings.push(format!(
+                "the profile prefers {} for this model, which does not fit here (short {:.1} GB); auto chose {}",
+                p.quant,
+                p.shortfall_bytes as f64 / 1e9,
+                auto.quant
+            ));
+            p = auto;
+        }
+    }
     if !p.fits {
         add_profile_suggestions(&mut p, &input, quant, &opts);
     }

@@ -104,7 +104,7 @@ impl DeepseekConfig {
             moe_layer_freq: c.opt_usize("moe_layer_freq")?.unwrap_or(1).max(1),
             router,
             rms_eps: c.opt_f64("rms_norm_eps")?.unwrap_or(1e-6) as f32,
-            rope_theta: c.opt_f64("rope_theta")?.unwrap_or(10000.0),
+            rope_theta: c.rope_theta(10000.0)?,
             rope_scaling: c.rope_scaling()?,
             // transformers' DeepseekV3Config defaults rope_interleave to true (the official
             // checkpoints do not set it).

@@ -116,6 +116,18 @@ impl HfConfig {
             .with_context(|| format!("{}: rope_scaling", self.path.display()))
     }
 
+    /// RoPE base: top-level `rope_theta`, else inside `rope_parameters` / `rope_scaling`
+    /// (transformers 5 moved it there), else `default`.
+    pub fn rope_theta(&self, default: f64) -> Result<f64> {
+        if let Some(t) = self.opt_f64("rope_theta")? {
+            return Ok(t);
+        }
+        let nested = ["rope_parameters", "rope_scaling"]
+            .iter()
+            .find_map(|k| self.get(k).and_then(|v| v.get("rope_theta")).and_then(Value::as_f64));
+        Ok(nested.unwrap_or(default))
+    }
+
     /// The FP8 block quantisation (`quantization_config.quant_method == "fp8"`).
     pub fn fp8_block(&self) -> Result<Option<[usize; 2]>> {
         let Some(q) = self.get("quantization_config") else {
@@ -168,18 +180,20 @@ impl RopeScaling {
             return Ok(None);
         }
         let num = |k: &str| v.get(k).and_then(Value::as_f64);
-        let factor = num("factor").ok_or_else(|| anyhow!("`factor` is missing"))?;
+        let orig = v.get("original_max_position_embeddings").and_then(Value::as_u64).map(|u| u as usize);
+        // transformers: without `factor`, the ratio of the context to the pretrained context.
+        let factor = match (num("factor"), orig, max_pos) {
+            (Some(f), _, _) => f,
+            (None, Some(o), Some(m)) if o > 0 => m as f64 / o as f64,
+            _ => bail!("`factor` is missing"),
+        };
         if !(factor.is_finite() && factor > 0.0) {
             bail!("`factor` {factor} must be positive");
         }
         Ok(Some(RopeScaling {
             kind,
             factor,
-            original_max_position_embeddings: v
-                .get("original_max_position_embeddings")
-                .and_then(Value::as_u64)
-                .map(|u| u as usize)
-                .or(max_pos),
+            original_max_position_embeddings: orig.or(max_pos),
             beta_fast: num("beta_fast").unwrap_or(32.0),
             beta_slow: num("beta_slow").unwrap_or(1.0),
             mscale: num("mscale"),
@@ -464,5 +478,20 @@ mod tests {
         let bf = SafetensorsSource::open(&fixture("tiny-deepseek-v3/hf")).unwrap();
         let w = bf.weight("blk.1.attn_kv_a_mqa.weight").unwrap().unwrap();
         assert_eq!(w.ty, WeightType::Ggml(GgmlType::BF16));
+    }
+
+    #[test]
+    fn transformers5_rope_parameters() {
+        // rope_theta and the scaling inside `rope_parameters`; no `factor`: context ratio.
+        let c = cfg(r#"{"max_position_embeddings":163840,"rope_parameters":{"rope_type":"yarn",
+            "rope_theta":50000.0,"original_max_position_embeddings":4096,"mscale_all_dim":1.0}}"#);
+        assert_eq!(c.rope_theta(10000.0).unwrap(), 50000.0);
+        let s = c.rope_scaling().unwrap().unwrap();
+        assert_eq!((s.kind.as_str(), s.factor), ("yarn", 40.0));
+        let plain = cfg(r#"{"rope_parameters":{"rope_type":"default","rope_theta":1000.0}}"#);
+        assert_eq!(plain.rope_theta(1.0).unwrap(), 1000.0);
+        assert!(plain.rope_scaling().unwrap().is_none());
+        assert_eq!(cfg("{}").rope_theta(7.0).unwrap(), 7.0);
+        assert!(cfg(r#"{"rope_scaling":{"type":"yarn"}}"#).rope_scaling().is_err());
     }
 }

@@ -81,7 +81,7 @@ impl Qwen3MoeConfig {
             dense_layers: c.usize_list("mlp_only_layers")?,
             sparse_step: c.opt_usize("decoder_sparse_step")?.unwrap_or(1).max(1),
             rms_eps: c.opt_f64("rms_norm_eps")?.unwrap_or(1e-6) as f32,
-            rope_theta: c.opt_f64("rope_theta")?.unwrap_or(1e6),
+            rope_theta: c.rope_theta(1e6)?,
             rope_scaling: c.rope_scaling()?,
         };
         cfg.validate()?;

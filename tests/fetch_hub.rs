@@ -135,6 +135,12 @@ fn not_found_and_bad_selection_name_what_is_wrong() {
     assert_eq!(out.status.code(), Some(4), "{stderr}");
     assert!(stderr.contains("org/missing") && stderr.contains("not found"), "{stderr}");
 
+    s.rule("config.json", Fault::Status(404), 1);
+    let out = hy(&s, tmp.path(), &[REPO, "--include", "config.json"], &[]);
+    let (_, stderr) = text(&out);
+    assert_eq!(out.status.code(), Some(4), "{stderr}");
+    assert!(stderr.contains("config.json") && stderr.contains("org/model") && stderr.contains(COMMIT), "{stderr}");
+
     let out = hy(&s, tmp.path(), &[REPO, "--quant", "Q5_K_M"], &[]);
     let (_, stderr) = text(&out);
     assert_eq!(out.status.code(), Some(2), "{stderr}");

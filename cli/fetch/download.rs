@@ -36,6 +36,8 @@ pub struct Ctx {
 pub struct Job {
     pub id: usize,
     pub label: String,
+    /// The file with its repo and commit, for HTTP error messages (404, 401, ...).
+    pub what: String,
     pub url: String,
     pub size: u64,
     pub digest: Digest,
@@ -412,7 +414,7 @@ async fn attempt_range(
         Err(e) => return retry(format!("request failed: {e}"), None),
     };
     let redirected = resp.url().as_str() != job.url;
-    match classify(resp.status(), resp.headers(), &job.label, redirected, &ctx.http.auth) {
+    match classify(resp.status(), resp.headers(), &job.what, redirected, &ctx.http.auth) {
         Verdict::Ok => {}
         Verdict::Retry { reason, wait } => return retry(reason, wait),
         Verdict::Fail(e) => return Err(ChunkError::Fatal(e)),
@@ -509,5 +511,24 @@ async fn stream_body(
         if pos >= end {
             return Ok(Attempt::Complete);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn state_ranges_and_prefix() {
+        let mut s = State::fresh(250, 100, "sha256:x");
+        assert_eq!(s.done.len(), 3);
+        assert_eq!((s.range(0), s.range(2)), ((0, 100), (200, 50)));
+        s.done = vec![100, 40, 50];
+        assert_eq!(s.prefix(), 140, "the prefix stops at the first incomplete chunk");
+        assert_eq!(s.done_bytes(), 190);
+        assert!(s.valid());
+        s.done = vec![100, 101, 0];
+        assert!(!s.valid(), "a chunk cannot hold more than its range");
+        assert_eq!(State::fresh(0, 100, "e").done, vec![0]);
     }
 }

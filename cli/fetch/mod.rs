@@ -168,7 +168,7 @@ async fn run_async(req: Request, reporter: Arc<dyn Reporter>) -> Result<PathBuf>
     let (reused, todo) = split_complete(units, &layout, req.verify).await?;
     let target = layout.target();
     let target_s = target.display().to_string();
-    let jobs: Vec<Job> = todo.iter().enumerate().map(|(id, u)| job_for(id, u)).collect();
+    let jobs: Vec<Job> = todo.iter().enumerate().map(|(id, u)| job_for(id, u, &listing)).collect();
     let bytes_total: u64 = reused.iter().map(|(u, _)| u.file.size).chain(todo.iter().map(|u| u.file.size)).sum();
     let to_fetch = check_disk(&layout, &jobs)?;
     reporter.start(&StartInfo {
@@ -236,11 +236,12 @@ async fn split_complete(units: Vec<Unit>, layout: &Layout, verify: bool) -> Resu
     Ok((reused, todo))
 }
 
-fn job_for(id: usize, u: &Unit) -> Job {
+fn job_for(id: usize, u: &Unit, listing: &Listing) -> Job {
     let p = &u.placements[0];
     Job {
         id,
         label: u.file.path.clone(),
+        what: format!("file {} of {} {} at {}", u.file.path, listing.source, listing.repo, listing.commit),
         url: u.file.url.clone(),
         size: u.file.size,
         digest: u.file.digest.clone(),

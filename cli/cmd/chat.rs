@@ -43,7 +43,7 @@ pub fn run(args: Args) -> anyhow::Result<i32> {
     let mut backend: Box<dyn Backend> = if is_url(&args.target) {
         Box::new(Remote::connect(&args)?)
     } else {
-        let path = resolve_model(&args.target)?;
+        let path = resolve_model(&args.target, &args.engine)?;
         let engine = Engine::load(&path, &args.engine, 1, 1)?;
         Box::new(Local { handle: engine.handle.clone(), _engine: engine, args: Settings::from(&args) })
     };

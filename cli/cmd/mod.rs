@@ -8,5 +8,6 @@ pub mod logits;
 pub mod plan;
 pub mod probe;
 pub mod profiles;
+mod resolve;
 pub mod run;
 pub mod synth;

@@ -23,7 +23,8 @@ const DEFAULT_CONTEXT: usize = 4096;
 
 #[derive(clap::Args)]
 pub struct Args {
-    /// A local GGUF file (first shard of a split GGUF) or an HF folder with config.json.
+    /// A local GGUF file (first shard of a split GGUF), an HF folder with config.json, a
+    /// catalog name (planned for this machine, then fetched) or an HF repo id (fetched).
     /// May be left out when --plan names the model.
     pub model: Option<String>,
     /// A plan from `hy plan --save`: its model, context and concurrency are the defaults, and
@@ -69,6 +70,13 @@ pub struct EngineArgs {
     /// Default: the model's own, else one matching its vocabulary, else chatml.
     #[arg(long)]
     pub chat_template: Option<String>,
+    /// For a catalog name or repo id: the quantization to fetch (default for a catalog name:
+    /// what `hy plan` picks for this machine).
+    #[arg(long)]
+    pub quant: Option<String>,
+    /// For a catalog name or repo id: the revision (branch, tag or commit) to fetch.
+    #[arg(long)]
+    pub revision: Option<String>,
 }
 
 pub fn run(mut args: Args) -> anyhow::Result<i32> {
@@ -78,7 +86,7 @@ pub fn run(mut args: Args) -> anyhow::Result<i32> {
         (None, Some(p)) => p.model_reference.clone(),
         (None, None) => bail!("name a model: `hy run MODEL` (a GGUF file or HF folder) or `hy run --plan plan.toml`"),
     };
-    let path = resolve_model(&model)?;
+    let path = resolve_model(&model, &args.engine)?;
     if let Some(p) = &plan {
         // The plan sized memory for its context and concurrency: use them unless overridden.
         args.engine.context = args.engine.context.or(usize::try_from(p.context).ok());
@@ -115,17 +123,15 @@ pub fn run(mut args: Args) -> anyhow::Result<i32> {
     Ok(0)
 }
 
-/// Turns the MODEL argument into local files. For now only local paths are accepted; catalog
-/// names and repo ids (probe → plan → fetch) will be connected here.
-pub fn resolve_model(model: &str) -> anyhow::Result<PathBuf> {
-    let path = PathBuf::from(model);
-    if path.exists() {
-        return Ok(path);
-    }
-    bail!(
-        "model `{model}` is not a local file or folder; `hy run` serves a local GGUF file or an HF folder \
-         for now (download one with `hy fetch`, then pass its path)"
-    )
+/// Turns the MODEL argument into local files: a path as is; a catalog name or repo id is
+/// planned for this box and fetched (see `resolve`).
+pub fn resolve_model(model: &str, engine: &EngineArgs) -> anyhow::Result<PathBuf> {
+    let remote = super::resolve::Remote {
+        quant: engine.quant.clone(),
+        revision: engine.revision.clone(),
+        context: engine.context.map(|c| c as u64),
+    };
+    super::resolve::resolve_model(model, &remote)
 }
 
 /// A loaded model and tokenizer behind a running engine thread.
@@ -145,6 +151,10 @@ impl Engine {
         }
         let threads = rayon::current_num_threads();
         eprintln!("hy: execution is CPU-only for now ({threads} threads); GPU placements in a plan are not used yet");
+        // Routed experts of MoE models run on pinned threads owning fixed weight rows.
+        hy_engine::models::moe::set_expert_pool(Some(hy_engine::runtime::pool::Pool::new(
+            super::bench::thread_layout(Some(threads), None),
+        )));
         let t0 = Instant::now();
         let model = loader::load(path, &LoadOptions::default())
             .with_context(|| format!("loading the model {}", path.display()))?;

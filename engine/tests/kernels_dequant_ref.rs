@@ -91,3 +91,34 @@ fn kernels_exact_matvec_on_real_tensors_matches_gguf_py_values() {
         }
     }
 }
+
+#[test]
+fn kernels_fast_matvec_on_real_tensors_is_within_q8_rounding_of_gguf_py_values() {
+    // Fast mode quantizes x to 8 bits per block; the error per output is bounded by
+    // Σ|w|·(half a quantization step of x's block).
+    for rec in records() {
+        let w = QMatrix::new(rec.ty, rec.rows, rec.row_len, &rec.raw).unwrap();
+        let x: Vec<f32> = (0..rec.row_len).map(|i| ((i * 104729) % 89) as f32 / 44.0 - 1.0).collect();
+        let block = rec.ty.block_size().max(1);
+        let step: Vec<f32> = x
+            .chunks(if block == 1 { x.len() } else { block })
+            .flat_map(|c| {
+                let s = c.iter().fold(0f32, |m, v| m.max(v.abs())) / 127.0;
+                std::iter::repeat_n(if block == 1 { 0.0 } else { s }, c.len())
+            })
+            .collect();
+        for isa in Isa::all_supported() {
+            let p = hy_engine::kernels::prepare_with(w.ty, rec.row_len, &x, 1, Precision::Fast);
+            let mut y = vec![0f32; rec.rows];
+            hy_engine::kernels::matmul_rows(isa, &w, &p, 0..rec.rows, &mut y);
+            for (r, &yr) in y.iter().enumerate() {
+                let row = &rec.values[r * rec.row_len..(r + 1) * rec.row_len];
+                let want: f64 = row.iter().zip(&x).map(|(&a, &b)| a as f64 * b as f64).sum();
+                let tol: f64 = row.iter().zip(&step).map(|(&a, &s)| (a.abs() * s * 0.5) as f64).sum::<f64>()
+                    + 1e-5 * row.iter().zip(&x).map(|(&a, &b)| (a * b).abs() as f64).sum::<f64>()
+                    + 1e-6;
+                assert!((yr as f64 - want).abs() <= tol, "{} {isa:?} row {r}: {yr} vs {want} (tol {tol})", rec.name);
+            }
+        }
+    }
+}

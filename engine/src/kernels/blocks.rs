@@ -3,16 +3,18 @@
 //! This is the one place that knows the bit layouts; dequantization and the scalar reference
 //! dot products are both written on top of the unpacked form, and the SIMD kernels are tested
 //! against them. Layouts (bytes, little-endian):
-//! - Q4_0 (18): d f16 | qs[16]           w = d·(q−8), q low nibbles first then high nibbles
-//! - Q4_1 (20): d f16 | m f16 | qs[16]   w = d·q + m
-//! - Q5_0 (22): d f16 | qh u32 | qs[16]  5th bit of weight j in bit j of qh; w = d·(q−16)
-//! - Q5_1 (24): d f16 | m f16 | qh u32 | qs[16]
-//! - Q8_0 (34): d f16 | qs[32] i8
-//! - Q2_K (84): scales[16] (low nibble scale, high nibble min) | qs[64] | d f16 | dmin f16
-//! - Q3_K (110): hmask[32] | qs[64] | scales[12] (16 × 6-bit, −32) | d f16
-//! - Q4_K (144): d f16 | dmin f16 | scales[12] (8 × 6-bit scale, 8 × 6-bit min) | qs[128]
-//! - Q5_K (176): d f16 | dmin f16 | scales[12] | qh[32] | qs[128]
-//! - Q6_K (210): ql[128] | qh[64] | scales[16] i8 | d f16
+//! ```text
+//! Q4_0 (18): d f16 | qs[16]           w = d·(q−8), q low nibbles first then high nibbles
+//! Q4_1 (20): d f16 | m f16 | qs[16]   w = d·q + m
+//! Q5_0 (22): d f16 | qh u32 | qs[16]  5th bit of weight j in bit j of qh; w = d·(q−16)
+//! Q5_1 (24): d f16 | m f16 | qh u32 | qs[16]
+//! Q8_0 (34): d f16 | qs[32] i8
+//! Q2_K (84): scales[16] (low nibble scale, high nibble min) | qs[64] | d f16 | dmin f16
+//! Q3_K (110): hmask[32] | qs[64] | scales[12] (16 × 6-bit, −32) | d f16
+//! Q4_K (144): d f16 | dmin f16 | scales[12] (8 × 6-bit scale, 8 × 6-bit min) | qs[128]
+//! Q5_K (176): d f16 | dmin f16 | scales[12] | qh[32] | qs[128]
+//! Q6_K (210): ql[128] | qh[64] | scales[16] i8 | d f16
+//! ```
 
 // Index loops mirror the published bit layouts, which reads better than zipped iterators here.
 #![allow(clippy::needless_range_loop)]

@@ -3,7 +3,7 @@
 //!
 //! CONTRACT (used by models/, do not change signatures without updating callers):
 //! - [`QMatrix`]: a row-major weight matrix view (`rows` × `cols`) in some [`WeightType`].
-//! - [`matvec`]: `y = W · x` (x has `cols` values, y has `rows`).
+//! - [`matvec()`]: `y = W · x` (x has `cols` values, y has `rows`).
 //! - [`matmul`]: `Y = X · Wᵀ` for `n` input rows (X is n × cols, Y is n × rows), reading W once.
 //! - [`dequantize_row`]: one row of a GGML type to f32.
 //! - [`set_precision`]: `Exact` computes with f32 activations (for `hy logits`), `Fast` quantizes
@@ -12,6 +12,21 @@
 //! Shapes come from model code: validate each matrix once at load with [`QMatrix::new`] /
 //! [`QMatrix::validate`]; the products then only `debug_assert` shapes (slicing stays
 //! bounds-checked, so a wrong shape can never read out of bounds).
+//!
+//! Supported weights: F32, F16, BF16, Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q2_K, Q3_K, Q4_K, Q5_K,
+//! Q6_K, and FP8 e4m3 with 128×128 block `scale_inv`. Fast mode quantizes activations to
+//! Q8_0 (32-weight block types) or Q8_K (k-quants); float and FP8 weights always use f32
+//! activations. Exact mode dequantizes block by block and sums in f32 lanes + f64.
+//!
+//! Running on your own threads (per-NUMA pools): call [`prepare`] once per layer input, then
+//! on each thread [`matmul_rows`]`(Isa::best(), &w, &prepared, rows, out)` for the contiguous
+//! rows it owns (`out` is rows.len() × n, one weight row's n outputs together). With n > 1
+//! each weight block is unpacked once for up to four activation rows and read from memory
+//! once for all n.
+//!
+//! Environment: `HY_ISA=scalar|avx2|avx512` caps the instruction set ([`Isa::best`]);
+//! `HY_PREFETCH=<bytes>` sets the software prefetch distance of the quantized kernels
+//! (default 2048, 0 = off). Speed: `cargo run --release -p hy-engine --example kernel_bench`.
 
 #[cfg(target_arch = "x86_64")]
 mod avx2;

@@ -19,11 +19,13 @@ use super::dense::{DenseConfig, DenseModel};
 use super::error::ModelError;
 use super::weights::GgufSource;
 use super::ModelInfo;
-use crate::formats::GgufFile;
+use crate::formats::{GgufFile, MetaValue};
 
-/// Every `SWA_PATTERN`-th layer (index % 6 == 5) attends globally (Gemma 3's 5:1 pattern).
+/// Every `SWA_PATTERN`-th layer (index % 6 == 5) attends globally (Gemma 3's 5:1 pattern),
+/// unless the file says otherwise (`attention.sliding_window_pattern`).
 const SWA_PATTERN: usize = 6;
-/// Rope base of the local (sliding-window) layers; Gemma 3 fixes it, GGUF does not store it.
+/// Rope base of the local (sliding-window) layers: Gemma 3 fixes it; GGUF files usually do not
+/// store it (`rope.freq_base_swa` when they do).
 const LOCAL_ROPE_BASE: f64 = 10000.0;
 
 /// Loads a Gemma 3 GGUF.
@@ -50,13 +52,13 @@ fn gguf_config(f: &GgufFile, kv_dtype: KvDtype) -> Result<DenseConfig, ModelErro
         Some(factor) if factor > 0.0 => 1.0 / factor,
         _ => 1.0,
     };
+    let local_base = f.arch_f64("rope.freq_base_swa").unwrap_or(LOCAL_ROPE_BASE);
     let ropes = vec![
-        Rope::new(RopeStyle::NeoX, head_dim, LOCAL_ROPE_BASE, 1.0),
+        Rope::new(RopeStyle::NeoX, head_dim, local_base, 1.0),
         Rope::new(RopeStyle::NeoX, head_dim, global_base, global_scale),
     ];
-    let layer_attn = (0..n_layers)
-        .map(|l| if l % SWA_PATTERN == SWA_PATTERN - 1 || window.is_none() { (1, None) } else { (0, window) })
-        .collect();
+    let swa = swa_layers(f, n_layers)?;
+    let layer_attn = swa.iter().map(|&local| if local && window.is_some() { (0, window) } else { (1, None) }).collect();
     let info = ModelInfo {
         arch: "gemma3".to_string(),
         name: f.get_str("general.name").unwrap_or("").to_string(),
@@ -83,6 +85,27 @@ fn gguf_config(f: &GgufFile, kv_dtype: KvDtype) -> Result<DenseConfig, ModelErro
     })
 }
 
+/// Which layers use the sliding window: `attention.sliding_window_pattern` as a per-layer bool
+/// array or a period N (layers with index % N < N − 1 are local), default Gemma 3's 6.
+fn swa_layers(f: &GgufFile, n_layers: usize) -> Result<Vec<bool>, ModelError> {
+    let key = "gemma3.attention.sliding_window_pattern";
+    let period = |n: usize| (0..n_layers).map(|l| n == 0 || l % n < n - 1).collect();
+    match f.get(key) {
+        None => Ok(period(SWA_PATTERN)),
+        Some(MetaValue::Array(items)) => {
+            let flags: Option<Vec<bool>> = items.iter().map(MetaValue::as_bool).collect();
+            match flags {
+                Some(v) if v.len() == n_layers => Ok(v),
+                _ => Err(ModelError::config(key, format!("expected {n_layers} booleans"))),
+            }
+        }
+        Some(v) => match v.as_u64() {
+            Some(n) => Ok(period(n as usize)),
+            None => Err(ModelError::config(key, "expected an integer or a boolean array")),
+        },
+    }
+}
+
 /// 1/sqrt(query_pre_attn_scalar). GGUF does not store the scalar; it equals head_dim for every
 /// Gemma 3 size except 27B (62 layers), where it is hidden / heads (as llama.cpp assumes).
 fn attn_scale(f: &GgufFile, hidden: usize, n_heads: usize, head_dim: usize, n_layers: usize) -> f32 {
@@ -92,4 +115,39 @@ fn attn_scale(f: &GgufFile, hidden: usize, n_heads: usize, head_dim: usize, n_la
         _ => head_dim as f64,
     };
     (1.0 / scalar.sqrt()) as f32
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::formats::gguf_writer::GgufWriter;
+
+    fn file_with(pattern: Option<MetaValue>) -> (tempfile::TempDir, GgufFile) {
+        let mut w = GgufWriter::new();
+        w.add_meta("general.architecture", MetaValue::String("gemma3".into()));
+        if let Some(p) = pattern {
+            w.add_meta("gemma3.attention.sliding_window_pattern", p);
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("m.gguf");
+        std::fs::write(&path, w.to_bytes()).unwrap();
+        let f = GgufFile::open(&path).unwrap();
+        (dir, f)
+    }
+
+    #[test]
+    fn sliding_window_layers_follow_the_pattern() {
+        let (_d, f) = file_with(None);
+        let swa = swa_layers(&f, 12).unwrap();
+        let globals: Vec<usize> = (0..12).filter(|&l| !swa[l]).collect();
+        assert_eq!(globals, vec![5, 11]);
+        let (_d, f) = file_with(Some(MetaValue::U32(4)));
+        assert_eq!(swa_layers(&f, 4).unwrap(), vec![true, true, true, false]);
+        let flags = vec![MetaValue::Bool(false), MetaValue::Bool(true)];
+        let (_d, f) = file_with(Some(MetaValue::Array(flags)));
+        assert_eq!(swa_layers(&f, 2).unwrap(), vec![false, true]);
+        assert!(swa_layers(&f, 3).is_err());
+        let (_d, f) = file_with(Some(MetaValue::String("x".into())));
+        assert!(swa_layers(&f, 3).is_err());
+    }
 }

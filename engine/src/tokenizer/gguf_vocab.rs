@@ -66,6 +66,7 @@ pub(super) fn load(file: &GgufFile) -> Result<Parts, TokenizerError> {
         }
         spm => (PreTokenizer::default(), spm),
     };
+    let strip_leading_space = matches!(model, Model::Spm { add_space_prefix: true });
     let eos = id(file, "tokenizer.ggml.eos_token_id");
     let extra_eos =
         ["tokenizer.ggml.eot_token_id", "tokenizer.ggml.eom_token_id"].iter().filter_map(|k| id(file, k)).collect();
@@ -83,6 +84,7 @@ pub(super) fn load(file: &GgufFile) -> Result<Parts, TokenizerError> {
         add_bos: file.get_bool("tokenizer.ggml.add_bos_token").unwrap_or(!byte_level),
         add_eos: file.get_bool("tokenizer.ggml.add_eos_token").unwrap_or(false),
         chat_template: file.get_str("tokenizer.chat_template").map(str::to_owned),
+        strip_leading_space,
     })
 }
 

@@ -3,7 +3,9 @@
 
 use super::pretok::{Behavior, PreTokenizer, Rule, GPT2};
 use super::special::SpecialToken;
-use super::{bpe, bytelevel, Model, Normalizer, Parts, TokenInfo, TokenKind, TokenizerError};
+use super::{
+    bpe, bytelevel, CharBpe, Metaspace, Model, Normalizer, Parts, Prepend, TokenInfo, TokenKind, TokenizerError,
+};
 use serde_json::Value;
 use std::collections::HashMap;
 use std::path::Path;
@@ -43,19 +45,23 @@ pub(super) fn load(path: &Path) -> Result<Parts, TokenizerError> {
         )));
     }
     let pre = root.get("pre_tokenizer").unwrap_or(&Value::Null);
-    let (pretok, byte_level) = parse_pretok(pre)?;
-    if !byte_level {
+    let mut metaspace = None;
+    let (pretok, byte_level) = parse_pretok(pre, &mut metaspace)?;
+    let flag = |k: &str| model.get(k).and_then(Value::as_bool).unwrap_or(false);
+    let byte_fallback = flag("byte_fallback");
+    if !byte_level && !byte_fallback && metaspace.is_none() {
         return Err(TokenizerError::Unsupported(format!(
-            "{}: BPE without a ByteLevel pre-tokenizer (SentencePiece-style tokenizer.json); \
-             use the model's GGUF file instead",
+            "{}: BPE that is neither byte-level nor SentencePiece-style (no ByteLevel, \
+             Metaspace or byte_fallback); use the model's GGUF file instead",
             path.display()
         )));
     }
     let vocab = parse_vocab(model)?;
     let added = parse_added(&root)?;
-    let mut tokens = build_tokens(&vocab, &added)?;
+    let replacement = metaspace.as_ref().map_or('\u{2581}', |m: &Metaspace| m.replacement);
+    let mut tokens = build_tokens(&vocab, &added, if byte_level { None } else { Some(replacement) })?;
     let merges = parse_merges(model, &vocab)?;
-    let ignore_merges = model.get("ignore_merges").and_then(Value::as_bool).unwrap_or(false);
+    let ignore_merges = flag("ignore_merges");
     let unk = model.get("unk_token").and_then(Value::as_str).and_then(|u| vocab.get(u).copied());
     let cfg = sibling_json(path, "tokenizer_config.json")?.unwrap_or(Value::Null);
     let gen = sibling_json(path, "generation_config.json")?.unwrap_or(Value::Null);
@@ -71,7 +77,11 @@ pub(super) fn load(path: &Path) -> Result<Parts, TokenizerError> {
     mark_kinds(&mut tokens, &added);
     Ok(Parts {
         tokens,
-        model: Model::ByteBpe { merges, ignore_merges },
+        model: if byte_level {
+            Model::ByteBpe { merges, ignore_merges }
+        } else {
+            Model::CharBpe(CharBpe { merges, ignore_merges, byte_fallback, fuse_unk: flag("fuse_unk"), metaspace })
+        },
         normalizer: Normalizer::from_json(root.get("normalizer").unwrap_or(&Value::Null))?,
         pretok,
         specials: added,
@@ -82,24 +92,31 @@ pub(super) fn load(path: &Path) -> Result<Parts, TokenizerError> {
         add_bos,
         add_eos,
         chat_template: chat_template(&cfg).or(sibling_text(path, "chat_template.jinja")?),
+        strip_leading_space: !byte_level && decoder_strips_space(root.get("decoder")),
     })
 }
 
-/// Split rules, and whether a ByteLevel step is present.
-fn parse_pretok(v: &Value) -> Result<(PreTokenizer, bool), TokenizerError> {
+/// Split rules, and whether a ByteLevel step is present; a Metaspace step is stored in
+/// `metaspace` (it runs before the split rules).
+fn parse_pretok(v: &Value, metaspace: &mut Option<Metaspace>) -> Result<(PreTokenizer, bool), TokenizerError> {
     let mut p = PreTokenizer::default();
     let mut byte_level = false;
-    push_pretok(v, &mut p, &mut byte_level)?;
+    push_pretok(v, &mut p, &mut byte_level, metaspace)?;
     Ok((p, byte_level))
 }
 
-fn push_pretok(v: &Value, p: &mut PreTokenizer, byte_level: &mut bool) -> Result<(), TokenizerError> {
+fn push_pretok(
+    v: &Value,
+    p: &mut PreTokenizer,
+    byte_level: &mut bool,
+    metaspace: &mut Option<Metaspace>,
+) -> Result<(), TokenizerError> {
     let kind = v.get("type").and_then(Value::as_str).unwrap_or("");
     match kind {
         "" if v.is_null() => {}
         "Sequence" => {
             for s in v.get("pretokenizers").and_then(Value::as_array).into_iter().flatten() {
-                push_pretok(s, p, byte_level)?;
+                push_pretok(s, p, byte_level, metaspace)?;
             }
         }
         "Split" => {
@@ -123,6 +140,7 @@ fn push_pretok(v: &Value, p: &mut PreTokenizer, byte_level: &mut bool) -> Result
             }
             *byte_level = true;
         }
+        "Metaspace" => *metaspace = Some(parse_metaspace(v)?),
         "Digits" => {
             let single = v.get("individual_digits").and_then(Value::as_bool).unwrap_or(false);
             p.push(Rule::isolated(if single { r"\p{N}" } else { r"\p{N}+" })?);
@@ -130,6 +148,41 @@ fn push_pretok(v: &Value, p: &mut PreTokenizer, byte_level: &mut bool) -> Result
         other => return Err(TokenizerError::Unsupported(format!("pre-tokenizer {other:?} in tokenizer.json"))),
     }
     Ok(())
+}
+
+fn parse_metaspace(v: &Value) -> Result<Metaspace, TokenizerError> {
+    let replacement = v.get("replacement").and_then(Value::as_str).and_then(|s| s.chars().next()).unwrap_or('\u{2581}');
+    let prepend = match v.get("prepend_scheme").and_then(Value::as_str) {
+        Some("always") => Prepend::Always,
+        Some("first") => Prepend::First,
+        Some("never") => Prepend::Never,
+        Some(other) => return Err(TokenizerError::Unsupported(format!("Metaspace prepend_scheme {other:?}"))),
+        // Older files: add_prefix_space (default true) means "always".
+        None if v.get("add_prefix_space").and_then(Value::as_bool).unwrap_or(true) => Prepend::Always,
+        None => Prepend::Never,
+    };
+    let split = v.get("split").and_then(Value::as_bool).unwrap_or(true);
+    Ok(Metaspace { replacement, prepend, split })
+}
+
+/// True when the decoder drops the dummy leading space (`Strip` of a leading " ", or a
+/// `Metaspace` decoder that prepends one).
+fn decoder_strips_space(v: Option<&Value>) -> bool {
+    let Some(v) = v else { return false };
+    match v.get("type").and_then(Value::as_str) {
+        Some("Sequence") => {
+            v.get("decoders").and_then(Value::as_array).into_iter().flatten().any(|d| decoder_strips_space(Some(d)))
+        }
+        Some("Strip") => {
+            v.get("content").and_then(Value::as_str) == Some(" ")
+                && v.get("start").and_then(Value::as_u64).unwrap_or(0) > 0
+        }
+        Some("Metaspace") => match v.get("prepend_scheme").and_then(Value::as_str) {
+            Some(scheme) => scheme != "never",
+            None => v.get("add_prefix_space").and_then(Value::as_bool).unwrap_or(true),
+        },
+        _ => false,
+    }
 }
 
 fn parse_vocab(model: &Value) -> Result<HashMap<String, u32>, TokenizerError> {
@@ -170,20 +223,53 @@ fn parse_added(root: &Value) -> Result<Vec<SpecialToken>, TokenizerError> {
 }
 
 /// The id-indexed token table; ids no entry names become empty unused slots.
-fn build_tokens(vocab: &HashMap<String, u32>, added: &[SpecialToken]) -> Result<Vec<TokenInfo>, TokenizerError> {
+/// `space_char`: `None` for byte-level vocabularies, else the char that stands for a space
+/// (SentencePiece-style vocabularies, with `<0xXX>` byte tokens).
+fn build_tokens(
+    vocab: &HashMap<String, u32>,
+    added: &[SpecialToken],
+    space_char: Option<char>,
+) -> Result<Vec<TokenInfo>, TokenizerError> {
     let max = vocab.values().chain(added.iter().map(|a| &a.id)).copied().max().unwrap_or(0);
     if max >= 16_000_000 {
         return Err(TokenizerError::Invalid(format!("token id {max} is implausibly large")));
     }
     let empty = TokenInfo { text: String::new(), bytes: Vec::new(), kind: TokenKind::Unused, score: 0.0 };
     let mut tokens = vec![empty; max as usize + 1];
-    let entries = vocab.iter().map(|(t, &i)| (t.as_str(), i)).chain(added.iter().map(|a| (a.text.as_str(), a.id)));
-    for (text, id) in entries {
-        // Like the HF ByteLevel decoder: text outside the byte alphabet is taken as is.
-        let bytes = bytelevel::decode(text).unwrap_or_else(|| text.as_bytes().to_vec());
-        tokens[id as usize] = TokenInfo { text: text.to_owned(), bytes, kind: TokenKind::Normal, score: 0.0 };
+    for (text, &id) in vocab {
+        tokens[id as usize] = vocab_token(text, space_char);
+    }
+    for a in added {
+        // Added tokens decode to their text (for byte-level files, through the same
+        // alphabet mapping the HF ByteLevel decoder applies to every token).
+        let bytes = match space_char {
+            None => bytelevel::decode(&a.text).unwrap_or_else(|| a.text.as_bytes().to_vec()),
+            Some(_) => a.text.as_bytes().to_vec(),
+        };
+        tokens[a.id as usize] = TokenInfo { text: a.text.clone(), bytes, kind: TokenKind::Normal, score: 0.0 };
     }
     Ok(tokens)
+}
+
+fn vocab_token(text: &str, space_char: Option<char>) -> TokenInfo {
+    let (bytes, kind) = match space_char {
+        // Like the HF ByteLevel decoder: text outside the byte alphabet is taken as is.
+        None => (bytelevel::decode(text).unwrap_or_else(|| text.as_bytes().to_vec()), TokenKind::Normal),
+        Some(sp) => match byte_token(text) {
+            Some(b) => (vec![b], TokenKind::Byte),
+            None => (text.replace(sp, " ").into_bytes(), TokenKind::Normal),
+        },
+    };
+    TokenInfo { text: text.to_owned(), bytes, kind, score: 0.0 }
+}
+
+/// `<0xE4>` → 0xE4.
+fn byte_token(text: &str) -> Option<u8> {
+    let hex = text.strip_prefix("<0x")?.strip_suffix('>')?;
+    if hex.len() != 2 {
+        return None;
+    }
+    u8::from_str_radix(hex, 16).ok()
 }
 
 fn mark_kinds(tokens: &mut [TokenInfo], added: &[SpecialToken]) {

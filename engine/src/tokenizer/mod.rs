@@ -92,6 +92,36 @@ enum Model {
     ByteBpe { merges: bpe::Merges, ignore_merges: bool },
     /// SentencePiece-style score merging over characters, with byte fallback.
     Spm { add_space_prefix: bool },
+    /// BPE over characters with `<0xXX>` byte fallback (SentencePiece-derived
+    /// tokenizer.json files: Llama 2, Mistral, Gemma HF folders).
+    CharBpe(CharBpe),
+}
+
+/// Where the Metaspace step puts its `▁` in front of a text fragment.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Prepend {
+    Always,
+    /// Only in front of the fragment that starts the input.
+    First,
+    Never,
+}
+
+/// HF `Metaspace`: spaces become `▁`, one `▁` is prepended, optionally split per word.
+#[derive(Debug, Clone)]
+struct Metaspace {
+    replacement: char,
+    prepend: Prepend,
+    split: bool,
+}
+
+#[derive(Debug)]
+struct CharBpe {
+    merges: bpe::Merges,
+    ignore_merges: bool,
+    byte_fallback: bool,
+    /// Consecutive unknown characters become one unknown token.
+    fuse_unk: bool,
+    metaspace: Option<Metaspace>,
 }
 
 /// Words cached per tokenizer; beyond this many the cache starts over (bounded memory).
@@ -153,6 +183,8 @@ struct Parts {
     add_bos: bool,
     add_eos: bool,
     chat_template: Option<String>,
+    /// Decoding drops one leading space (a SentencePiece dummy prefix).
+    strip_leading_space: bool,
 }
 
 impl Tokenizer {
@@ -212,7 +244,7 @@ impl Tokenizer {
         for s in p.specials.iter_mut().filter(|s| eos_ids.contains(&s.id)) {
             s.always = false;
         }
-        let strip_leading_space = matches!(p.model, Model::Spm { add_space_prefix: true });
+        let strip_leading_space = p.strip_leading_space;
         let scores = p.tokens.iter().map(|t| t.score).collect();
         Ok(Tokenizer {
             scores,
@@ -248,7 +280,8 @@ impl Tokenizer {
                     prev_was_token = true;
                 }
                 Fragment::Text(r) => {
-                    self.encode_text(&text[r], prev_was_token, &mut out);
+                    let at_start = r.start == 0;
+                    self.encode_text(&text[r], at_start, prev_was_token, &mut out);
                     prev_was_token = false;
                 }
             }
@@ -273,7 +306,7 @@ impl Tokenizer {
         out
     }
 
-    fn encode_text(&self, text: &str, after_token: bool, out: &mut Vec<u32>) {
+    fn encode_text(&self, text: &str, at_start: bool, after_token: bool, out: &mut Vec<u32>) {
         let text = self.normalizer.apply(text);
         match &self.model {
             Model::ByteBpe { merges, ignore_merges } => {
@@ -294,15 +327,72 @@ impl Tokenizer {
                 };
                 vocab.encode(&escaped, out);
             }
+            Model::CharBpe(m) => {
+                let text = match &m.metaspace {
+                    Some(ms) => std::borrow::Cow::Owned(ms.apply(&text, at_start)),
+                    None => text,
+                };
+                let words = match &m.metaspace {
+                    Some(ms) if ms.split => ms.split_words(&text),
+                    _ => std::iter::once(0..text.len()).collect(),
+                };
+                for w in words {
+                    for r in self.pretok.split(&text[w.clone()]) {
+                        let word = &text[w.start + r.start..w.start + r.end];
+                        self.cached(word, out, |t| t.char_bpe_word(word, m));
+                    }
+                }
+            }
         }
     }
 
+    /// HF BPE over characters: known chars are symbols, unknown ones become their
+    /// `<0xXX>` byte tokens (or the unknown token), then the merges run.
+    fn char_bpe_word(&self, word: &str, m: &CharBpe) -> Vec<u32> {
+        if m.ignore_merges {
+            if let Some(&id) = self.token_to_id.get(word) {
+                return vec![id];
+            }
+        }
+        let mut start = Vec::with_capacity(word.len());
+        let mut buf = [0u8; 4];
+        let mut prev_unk = false;
+        for c in word.chars() {
+            if let Some(&id) = self.token_to_id.get(c.encode_utf8(&mut buf) as &str) {
+                start.push(id);
+                prev_unk = false;
+                continue;
+            }
+            let bytes: Option<Vec<u32>> = c.encode_utf8(&mut buf).bytes().map(|b| self.byte_ids[b as usize]).collect();
+            match (m.byte_fallback, bytes) {
+                (true, Some(ids)) => {
+                    start.extend(ids);
+                    prev_unk = false;
+                }
+                _ => {
+                    if let Some(unk) = self.unk {
+                        if !(m.fuse_unk && prev_unk) {
+                            start.push(unk);
+                        }
+                        prev_unk = true;
+                    }
+                }
+            }
+        }
+        m.merges.apply(&start)
+    }
+
     fn encode_word(&self, word: &str, merges: &bpe::Merges, ignore_merges: bool, out: &mut Vec<u32>) {
+        self.cached(word, out, |t| t.bpe_word(word, merges, ignore_merges));
+    }
+
+    /// Appends the ids of `word`, computing them with `f` only when not cached.
+    fn cached(&self, word: &str, out: &mut Vec<u32>, f: impl FnOnce(&Self) -> Vec<u32>) {
         if let Some(ids) = self.cache.lock().ok().and_then(|c| c.get(word).cloned()) {
             out.extend(ids);
             return;
         }
-        let ids = self.bpe_word(word, merges, ignore_merges);
+        let ids = f(self);
         out.extend_from_slice(&ids);
         if let Ok(mut c) = self.cache.lock() {
             if c.len() >= CACHE_LIMIT {
@@ -465,6 +555,7 @@ impl std::fmt::Debug for Tokenizer {
         let kind = match self.model {
             Model::ByteBpe { .. } => "byte-level BPE",
             Model::Spm { .. } => "SentencePiece-style",
+            Model::CharBpe(_) => "BPE with byte fallback",
         };
         f.debug_struct("Tokenizer")
             .field("kind", &kind)
@@ -483,7 +574,7 @@ fn byte_token_ids(model: &Model, token_to_id: &HashMap<String, u32>) -> [Option<
     for (b, slot) in ids.iter_mut().enumerate() {
         let key = match model {
             Model::ByteBpe { .. } => bytelevel::byte_to_char(b as u8).to_string(),
-            Model::Spm { .. } => format!("<0x{b:02X}>"),
+            Model::Spm { .. } | Model::CharBpe(_) => format!("<0x{b:02X}>"),
         };
         *slot = token_to_id.get(&key).copied();
     }
@@ -506,4 +597,37 @@ fn collect_eos(p: &Parts, token_to_id: &HashMap<String, u32>) -> Vec<u32> {
     ids.sort_unstable();
     ids.dedup();
     ids
+}
+
+impl Metaspace {
+    /// Spaces to the replacement char, plus the prepended one where the scheme wants it.
+    fn apply(&self, text: &str, at_start: bool) -> String {
+        let replaced: String = text.chars().map(|c| if c == ' ' { self.replacement } else { c }).collect();
+        let prepend = match self.prepend {
+            Prepend::Always => true,
+            Prepend::First => at_start,
+            Prepend::Never => false,
+        };
+        if prepend && !replaced.starts_with(self.replacement) {
+            format!("{}{replaced}", self.replacement)
+        } else {
+            replaced
+        }
+    }
+
+    /// Word ranges: each starts at a replacement char (HF splits with MergedWithNext).
+    fn split_words(&self, text: &str) -> Vec<std::ops::Range<usize>> {
+        let mut out = Vec::new();
+        let mut start = 0;
+        for (i, c) in text.char_indices() {
+            if c == self.replacement && i > start {
+                out.push(start..i);
+                start = i;
+            }
+        }
+        if start < text.len() {
+            out.push(start..text.len());
+        }
+        out
+    }
 }

@@ -114,6 +114,7 @@ pub(super) fn load(path: &Path, pattern: Option<&str>) -> Result<Parts, Tokenize
         add_bos: cfg.get("add_bos_token").and_then(Value::as_bool).unwrap_or(false),
         add_eos: cfg.get("add_eos_token").and_then(Value::as_bool).unwrap_or(false),
         chat_template,
+        strip_leading_space: false,
     })
 }
 

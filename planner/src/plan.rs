@@ -175,6 +175,10 @@ pub struct NumaPlan {
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
 pub struct StepBreakdown {
     pub cpu_experts_ms: f64,
+    /// The same expert reads at the full (measured or stream-derived) bandwidth: the bound
+    /// that `cpu_bandwidth_efficiency` is measured against.
+    #[serde(default)]
+    pub cpu_experts_bound_ms: f64,
     pub gpu_ms: f64,
     pub cpu_other_ms: f64,
     pub sync_ms: f64,
@@ -763,6 +767,7 @@ fn decode_step(pl: &Placed, position: u64, n: u64) -> StepBreakdown {
     let cpu_flops = topo.cpu_tflops * 1e12 * eff.cpu_compute_efficiency;
     let cpu_expert_flops = 2.0 * (n * a.experts_per_token) as f64 * expert_params * cpu_moe_layers as f64;
     let cpu_experts = (cpu_expert_bytes / cpu_bw).max(cpu_expert_flops / cpu_flops);
+    let cpu_experts_bound_ms = 1e3 * cpu_expert_bytes / (topo.cpu_bandwidth_gbps() * 1e9);
 
     // The attention path (and embeddings row) is read once per step; KV per request.
     let path = (spec.total_bytes() - spec.bytes(Component::RoutedExperts) - spec.bytes(Component::Embeddings)) as f64;
@@ -772,7 +777,7 @@ fn decode_step(pl: &Placed, position: u64, n: u64) -> StepBreakdown {
     let attn_flops = attention_flops_per_position(spec) * (n * position) as f64;
     let dense_flops =
         2.0 * n as f64 * (spec.active_params() - expert_params * a.experts_per_token as f64 * a.moe_layers() as f64);
-    let mut out = StepBreakdown::default();
+    let mut out = StepBreakdown { cpu_experts_bound_ms, ..StepBreakdown::default() };
     match (mode, topo.gpus.iter().max_by_key(|g| g.vram_bytes)) {
         ("cpu", _) | (_, None) => {
             let bytes = path + kv_read;

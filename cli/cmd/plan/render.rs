@@ -141,6 +141,13 @@ fn predicted(s: &mut String, p: &Plan) {
         "  step     {:.1} ms = CPU experts {:.1} + GPU {:.1} + CPU other {:.1} + sync {:.1} - overlap {:.1}",
         st.total_ms, st.cpu_experts_ms, st.gpu_ms, st.cpu_other_ms, st.sync_ms, st.overlap_ms
     );
+    if st.cpu_experts_ms > 0.0 {
+        let _ = writeln!(
+            s,
+            "           CPU experts {:.1} ms vs {:.1} ms at full memory bandwidth",
+            st.cpu_experts_ms, st.cpu_experts_bound_ms
+        );
+    }
     let _ = writeln!(s, "  bottleneck: {}", r.bottleneck);
 }
 

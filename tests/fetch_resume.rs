@@ -64,3 +64,32 @@ fn killed_chunked_download_resumes_only_missing_ranges() {
     // and the re-run must fetch only the missing 70 kB.
     kill_and_resume("100000", "2", 30_000, 530_000);
 }
+
+#[test]
+fn a_second_fetch_into_the_same_place_is_refused_while_the_first_runs() {
+    let s = Server::start();
+    let big = file("big.gguf", 42, 600_000, true);
+    s.add_repo(REPO, COMMIT, vec![big.clone()]);
+    let tmp = tempfile::tempdir().unwrap();
+    s.rule("big.gguf", Fault::PauseAfter(100_000), 1);
+    let env = [("HY_FETCH_CHUNK_BYTES", "10000000"), ("HY_FETCH_PERSIST_MS", "20")];
+    let mut first = command(&s, tmp.path(), &[REPO], &env)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let state = tmp.path().join("hub/models--org--model/blobs").join(format!("{}.hy-state", sha256_hex(&big.data)));
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while persisted(&state) < 100_000 {
+        assert!(Instant::now() < deadline && first.try_wait().unwrap().is_none(), "first fetch did not start");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let second = hy(&s, tmp.path(), &[REPO], &env);
+    let (_, stderr) = text(&second);
+    assert_eq!(second.status.code(), Some(4), "{stderr}");
+    assert!(stderr.contains("another process"), "{stderr}");
+    assert_eq!(persisted(&state), 100_000, "the second run touched the partial file");
+    s.release(); // the first run's connection closes; it resumes and completes
+    assert!(first.wait().unwrap().success());
+    assert_file(&snapshot(tmp.path()), &big);
+}

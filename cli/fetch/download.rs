@@ -330,7 +330,6 @@ fn open_partial(ctx: &Ctx, job: &Job) -> Result<(std::fs::File, State)> {
     if let Some(parent) = job.tmp.parent() {
         std::fs::create_dir_all(parent).with_context(|| format!("creating {}", parent.display()))?;
     }
-    let state = load_state(job).unwrap_or_else(|| State::fresh(job.size, ctx.http.tuning.chunk, &expect_key(job)));
     let file = std::fs::OpenOptions::new()
         .read(true)
         .write(true)
@@ -338,12 +337,37 @@ fn open_partial(ctx: &Ctx, job: &Job) -> Result<(std::fs::File, State)> {
         .truncate(false)
         .open(&job.tmp)
         .with_context(|| format!("opening {}", job.tmp.display()))?;
+    // Locked before anything is read or resized: a second `hy fetch` into the same place must
+    // not truncate or interleave with this one. The kernel drops the lock when we exit.
+    lock_exclusive(&file).map_err(|e| {
+        exit::coded(
+            exit::DOWNLOAD_FAILED,
+            format!(
+                "{}: another process is downloading it into {} ({e}); wait for it to finish or stop it",
+                job.label,
+                job.tmp.display()
+            ),
+        )
+    })?;
+    let state = load_state(job).unwrap_or_else(|| State::fresh(job.size, ctx.http.tuning.chunk, &expect_key(job)));
     if state.done_bytes() == 0 {
         file.set_len(0)?;
     }
     file.set_len(job.size).with_context(|| format!("sizing {}", job.tmp.display()))?;
     write_state(&job.state, &state).with_context(|| format!("writing {}", job.state.display()))?;
     Ok((file, state))
+}
+
+/// A non-blocking exclusive `flock` on the partial file.
+fn lock_exclusive(file: &std::fs::File) -> std::io::Result<()> {
+    use std::os::fd::AsRawFd;
+    // SAFETY: flock only takes a file descriptor, which `file` keeps open for the call.
+    let rc = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(std::io::Error::last_os_error())
+    }
 }
 
 fn spawn_persister(shared: Arc<Shared>, every: Duration) -> tokio::task::JoinHandle<()> {

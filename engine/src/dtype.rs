@@ -130,7 +130,7 @@ impl GgmlType {
     /// Bytes for `n` consecutive weights, or `None` if `n` is not a whole number of blocks.
     pub fn bytes_for(self, n: u64) -> Option<u64> {
         let bs = self.block_size() as u64;
-        (n % bs == 0).then(|| n / bs * self.type_size() as u64)
+        n.is_multiple_of(bs).then(|| n / bs * self.type_size() as u64)
     }
 
     /// Bits per weight.

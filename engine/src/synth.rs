@@ -164,7 +164,7 @@ fn pick(quant: SynthQuant, kind: &str, layer: Option<u64>, n_layers: u64, row_le
             }
         }
     };
-    if row_len % wanted.block_size() as u64 == 0 {
+    if row_len.is_multiple_of(wanted.block_size() as u64) {
         wanted
     } else if matches!(wanted, GgmlType::Q6_K | GgmlType::Q8_0) {
         GgmlType::Q8_0

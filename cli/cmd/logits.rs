@@ -50,7 +50,8 @@ pub fn run(args: Args) -> anyhow::Result<i32> {
         .forward(&mut state, &args.tokens, Logits::All)
         .map_err(|e| exit::coded(exit::USAGE, format!("cannot run the given tokens: {e:#}")))?;
     write_f32(&args.out, &logits)?;
-    println!("{}", serde_json::json!({ "n_tokens": args.tokens.len(), "vocab": vocab }));
+    // The documented line, byte for byte: {"n_tokens": N, "vocab": V}
+    println!("{{\"n_tokens\": {}, \"vocab\": {vocab}}}", args.tokens.len());
     Ok(exit::OK)
 }
 

@@ -40,7 +40,5 @@ pub fn report(err: &anyhow::Error) -> i32 {
     for cause in err.chain().skip(1) {
         eprintln!("  caused by: {cause}");
     }
-    err.chain()
-        .find_map(|e| e.downcast_ref::<Coded>().map(|c| c.code))
-        .unwrap_or(ERROR)
+    err.chain().find_map(|e| e.downcast_ref::<Coded>().map(|c| c.code)).unwrap_or(ERROR)
 }

@@ -194,7 +194,7 @@ fn moe(args: MoeArgs) -> anyhow::Result<i32> {
             format!("unknown expert format '{}': use q4_k, q8_0, q6_k, q5_k, q3_k, q2_k or fp8", args.quant),
         )
     })?;
-    if args.batch.iter().any(|&b| b == 0) || args.steps == 0 {
+    if args.batch.contains(&0) || args.steps == 0 {
         return Err(exit::coded(exit::USAGE, "--batch and --steps must be at least 1"));
     }
     let layout = thread_layout(args.threads, args.simulate_nodes);

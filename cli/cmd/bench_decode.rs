@@ -42,19 +42,20 @@ struct Report {
 }
 
 pub fn run(args: DecodeArgs) -> anyhow::Result<i32> {
-    if args.batch.iter().any(|&b| b == 0) || args.gen == 0 || args.prompt == 0 {
+    if args.batch.contains(&0) || args.gen == 0 || args.prompt == 0 {
         return Err(exit::coded(exit::USAGE, "--batch, --gen and --prompt must be at least 1"));
     }
     let threads = args.threads.unwrap_or_else(|| std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1));
     rayon::ThreadPoolBuilder::new().num_threads(threads).build_global().context("starting compute threads")?;
+    let model = loader::load(&args.model, &LoadOptions::default())
+        .with_context(|| format!("loading {}", args.model.display()))?;
+    // Measure before the expert pool exists: its pinned workers would compete with the benchmark.
+    let hw = measured_cpu_box(threads)?;
     if !args.no_expert_pool {
         // Routed experts run on pinned threads that own fixed row ranges (runtime::experts).
         let layout = super::bench::thread_layout(Some(threads), None);
         hy_engine::models::moe::set_expert_pool(Some(hy_engine::runtime::pool::Pool::new(layout)));
     }
-    let model = loader::load(&args.model, &LoadOptions::default())
-        .with_context(|| format!("loading {}", args.model.display()))?;
-    let hw = measured_cpu_box(threads)?;
     let read_gbps = hw.measured.as_ref().map(|m| m.read_gbps).unwrap_or(0.0);
     let input = model_source::resolve(&args.model.to_string_lossy(), QuantChoice::Auto, false)?;
     let base = match &args.calibration {

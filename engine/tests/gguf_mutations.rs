@@ -15,7 +15,7 @@ fn corpus() -> Vec<PathBuf> {
 }
 
 /// Header length: everything before the first tensor's data.
-fn header_len(path: &PathBuf) -> usize {
+fn header_len(path: &std::path::Path) -> usize {
     let g = GgufFile::open(path).expect("fixture opens");
     g.tensors().iter().map(|t| t.offset).min().unwrap_or(0) as usize
 }

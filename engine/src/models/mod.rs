@@ -61,25 +61,12 @@ pub trait Model: Send + Sync {
     /// Runs `tokens` at positions `state.pos..`, appends them to the cache, advances `pos`,
     /// and returns logits per `which`. Errors (not panics) when the context would overflow or
     /// a token id is out of range.
-    fn forward(
-        &self,
-        state: &mut SeqState,
-        tokens: &[u32],
-        which: Logits,
-    ) -> anyhow::Result<Vec<f32>>;
+    fn forward(&self, state: &mut SeqState, tokens: &[u32], which: Logits) -> anyhow::Result<Vec<f32>>;
 
     /// One decode step for several sequences (one token each); returns one logits row per
     /// sequence. MoE models override this so each selected expert is read once per step.
-    fn forward_batch(
-        &self,
-        states: &mut [&mut SeqState],
-        tokens: &[u32],
-    ) -> anyhow::Result<Vec<Vec<f32>>> {
+    fn forward_batch(&self, states: &mut [&mut SeqState], tokens: &[u32]) -> anyhow::Result<Vec<Vec<f32>>> {
         anyhow::ensure!(states.len() == tokens.len(), "one token per sequence");
-        states
-            .iter_mut()
-            .zip(tokens)
-            .map(|(s, &t)| self.forward(s, &[t], Logits::Last))
-            .collect()
+        states.iter_mut().zip(tokens).map(|(s, &t)| self.forward(s, &[t], Logits::Last)).collect()
     }
 }

@@ -44,6 +44,11 @@ pub(super) fn load(path: &Path) -> Result<Parts, TokenizerError> {
             path.display()
         )));
     }
+    for key in ["continuing_subword_prefix", "end_of_word_suffix"] {
+        if model.get(key).is_some_and(|v| !v.is_null()) {
+            return Err(TokenizerError::Unsupported(format!("{}: BPE with {key}", path.display())));
+        }
+    }
     let pre = root.get("pre_tokenizer").unwrap_or(&Value::Null);
     let mut metaspace = None;
     let (pretok, byte_level) = parse_pretok(pre, &mut metaspace)?;

@@ -1,9 +1,14 @@
 //! Tokenizers and chat templates.
 //!
-//! One [`Tokenizer`] type covers the two families the engine serves:
-//! - byte-level BPE (GGUF `tokenizer.ggml.model = gpt2`, HF `tokenizer.json` with a
-//!   `ByteLevel` pre-tokenizer): DeepSeek, Qwen, Llama 3, Kimi-style vocabularies;
-//! - SentencePiece-style score merging with byte fallback (GGUF `llama`): Gemma.
+//! One [`Tokenizer`] type covers the families the engine serves:
+//! - byte-level BPE: GGUF `tokenizer.ggml.model = gpt2` (pre-tokenizer regexes chosen by
+//!   `tokenizer.ggml.pre`), HF `tokenizer.json` with a `ByteLevel` pre-tokenizer, and
+//!   `tiktoken.model` (Kimi-K2): DeepSeek, Qwen, Llama 3, Kimi vocabularies;
+//! - SentencePiece-style score merging with byte fallback (GGUF `llama`): Gemma;
+//! - BPE over characters with byte fallback (SentencePiece-derived `tokenizer.json`).
+//!
+//! Loaders: [`Tokenizer::from_gguf`], [`Tokenizer::from_tokenizer_json`],
+//! [`Tokenizer::from_tiktoken`], [`Tokenizer::from_hf_dir`] (picks one of the last two).
 //!
 //! Encoding never adds BOS/EOS; callers add BOS when [`Tokenizer::add_bos`] says so (or
 //! use [`Tokenizer::encode_prompt`]). Decoding is lossless at the byte level

@@ -13,6 +13,7 @@ unpack_fns!("avx512f,avx512bw,avx512vl,avx2,fma,f16c");
 /// Bytes with bit `bit` set in `v` become `val`, others 0 (a mask-register bit test).
 #[inline]
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2,fma,f16c")]
+#[allow(dead_code)] // needed by the shared k_chunks, which k_chunks512 replaces here
 fn bit_to(v: __m256i, bit: u32, val: i8) -> __m256i {
     let k = _mm256_test_epi8_mask(v, _mm256_set1_epi8((1u8 << bit) as i8));
     _mm256_maskz_mov_epi8(k, _mm256_set1_epi8(val))
@@ -41,6 +42,89 @@ fn join(lo: __m256i, hi: __m256i) -> __m512i {
     _mm512_inserti64x4(_mm512_castsi256_si512(lo), hi, 1)
 }
 
+/// `a` in the low 256 bits, `b` in the high 256 bits (16-bit lanes).
+#[inline]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2,fma,f16c")]
+fn halves16(a: i16, b: i16) -> __m512i {
+    _mm512_inserti64x4(_mm512_set1_epi16(a), _mm256_set1_epi16(b), 1)
+}
+
+/// `a` in the low 256 bits, `b` in the high 256 bits (bytes).
+#[inline]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2,fma,f16c")]
+fn halves8(a: u8, b: u8) -> __m512i {
+    _mm512_inserti64x4(_mm512_set1_epi8(a as i8), _mm256_set1_epi8(b as i8), 1)
+}
+
+/// 32 bytes at `b`, in both 256-bit halves.
+#[inline]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2,fma,f16c")]
+fn bcast32(b: &[u8]) -> __m512i {
+    _mm512_broadcast_i64x4(load32(b))
+}
+
+/// Bytes with the bit of `bits` (per byte) set in `v` become `val`, others 0.
+#[inline]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2,fma,f16c")]
+fn bits512(v: __m512i, bits: __m512i, val: i8) -> __m512i {
+    _mm512_maskz_mov_epi8(_mm512_test_epi8_mask(v, bits), _mm512_set1_epi8(val))
+}
+
+/// The 256 unsigned quants of a k-quant block as four 64-byte vectors, in weight order.
+/// Each 64-weight chunk is two 32-weight halves that share their source bytes, so the
+/// source is broadcast to both halves and shifted by a per-half count.
+#[inline]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2,fma,f16c")]
+fn k_chunks512<const T: u32>(b: &[u8]) -> [__m512i; 4] {
+    let t = ty(T);
+    let m4 = _mm512_set1_epi8(0xF);
+    let m3 = _mm512_set1_epi8(3);
+    let mut q = [_mm512_setzero_si512(); 4];
+    match t {
+        GgmlType::Q4_K => {
+            for (c, qc) in q.iter_mut().enumerate() {
+                *qc = _mm512_and_si512(_mm512_srlv_epi16(bcast32(&b[16 + 32 * c..]), halves16(0, 4)), m4);
+            }
+        }
+        GgmlType::Q5_K => {
+            let qh = bcast32(&b[16..48]);
+            for (c, qc) in q.iter_mut().enumerate() {
+                let low = _mm512_and_si512(_mm512_srlv_epi16(bcast32(&b[48 + 32 * c..]), halves16(0, 4)), m4);
+                *qc = _mm512_or_si512(low, bits512(qh, halves8(1 << (2 * c), 2 << (2 * c)), 16));
+            }
+        }
+        GgmlType::Q6_K => {
+            let m30 = _mm512_set1_epi8(0x30);
+            for n in 0..2 {
+                let ql = load64(&b[64 * n..]);
+                let qh = bcast32(&b[128 + 32 * n..]);
+                let h0 = _mm512_and_si512(_mm512_sllv_epi16(qh, halves16(4, 2)), m30);
+                let h1 = _mm512_and_si512(_mm512_srlv_epi16(qh, halves16(0, 2)), m30);
+                q[2 * n] = _mm512_or_si512(_mm512_and_si512(ql, m4), h0);
+                q[2 * n + 1] = _mm512_or_si512(_mm512_and_si512(_mm512_srli_epi16(ql, 4), m4), h1);
+            }
+        }
+        GgmlType::Q3_K => {
+            let hm = bcast32(&b[0..32]);
+            for (c, qc) in q.iter_mut().enumerate() {
+                let (n, j) = (c / 2, 2 * (c % 2));
+                let shift = halves16(2 * j as i16, 2 * j as i16 + 2);
+                let low = _mm512_and_si512(_mm512_srlv_epi16(bcast32(&b[32 + 32 * n..]), shift), m3);
+                *qc = _mm512_or_si512(low, bits512(hm, halves8(1 << (4 * n + j), 2 << (4 * n + j)), 4));
+            }
+        }
+        _ => {
+            // Q2_K
+            for (c, qc) in q.iter_mut().enumerate() {
+                let (n, j) = (c / 2, 2 * (c % 2));
+                let shift = halves16(2 * j as i16, 2 * j as i16 + 2);
+                *qc = _mm512_and_si512(_mm512_srlv_epi16(bcast32(&b[16 + 32 * n..]), shift), m3);
+            }
+        }
+    }
+    q
+}
+
 /// Lane i of the result = lane `base + i/8` of the 16 group scales (4 groups of 8 i16 lanes).
 const SCALE_IDX: [i16; 32] =
     [0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1, 2, 2, 2, 2, 2, 2, 2, 2, 3, 3, 3, 3, 3, 3, 3, 3];
@@ -67,12 +151,10 @@ unsafe fn dot_k_n<const T: u32, const N: usize>(row: &[u8], acts: &[&[BlockQ8K]]
         prefetch_block(b, pf);
         let s = k_scales::<T>(b);
         let sc = _mm512_castsi256_si512(_mm256_cvtepi8_epi16(s.sc8));
-        let ch = k_chunks::<T>(b);
+        let q = k_chunks512::<T>(b);
         // (Plain loops, not closures: closures would not inherit this function's features.)
-        let mut q = [_mm512_setzero_si512(); 4];
         let mut scv = [_mm512_setzero_si512(); 4];
         for c in 0..4 {
-            q[c] = join(ch[2 * c], ch[2 * c + 1]);
             scv[c] = _mm512_permutexvar_epi16(_mm512_add_epi16(idx0, _mm512_set1_epi16(4 * c as i16)), sc);
         }
         for i in 0..N {

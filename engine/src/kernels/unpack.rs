@@ -84,6 +84,7 @@ macro_rules! unpack_fns {
 
         #[inline]
         #[target_feature(enable = $features)]
+        #[allow(dead_code)] // AVX-512 unpacks 64 bytes at a time (avx512::k_chunks512)
         fn srl16(v: __m256i, n: u32) -> __m256i {
             _mm256_srl_epi16(v, _mm_cvtsi32_si128(n as i32))
         }
@@ -121,6 +122,7 @@ macro_rules! unpack_fns {
         /// The 256 unsigned quants of a k-quant block as eight 32-byte vectors, in weight order.
         #[inline]
         #[target_feature(enable = $features)]
+        #[allow(dead_code)] // AVX-512 unpacks 64 bytes at a time (avx512::k_chunks512)
         pub(crate) fn k_chunks<const T: u32>(b: &[u8]) -> [__m256i; 8] {
             let t = super::unpack::ty(T);
             let m4 = _mm256_set1_epi8(0xF);

@@ -131,6 +131,8 @@ struct CharBpe {
 
 /// Words cached per tokenizer; beyond this many the cache starts over (bounded memory).
 const CACHE_LIMIT: usize = 200_000;
+/// Words longer than this (bytes) are not cached.
+const CACHE_MAX_WORD: usize = 128;
 
 /// A tokenizer loaded from GGUF metadata or from `tokenizer.json`.
 pub struct Tokenizer {
@@ -393,6 +395,11 @@ impl Tokenizer {
 
     /// Appends the ids of `word`, computing them with `f` only when not cached.
     fn cached(&self, word: &str, out: &mut Vec<u32>, f: impl FnOnce(&Self) -> Vec<u32>) {
+        // Long words are rare and would make the cache's memory unbounded in practice.
+        if word.len() > CACHE_MAX_WORD {
+            out.extend(f(self));
+            return;
+        }
         if let Some(ids) = self.cache.lock().ok().and_then(|c| c.get(word).cloned()) {
             out.extend(ids);
             return;

@@ -67,7 +67,12 @@ pub(super) fn load(path: &Path, pattern: Option<&str>) -> Result<Parts, Tokenize
     let cfg_path = path.with_file_name("tokenizer_config.json");
     let cfg = if cfg_path.is_file() { super::hf::read_json(&cfg_path)? } else { Value::Null };
     let named = added_tokens(&cfg);
-    let n = n_base + RESERVED_SPECIALS.max(named.keys().map(|&i| i + 1).max().unwrap_or(0).saturating_sub(n_base));
+    let max_named = named.keys().map(|&i| i.saturating_add(1)).max().unwrap_or(0);
+    let n = n_base.saturating_add(RESERVED_SPECIALS.max(max_named.saturating_sub(n_base)));
+    if n > 16_000_000 {
+        let p = cfg_path.display();
+        return Err(TokenizerError::Invalid(format!("{p}: special token id {max_named} is implausibly large")));
+    }
     let mut tokens =
         vec![TokenInfo { text: String::new(), bytes: Vec::new(), kind: TokenKind::Unused, score: 0.0 }; n as usize];
     for (bytes, rank) in &ranks {

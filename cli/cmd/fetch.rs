@@ -92,7 +92,11 @@ fn request(args: Args) -> anyhow::Result<Request> {
             None => {
                 return Err(exit::coded(
                     exit::USAGE,
-                    format!("{name:?} is not a known model name; give a repo id (org/name) or a URL"),
+                    format!(
+                        "{name:?} is not a known model name (known: {}; see `hy plan --list-models`); \
+or give a repo id (org/name) or a URL",
+                        known_names()
+                    ),
                 ))
             }
         },
@@ -109,5 +113,12 @@ fn source_of(s: &str) -> anyhow::Result<SourceKind> {
         "hf" | "huggingface" => Ok(SourceKind::Hf),
         "modelscope" | "ms" => Ok(SourceKind::Modelscope),
         other => Err(exit::coded(exit::INVALID_INPUT, format!("unknown source {other:?} in the catalog/plan"))),
+    }
+}
+
+fn known_names() -> String {
+    match hy_planner::catalog::catalog() {
+        Ok(models) => models.iter().map(|m| m.name.as_str()).collect::<Vec<_>>().join(", "),
+        Err(_) => "catalog unavailable".into(),
     }
 }

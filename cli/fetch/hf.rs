@@ -29,10 +29,11 @@ fn hf_home() -> PathBuf {
     base.join("huggingface")
 }
 
-/// `HF_HUB_CACHE`, else `$HF_HOME/hub`.
+/// `HF_HUB_CACHE` (or the legacy `HUGGINGFACE_HUB_CACHE`), else `$HF_HOME/hub`.
 pub fn hub_cache() -> PathBuf {
     std::env::var_os("HF_HUB_CACHE")
         .filter(|s| !s.is_empty())
+        .or_else(|| std::env::var_os("HUGGINGFACE_HUB_CACHE").filter(|s| !s.is_empty()))
         .map(PathBuf::from)
         .unwrap_or_else(|| hf_home().join("hub"))
 }

@@ -154,8 +154,8 @@ unsafe fn dot_k_n<const T: u32, const N: usize>(row: &[u8], acts: &[&[BlockQ8K]]
         let q = k_chunks512::<T>(b);
         // (Plain loops, not closures: closures would not inherit this function's features.)
         let mut scv = [_mm512_setzero_si512(); 4];
-        for c in 0..4 {
-            scv[c] = _mm512_permutexvar_epi16(_mm512_add_epi16(idx0, _mm512_set1_epi16(4 * c as i16)), sc);
+        for (c, v) in scv.iter_mut().enumerate() {
+            *v = _mm512_permutexvar_epi16(_mm512_add_epi16(idx0, _mm512_set1_epi16(4 * c as i16)), sc);
         }
         for i in 0..N {
             let a = &acts[i][k];

@@ -297,3 +297,23 @@ fn malformed_metadata_is_an_error() {
         assert!(err.contains(says), "{key}: {err}");
     }
 }
+
+/// Prompts longer than one prefill chunk (512 tokens): one call, calls of other sizes, and
+/// `Logits::Last` agree.
+#[test]
+fn long_prompts_are_chunked_consistently() {
+    let model = load_exact(&gguf("Q4_K_M"));
+    let v = model.info().vocab_size;
+    let ids: Vec<u32> = prompts()[2].iter().cycle().take(1100).copied().collect();
+    let full = all_logits(model.as_ref(), &ids);
+    assert_eq!(full.len(), ids.len() * v);
+    let mut st = model.new_state(ids.len());
+    let mut pieces = Vec::new();
+    for piece in ids.chunks(300) {
+        pieces.extend(model.forward(&mut st, piece, Logits::All).unwrap());
+    }
+    assert!(nrmse(&pieces, &full) < 1e-5);
+    let mut st = model.new_state(ids.len());
+    let last = model.forward(&mut st, &ids, Logits::Last).unwrap();
+    assert!(nrmse(&last, &full[(ids.len() - 1) * v..]) < 1e-5);
+}

@@ -317,6 +317,9 @@ impl DenseModel {
     fn head(&self, s: &mut Scratch, rows: &[usize]) -> Result<Vec<f32>, ModelError> {
         let d = self.hidden();
         let m = rows.len();
+        if m == 0 {
+            return Ok(Vec::new());
+        }
         for (i, &r) in rows.iter().enumerate() {
             let (src, dst) = (&s.x[r * d..(r + 1) * d], &mut s.h[i * d..(i + 1) * d]);
             rms_norm_rows_into(src, &self.output_norm, self.cfg.rms_eps, dst);
@@ -325,6 +328,36 @@ impl DenseModel {
         self.output.linear(&s.h[..m * d], m, &mut logits)?;
         if let Some(cap) = self.cfg.final_softcap {
             softcap(&mut logits, cap);
+        }
+        Ok(logits)
+    }
+}
+
+/// Tokens per pass of a long prompt: bounds the activation buffers (a 32k-token prompt would
+/// otherwise need ~1 GB of them) while each weight is still read once per 512 tokens.
+const PREFILL_CHUNK: usize = 512;
+
+impl DenseModel {
+    /// Runs `tokens` of one sequence in chunks of [`PREFILL_CHUNK`]; returns the requested rows.
+    fn prefill_chunks(
+        &self,
+        kv: &mut KvCache,
+        pos0: usize,
+        tokens: &[u32],
+        which: Logits,
+        scratch: &mut Scratch,
+    ) -> Result<Vec<f32>, ModelError> {
+        let n_chunks = tokens.len().div_ceil(PREFILL_CHUNK);
+        let mut logits = Vec::new();
+        for (c, chunk) in tokens.chunks(PREFILL_CHUNK).enumerate() {
+            let rows: Vec<usize> = match which {
+                Logits::All => (0..chunk.len()).collect(),
+                Logits::Last if c + 1 == n_chunks => vec![chunk.len() - 1],
+                Logits::Last => Vec::new(),
+            };
+            let mut segs = [Segment { kv: &mut *kv, pos0: pos0 + c * PREFILL_CHUNK, start: 0, n: chunk.len() }];
+            let out = self.run(&mut segs, chunk, scratch, &rows)?;
+            logits.extend_from_slice(&out);
         }
         Ok(logits)
     }
@@ -406,12 +439,7 @@ impl Model for DenseModel {
         }
         let st = dense_state(state)?;
         let mut scratch = std::mem::take(&mut st.scratch);
-        let rows: Vec<usize> = match which {
-            Logits::All => (0..n).collect(),
-            Logits::Last => vec![n - 1],
-        };
-        let mut segs = [Segment { kv: &mut st.kv, pos0, start: 0, n }];
-        let result = self.run(&mut segs, tokens, &mut scratch, &rows);
+        let result = self.prefill_chunks(&mut st.kv, pos0, tokens, which, &mut scratch);
         st.scratch = scratch;
         let logits = result?;
         state.pos += n;

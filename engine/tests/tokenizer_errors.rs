@@ -119,3 +119,33 @@ fn template_and_config_come_from_sibling_files() {
     let text = tok.apply_chat_template(&[ChatMessage::new("user", "hi")], true).unwrap();
     assert_eq!(text, "[user]hi");
 }
+
+/// Byte-level BPE is lossless: any text at all (random code points from the whole
+/// Unicode range, control characters, special-token look-alikes) decodes back to itself,
+/// with and without special-token parsing, and nothing panics.
+#[test]
+fn byte_level_round_trips_arbitrary_text() {
+    use rand::{Rng, SeedableRng};
+    let fx = Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures");
+    let paths =
+        ["tokenizers/deepseek/tokenizer.json", "tiny-llama/hf/tokenizer.json", "tiny-qwen3-moe/hf/tokenizer.json"];
+    let mut rng = rand::rngs::StdRng::seed_from_u64(99);
+    for p in paths {
+        let tok = Tokenizer::from_tokenizer_json(&fx.join(p)).expect("load");
+        for _ in 0..300 {
+            let len = rng.gen_range(0..30);
+            let text: String = (0..len)
+                .map(|_| match rng.gen_range(0..4) {
+                    0 => char::from(rng.gen_range(0u8..128)),
+                    1 => char::from_u32(rng.gen_range(0..0x11_0000)).unwrap_or('\u{FFFD}'),
+                    2 => [' ', '\n', '\r', '\t', '\u{3000}'][rng.gen_range(0..5)],
+                    _ => ['<', '|', '｜', '▁', '>', 'é', '阿', '🦙'][rng.gen_range(0..8)],
+                })
+                .collect();
+            for special in [false, true] {
+                let ids = tok.encode(&text, special);
+                assert_eq!(tok.decode(&ids), text, "{p}: {text:?}");
+            }
+        }
+    }
+}

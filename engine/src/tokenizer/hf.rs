@@ -36,6 +36,51 @@ pub(super) fn sibling_text(path: &Path, name: &str) -> Result<Option<String>, To
 
 pub(super) fn load(path: &Path) -> Result<Parts, TokenizerError> {
     let root = read_json(path)?;
+    let model = bpe_model(&root, path)?;
+    let mut metaspace = None;
+    let (pretok, byte_level) = parse_pretok(root.get("pre_tokenizer").unwrap_or(&Value::Null), &mut metaspace)?;
+    let flag = |k: &str| model.get(k).and_then(Value::as_bool).unwrap_or(false);
+    let byte_fallback = flag("byte_fallback");
+    if !byte_level && !byte_fallback && metaspace.is_none() {
+        return Err(TokenizerError::Unsupported(format!(
+            "{}: BPE that is neither byte-level nor SentencePiece-style (no ByteLevel, \
+             Metaspace or byte_fallback); use the model's GGUF file instead",
+            path.display()
+        )));
+    }
+    let vocab = parse_vocab(model)?;
+    let added = parse_added(&root)?;
+    let space_char = (!byte_level).then(|| metaspace.as_ref().map_or('\u{2581}', |m: &Metaspace| m.replacement));
+    let mut tokens = build_tokens(&vocab, &added, space_char)?;
+    mark_kinds(&mut tokens, &added);
+    let merges = parse_merges(model, &vocab)?;
+    let ignore_merges = flag("ignore_merges");
+    let model_kind = if byte_level {
+        Model::ByteBpe { merges, ignore_merges }
+    } else {
+        Model::CharBpe(CharBpe { merges, ignore_merges, byte_fallback, fuse_unk: flag("fuse_unk"), metaspace })
+    };
+    let unk = model.get("unk_token").and_then(Value::as_str).and_then(|u| vocab.get(u).copied());
+    let cfg = folder_config(path, &root, &added, &vocab)?;
+    Ok(Parts {
+        tokens,
+        model: model_kind,
+        normalizer: Normalizer::from_json(root.get("normalizer").unwrap_or(&Value::Null))?,
+        pretok,
+        specials: added,
+        bos: cfg.bos,
+        eos: cfg.eos,
+        extra_eos: cfg.extra_eos,
+        unk,
+        add_bos: cfg.add_bos,
+        add_eos: cfg.add_eos,
+        chat_template: cfg.chat_template,
+        strip_leading_space: !byte_level && decoder_strips_space(root.get("decoder")),
+    })
+}
+
+/// The `model` object, checked to be a BPE this loader handles.
+fn bpe_model<'a>(root: &'a Value, path: &Path) -> Result<&'a Value, TokenizerError> {
     let model = root.get("model").ok_or_else(|| TokenizerError::Missing(format!("\"model\" in {}", path.display())))?;
     let kind = model.get("type").and_then(Value::as_str).unwrap_or("BPE");
     if kind != "BPE" {
@@ -49,55 +94,44 @@ pub(super) fn load(path: &Path) -> Result<Parts, TokenizerError> {
             return Err(TokenizerError::Unsupported(format!("{}: BPE with {key}", path.display())));
         }
     }
-    let pre = root.get("pre_tokenizer").unwrap_or(&Value::Null);
-    let mut metaspace = None;
-    let (pretok, byte_level) = parse_pretok(pre, &mut metaspace)?;
-    let flag = |k: &str| model.get(k).and_then(Value::as_bool).unwrap_or(false);
-    let byte_fallback = flag("byte_fallback");
-    if !byte_level && !byte_fallback && metaspace.is_none() {
-        return Err(TokenizerError::Unsupported(format!(
-            "{}: BPE that is neither byte-level nor SentencePiece-style (no ByteLevel, \
-             Metaspace or byte_fallback); use the model's GGUF file instead",
-            path.display()
-        )));
-    }
-    let vocab = parse_vocab(model)?;
-    let added = parse_added(&root)?;
-    let replacement = metaspace.as_ref().map_or('\u{2581}', |m: &Metaspace| m.replacement);
-    let mut tokens = build_tokens(&vocab, &added, if byte_level { None } else { Some(replacement) })?;
-    let merges = parse_merges(model, &vocab)?;
-    let ignore_merges = flag("ignore_merges");
-    let unk = model.get("unk_token").and_then(Value::as_str).and_then(|u| vocab.get(u).copied());
+    Ok(model)
+}
+
+/// What the files next to tokenizer.json say about BOS/EOS and the chat template.
+struct FolderConfig {
+    bos: Option<u32>,
+    eos: Option<u32>,
+    extra_eos: Vec<u32>,
+    add_bos: bool,
+    add_eos: bool,
+    chat_template: Option<String>,
+}
+
+fn folder_config(
+    path: &Path,
+    root: &Value,
+    added: &[SpecialToken],
+    vocab: &HashMap<String, u32>,
+) -> Result<FolderConfig, TokenizerError> {
     let cfg = sibling_json(path, "tokenizer_config.json")?.unwrap_or(Value::Null);
     let gen = sibling_json(path, "generation_config.json")?.unwrap_or(Value::Null);
     let lookup = |name: &str| -> Option<u32> {
         let text = special_text(cfg.get(name)?)?;
         added.iter().find(|a| a.text == text).map(|a| a.id).or_else(|| vocab.get(text).copied())
     };
-    let (post_bos, post_eos) = post_processor_specials(root.get("post_processor"), &added, &vocab);
-    let bos = lookup("bos_token").or(post_bos);
-    let eos = lookup("eos_token");
-    let add_bos = cfg.get("add_bos_token").and_then(Value::as_bool).unwrap_or(post_bos.is_some());
-    let add_eos = cfg.get("add_eos_token").and_then(Value::as_bool).unwrap_or(post_eos.is_some());
-    mark_kinds(&mut tokens, &added);
-    Ok(Parts {
-        tokens,
-        model: if byte_level {
-            Model::ByteBpe { merges, ignore_merges }
-        } else {
-            Model::CharBpe(CharBpe { merges, ignore_merges, byte_fallback, fuse_unk: flag("fuse_unk"), metaspace })
-        },
-        normalizer: Normalizer::from_json(root.get("normalizer").unwrap_or(&Value::Null))?,
-        pretok,
-        specials: added,
-        bos,
-        eos,
+    // Without tokenizer_config.json, the post-processor tells whether BOS/EOS are added.
+    let (post_bos, post_eos) = post_processor_specials(root.get("post_processor"), added, vocab);
+    let chat_template = match chat_template(&cfg) {
+        Some(t) => Some(t),
+        None => sibling_text(path, "chat_template.jinja")?,
+    };
+    Ok(FolderConfig {
+        bos: lookup("bos_token").or(post_bos),
+        eos: lookup("eos_token"),
         extra_eos: id_list(gen.get("eos_token_id")),
-        unk,
-        add_bos,
-        add_eos,
-        chat_template: chat_template(&cfg).or(sibling_text(path, "chat_template.jinja")?),
-        strip_leading_space: !byte_level && decoder_strips_space(root.get("decoder")),
+        add_bos: cfg.get("add_bos_token").and_then(Value::as_bool).unwrap_or(post_bos.is_some()),
+        add_eos: cfg.get("add_eos_token").and_then(Value::as_bool).unwrap_or(post_eos.is_some()),
+        chat_template,
     })
 }
 

@@ -185,3 +185,26 @@ fn catalog_names_and_saved_plans_pick_the_repo_and_quant() {
     let visible: Vec<String> = tree(&dir).into_iter().filter(|p| !p.starts_with(".hy-fetch")).collect();
     assert_eq!(visible, vec![shard(1), shard(2), shard(3)]);
 }
+
+#[test]
+fn token_stays_with_the_hub_when_redirected_to_a_cdn() {
+    let (hub, files) = server_with_repo();
+    let cdn = Server::start();
+    cdn.add_repo(REPO, COMMIT, files.clone());
+    hub.state.lock().unwrap().cdn_base = Some(cdn.addr.clone());
+    let tmp = tempfile::tempdir().unwrap();
+    let out =
+        hy(&hub, tmp.path(), &[REPO, "--quant", "Q4_K_M", "--include", "config.json"], &[("HF_TOKEN", "hf_secret")]);
+    let (_, stderr) = text(&out);
+    assert_eq!(out.status.code(), Some(0), "{stderr}");
+    for f in [&files[0], &files[2], &files[3], &files[4]] {
+        assert_file(&snapshot(tmp.path()), f);
+    }
+    assert_eq!(hub.served(&shard(1)), 0, "LFS bytes must come from the CDN");
+    let cdn_auth = cdn.state.lock().unwrap().data_auth.clone();
+    assert!(!cdn_auth.is_empty() && cdn_auth.iter().all(Option::is_none), "token leaked to the CDN: {cdn_auth:?}");
+    // The small git file is served by the hub itself, with the token.
+    assert!(hub.state.lock().unwrap().data_auth.iter().all(|a| a.as_deref() == Some("Bearer hf_secret")));
+    // Plain lines on stderr when it is not a terminal.
+    assert!(stderr.contains("hy fetch: hf org/model") && stderr.contains("downloaded: config.json"), "{stderr}");
+}

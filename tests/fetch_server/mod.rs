@@ -87,6 +87,10 @@ pub struct State {
     pub page_size: usize,
     /// Sizes to list instead of the real ones (for the disk-space check).
     pub fake_sizes: HashMap<String, u64>,
+    /// Where LFS resolves redirect to (another origin, like a CDN); default this server.
+    pub cdn_base: Option<String>,
+    /// Authorization headers seen on file data requests.
+    pub data_auth: Vec<Option<String>>,
 }
 
 pub struct Server {
@@ -234,7 +238,10 @@ fn handle(mut conn: TcpStream, state: &Mutex<State>, gate: &(Mutex<bool>, Condva
             let path = rest.join("/");
             let lfs = lookup(state, &repo).and_then(|(_, fs)| fs.into_iter().find(|f| f.path == path)).map(|f| f.lfs);
             match lfs {
-                Some(true) => respond(&mut conn, 302, &[("Location", format!("/cdn/{repo}/{path}"))], b""),
+                Some(true) => {
+                    let base = state.lock().unwrap().cdn_base.clone().unwrap_or_default();
+                    respond(&mut conn, 302, &[("Location", format!("{base}/cdn/{repo}/{path}"))], b"")
+                }
                 Some(false) => serve(&mut conn, state, gate, &repo, &path, &req),
                 None => respond(&mut conn, 404, &[], b"Entry not found"),
             }
@@ -335,7 +342,11 @@ fn serve(
         return respond(conn, 404, &[], b"Entry not found");
     };
     let range = req.headers.get("range").cloned();
-    state.lock().unwrap().requests.push((path.to_string(), range.clone()));
+    {
+        let mut st = state.lock().unwrap();
+        st.requests.push((path.to_string(), range.clone()));
+        st.data_auth.push(req.headers.get("authorization").cloned());
+    }
     let faults = take_rules(state, path);
     if let Some(f) = faults.iter().find(|f| matches!(f, Fault::Status(_) | Fault::RateLimited(_))) {
         return fault_status(conn, f);

@@ -280,29 +280,54 @@ fn fp8x32(b: &[u8]) -> (__m512, __m512) {
     (_mm512_cvtph_ps(_mm512_castsi512_si256(h)), _mm512_cvtph_ps(_mm512_extracti64x4_epi64(h, 1)))
 }
 
-/// FP8 e4m3 row · f32 activations with one scale per 128 columns.
+/// FP8 e4m3 row · up to 4 rows of f32 activations, one scale per 128 columns; each group
+/// of 32 weights is decoded once for all activation rows.
 ///
 /// # Safety
-/// The CPU must support AVX-512 F/BW/VL, AVX2, FMA and F16C.
+/// The CPU must support AVX-512 F/BW/VL, AVX2, FMA and F16C; 1 ≤ xs.len() ≤ 4.
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2,fma,f16c")]
-pub unsafe fn dot_fp8(row: &[u8], scales: &[f32], x: &[f32]) -> f32 {
-    let mut total = _mm512_setzero_ps();
-    let mut tail = 0f32;
-    for ((b, xs), &s) in row.chunks(128).zip(x.chunks(128)).zip(scales) {
-        let n = b.len().min(xs.len());
-        let (mut a0, mut a1) = (_mm512_setzero_ps(), _mm512_setzero_ps());
-        let mut i = 0;
-        while i + 32 <= n {
-            // SAFETY: i + 32 <= n <= xs.len().
-            let (x0, x1) = unsafe { (_mm512_loadu_ps(xs.as_ptr().add(i)), _mm512_loadu_ps(xs.as_ptr().add(i + 16))) };
-            let (w0, w1) = fp8x32(&b[i..]);
-            a0 = _mm512_fmadd_ps(w0, x0, a0);
-            a1 = _mm512_fmadd_ps(w1, x1, a1);
+pub unsafe fn dot_fp8(row: &[u8], scales: &[f32], xs: &[&[f32]], out: &mut [f32]) {
+    // SAFETY (all arms): same features; N matches xs.len().
+    unsafe {
+        match xs.len() {
+            1 => dot_fp8_n::<1>(row, scales, xs, out),
+            2 => dot_fp8_n::<2>(row, scales, xs, out),
+            3 => dot_fp8_n::<3>(row, scales, xs, out),
+            _ => dot_fp8_n::<4>(row, scales, xs, out),
+        }
+    }
+}
+
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2,fma,f16c")]
+unsafe fn dot_fp8_n<const N: usize>(row: &[u8], scales: &[f32], xs: &[&[f32]], out: &mut [f32]) {
+    let cols = row.len().min(xs.iter().map(|x| x.len()).min().unwrap_or(0));
+    let mut total = [_mm512_setzero_ps(); N];
+    let mut tail = [0f32; N];
+    for (blk, &s) in scales.iter().enumerate().take(cols.div_ceil(128)) {
+        let (start, end) = (128 * blk, (128 * blk + 128).min(cols));
+        let mut a0 = [_mm512_setzero_ps(); N];
+        let mut a1 = [_mm512_setzero_ps(); N];
+        let mut i = start;
+        while i + 32 <= end {
+            let (w0, w1) = fp8x32(&row[i..]);
+            for k in 0..N {
+                // SAFETY: i + 32 <= end <= cols <= xs[k].len().
+                let (x0, x1) =
+                    unsafe { (_mm512_loadu_ps(xs[k].as_ptr().add(i)), _mm512_loadu_ps(xs[k].as_ptr().add(i + 16))) };
+                a0[k] = _mm512_fmadd_ps(w0, x0, a0[k]);
+                a1[k] = _mm512_fmadd_ps(w1, x1, a1[k]);
+            }
             i += 32;
         }
-        total = _mm512_fmadd_ps(_mm512_add_ps(a0, a1), _mm512_set1_ps(s * 256.0), total);
-        let rest: f32 = b[i..n].iter().zip(&xs[i..n]).map(|(&q, &v)| super::fp::fp8_e4m3_to_f32(q) * v).sum();
-        tail += rest * s;
+        let sv = _mm512_set1_ps(s * 256.0);
+        for k in 0..N {
+            total[k] = _mm512_fmadd_ps(_mm512_add_ps(a0[k], a1[k]), sv, total[k]);
+            let rest: f32 =
+                row[i..end].iter().zip(&xs[k][i..end]).map(|(&q, &v)| super::fp::fp8_e4m3_to_f32(q) * v).sum();
+            tail[k] += rest * s;
+        }
     }
-    _mm512_reduce_add_ps(total) + tail
+    for k in 0..N {
+        out[k] = _mm512_reduce_add_ps(total[k]) + tail[k];
+    }
 }

@@ -187,6 +187,7 @@ fn each_row_multi<A>(
 fn fp8_rows(isa: Isa, w: &QMatrix, x: &[f32], rows: Range<usize>, n: usize, out: &mut [f32]) {
     let cb = w.cols.div_ceil(128);
     let f = simd::fp8_kernel(isa);
+    let xs: Vec<&[f32]> = x.chunks_exact(w.cols).take(n).collect();
     let mut scales = vec![0f32; cb];
     let mut group = usize::MAX;
     for (r, o) in rows.zip(out.chunks_exact_mut(n)) {
@@ -198,8 +199,8 @@ fn fp8_rows(isa: Isa, w: &QMatrix, x: &[f32], rows: Range<usize>, n: usize, out:
             }
         }
         let row = &w.data[r * w.cols..(r + 1) * w.cols];
-        for (i, oi) in o.iter_mut().enumerate() {
-            *oi = f(row, &scales, &x[i * w.cols..(i + 1) * w.cols]);
+        for (xg, og) in xs.chunks(simd::MAX_ACTS).zip(o.chunks_mut(simd::MAX_ACTS)) {
+            f(row, &scales, xg, og);
         }
     }
 }
@@ -309,7 +310,9 @@ pub(crate) mod reference {
     pub fn f(t: GgmlType, row: &[u8], x: &[f32]) -> f32 {
         scalar::dot_exact_row(t, row, x)
     }
-    pub fn fp8(row: &[u8], scales: &[f32], x: &[f32]) -> f32 {
-        scalar::dot_fp8_row(row, scales, x)
+    pub fn fp8(row: &[u8], scales: &[f32], xs: &[&[f32]], out: &mut [f32]) {
+        for (o, x) in out.iter_mut().zip(xs) {
+            *o = scalar::dot_fp8_row(row, scales, x);
+        }
     }
 }

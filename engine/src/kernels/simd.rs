@@ -16,8 +16,8 @@ pub type KFn = fn(GgmlType, &[u8], &[&[BlockQ8K]], &mut [f32]);
 pub type SFn = fn(GgmlType, &[u8], &[&[BlockQ8_0]], &mut [f32]);
 /// Any row · f32 activations.
 pub type FFn = fn(GgmlType, &[u8], &[f32]) -> f32;
-/// FP8 row, per-128-column scales, f32 activations.
-pub type Fp8Fn = fn(&[u8], &[f32], &[f32]) -> f32;
+/// FP8 row, per-128-column scales, up to [`MAX_ACTS`] rows of f32 activations.
+pub type Fp8Fn = fn(&[u8], &[f32], &[&[f32]], &mut [f32]);
 
 pub fn avx2_supported() -> bool {
     #[cfg(target_arch = "x86_64")]
@@ -65,9 +65,11 @@ mod x86 {
         // SAFETY: as above; t is F32/F16/BF16.
         unsafe { avx2::dot_float(t, row, x) }
     }
-    pub fn fp8_avx2(row: &[u8], scales: &[f32], x: &[f32]) -> f32 {
-        // SAFETY: as above.
-        unsafe { avx2::dot_fp8(row, scales, x) }
+    pub fn fp8_avx2(row: &[u8], scales: &[f32], xs: &[&[f32]], out: &mut [f32]) {
+        for (o, x) in out.iter_mut().zip(xs) {
+            // SAFETY: as above.
+            *o = unsafe { avx2::dot_fp8(row, scales, x) };
+        }
     }
     pub fn k_avx512(t: GgmlType, row: &[u8], a: &[&[BlockQ8K]], out: &mut [f32]) {
         assert!((1..=MAX_ACTS).contains(&a.len()) && out.len() >= a.len());
@@ -83,9 +85,10 @@ mod x86 {
         // SAFETY: as above.
         unsafe { avx512::dot_float(t, row, x) }
     }
-    pub fn fp8_avx512(row: &[u8], scales: &[f32], x: &[f32]) -> f32 {
+    pub fn fp8_avx512(row: &[u8], scales: &[f32], xs: &[&[f32]], out: &mut [f32]) {
+        assert!((1..=MAX_ACTS).contains(&xs.len()) && out.len() >= xs.len());
         // SAFETY: as above.
-        unsafe { avx512::dot_fp8(row, scales, x) }
+        unsafe { avx512::dot_fp8(row, scales, xs, out) }
     }
 }
 

@@ -201,6 +201,21 @@ fn fp8_block_scaled_matrix() {
             assert!((y[r] as f64 - yr[r]).abs() <= tol[r], "{isa:?} row {r}");
         }
     }
+    // Batches (decoded once per group of 4 activation rows) agree with one row at a time.
+    let n = 6;
+    let xn = random_x(cols * n, &mut rng);
+    for isa in Isa::all_supported() {
+        let mut y = vec![0f32; rows * n];
+        matmul_with(isa, &w, &xn, n, &mut y);
+        for i in 0..n {
+            let mut yi = vec![0f32; rows];
+            matvec_with(Isa::Scalar, &w, &xn[i * cols..(i + 1) * cols], &mut yi);
+            for r in 0..rows {
+                let (a, b) = (y[i * rows + r], yi[r]);
+                assert!((a - b).abs() <= 1e-4 * b.abs().max(1.0), "{isa:?} input {i} row {r}: {a} vs {b}");
+            }
+        }
+    }
 }
 
 #[test]

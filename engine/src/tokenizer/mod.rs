@@ -321,34 +321,39 @@ impl Tokenizer {
                     self.encode_word(&text[r], merges, *ignore_merges, out);
                 }
             }
-            Model::Spm { add_space_prefix } => {
-                // The dummy space goes in front of the text and after every control
-                // token, as SentencePiece-style GGUF tokenizers do.
-                let prefix = if *add_space_prefix && after_token { " " } else { "" };
-                let escaped = format!("{prefix}{text}").replace(' ', "\u{2581}");
-                let vocab = spm::SpmVocab {
-                    token_to_id: &self.token_to_id,
-                    scores: &self.scores,
-                    byte_ids: &self.byte_ids,
-                    unk: self.unk,
-                };
-                vocab.encode(&escaped, out);
-            }
-            Model::CharBpe(m) => {
-                let text = match &m.metaspace {
-                    Some(ms) => std::borrow::Cow::Owned(ms.apply(&text, at_start)),
-                    None => text,
-                };
-                let words = match &m.metaspace {
-                    Some(ms) if ms.split => ms.split_words(&text),
-                    _ => std::iter::once(0..text.len()).collect(),
-                };
-                for w in words {
-                    for r in self.pretok.split(&text[w.clone()]) {
-                        let word = &text[w.start + r.start..w.start + r.end];
-                        self.cached(word, out, |t| t.char_bpe_word(word, m));
-                    }
-                }
+            Model::Spm { add_space_prefix } => self.encode_spm(&text, *add_space_prefix && after_token, out),
+            Model::CharBpe(m) => self.encode_char_bpe(&text, m, at_start, out),
+        }
+    }
+
+    /// SentencePiece-style GGUF: spaces become `▁`; the dummy space goes in front of the
+    /// text and after every control token when the vocabulary asks for it.
+    fn encode_spm(&self, text: &str, dummy_prefix: bool, out: &mut Vec<u32>) {
+        let prefix = if dummy_prefix { " " } else { "" };
+        let escaped = format!("{prefix}{text}").replace(' ', "\u{2581}");
+        let vocab = spm::SpmVocab {
+            token_to_id: &self.token_to_id,
+            scores: &self.scores,
+            byte_ids: &self.byte_ids,
+            unk: self.unk,
+        };
+        vocab.encode(&escaped, out);
+    }
+
+    /// SentencePiece-derived tokenizer.json: Metaspace (if any), split rules, then BPE per word.
+    fn encode_char_bpe(&self, text: &str, m: &CharBpe, at_start: bool, out: &mut Vec<u32>) {
+        let text = match &m.metaspace {
+            Some(ms) => std::borrow::Cow::Owned(ms.apply(text, at_start)),
+            None => std::borrow::Cow::Borrowed(text),
+        };
+        let words = match &m.metaspace {
+            Some(ms) if ms.split => ms.split_words(&text),
+            _ => std::iter::once(0..text.len()).collect(),
+        };
+        for w in words {
+            for r in self.pretok.split(&text[w.clone()]) {
+                let word = &text[w.start + r.start..w.start + r.end];
+                self.cached(word, out, |t| t.char_bpe_word(word, m));
             }
         }
     }

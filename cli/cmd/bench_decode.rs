@@ -70,6 +70,7 @@ pub fn run(args: DecodeArgs) -> anyhow::Result<i32> {
     for &b in &args.batch {
         eprintln!("bench decode: batch {b}, {} prompt tokens, {} generated, {threads} threads", args.prompt, args.gen);
         measured.push((b, measure(model.as_ref(), b, args.prompt, args.gen)?));
+        hy_engine::runtime::profile::report();
     }
     let context = (args.prompt + args.gen) as u64;
     let predict = |eff: &Efficiency, b: usize| predict(&input, &hw, eff, context, b as u64);

@@ -311,6 +311,12 @@ impl GgufFile {
         TensorBytes::Mapped { map: Arc::clone(&self.maps[t.shard]), start: t.offset as usize, len: t.n_bytes as usize }
     }
 
+    /// Maps every page of every shard now (see [`super::prefault`]); for the engine, not for
+    /// header-only readers such as the planner.
+    pub fn prefault(&self) -> u64 {
+        super::prefault(&self.maps)
+    }
+
     /// Sum of all tensor data bytes.
     pub fn tensor_data_bytes(&self) -> u64 {
         self.tensors.iter().map(|t| t.n_bytes).sum()

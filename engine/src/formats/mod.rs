@@ -12,6 +12,23 @@ pub mod safetensors;
 pub use gguf::{GgufFile, GgufTensor, MetaValue};
 pub use safetensors::{SafeTensors, StDtype, StTensor};
 
+/// Touches every page of `maps` from all rayon threads, so that page-table entries exist
+/// before the first token: otherwise every first read of a weight page (an expert chosen for
+/// the first time, hundreds of MB per token) takes a page fault in the middle of decode.
+/// Reads from disk whatever is not cached yet. Returns the bytes covered.
+pub fn prefault(maps: &[Arc<memmap2::Mmap>]) -> u64 {
+    use rayon::prelude::*;
+    const PAGE: usize = 4096;
+    for m in maps {
+        // Ask for read-ahead first; failure only costs speed.
+        #[cfg(unix)]
+        let _ = m.advise(memmap2::Advice::WillNeed);
+        let sum: u64 = m.par_chunks(PAGE * 512).map(|c| c.iter().step_by(PAGE).map(|&b| b as u64).sum::<u64>()).sum();
+        std::hint::black_box(sum);
+    }
+    maps.iter().map(|m| m.len() as u64).sum()
+}
+
 /// Why a model file could not be read. Always names the file.
 #[derive(Debug, thiserror::Error)]
 pub enum FormatError {

@@ -141,6 +141,11 @@ impl SafeTensors {
         TensorBytes::Mapped { map: Arc::clone(&self.maps[t.file]), start: t.offset as usize, len: t.n_bytes as usize }
     }
 
+    /// Maps every page of every shard now (see [`super::prefault`]).
+    pub fn prefault(&self) -> u64 {
+        super::prefault(&self.maps)
+    }
+
     pub fn tensor_data_bytes(&self) -> u64 {
         self.tensors.values().map(|t| t.n_bytes).sum()
     }

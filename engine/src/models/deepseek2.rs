@@ -39,6 +39,7 @@ use crate::models::moe::{
 };
 use crate::models::weights::{require_shape, require_vec, Weight, WeightSource};
 use crate::models::{Logits, Model, ModelError, ModelInfo, SeqState};
+use crate::runtime::profile;
 
 const ARCH: &str = "deepseek2";
 
@@ -459,18 +460,25 @@ impl Deepseek2 {
         let mut xn = vec![0.0f32; n * h];
         for (l, layer) in self.layers.iter().enumerate() {
             rms_norm_rows_into(&x, &layer.attn.attn_norm, self.cfg.rms_eps, &mut xn);
-            let a = self.attention(l, &layer.attn, caches, segs, &xn)?;
+            let a = {
+                let _p = profile::scope("attention");
+                self.attention(l, &layer.attn, caches, segs, &xn)?
+            };
             add_assign(&mut x, &a);
             rms_norm_rows_into(&x, &layer.ffn_norm, self.cfg.rms_eps, &mut xn);
             let mut y = vec![0.0f32; n * h];
             match &layer.ffn {
-                Ffn::Dense(f) => f.forward(&xn, n, &mut y)?,
+                Ffn::Dense(f) => {
+                    let _p = profile::scope("dense_ffn");
+                    f.forward(&xn, n, &mut y)?
+                }
                 Ffn::Moe(m) => m.forward(&xn, n, &mut y)?,
             }
             add_assign(&mut x, &y);
         }
         let mut last: Vec<f32> = out_rows.iter().flat_map(|&r| x[r * h..(r + 1) * h].iter().copied()).collect();
         rms_norm_rows(&mut last, &self.norm, self.cfg.rms_eps);
+        let _p = profile::scope("output");
         linear_new(&self.output, &last, out_rows.len())
     }
 
@@ -509,6 +517,7 @@ impl Deepseek2 {
         }
         // Absorbed queries: per head [W_UKᵀ q_nope | q_pe], width kv_lora + rope. Heads run in
         // parallel: each head's matrices are small, below the kernels' own split threshold.
+        let p_absorb = profile::scope("attn_absorb_k_b");
         let q_abs = (0..nh)
             .into_par_iter()
             .map(|hd| {
@@ -517,6 +526,7 @@ impl Deepseek2 {
                 linear_new(&w.k_b[hd], &q_nope, n)
             })
             .collect::<Result<Vec<_>>>()?;
+        drop(p_absorb);
         let mut qq = vec![0.0f32; n * nh * width];
         for (hd, qa) in q_abs.iter().enumerate() {
             for r in 0..n {
@@ -525,9 +535,13 @@ impl Deepseek2 {
                 dst[lora..].copy_from_slice(&q[r * nh * q_head + hd * q_head + nope..][..rope]);
             }
         }
-        let ctx = self.latent_attention(l, &qq, caches, segs);
+        let ctx = {
+            let _p = profile::scope("attn_latent_softmax");
+            self.latent_attention(l, &qq, caches, segs)
+        };
         // Per head W_UV · context, gathered into `n × (n_heads · v_head)` for o_proj.
         let vh = c.v_head;
+        let p_vb = profile::scope("attn_v_b");
         let per_head = (0..nh)
             .into_par_iter()
             .map(|hd| {
@@ -541,6 +555,8 @@ impl Deepseek2 {
                 o_in[(r * nh + hd) * vh..][..vh].copy_from_slice(&oh[r * vh..(r + 1) * vh]);
             }
         }
+        drop(p_vb);
+        let _p = profile::scope("attn_o_proj");
         linear_new(&w.o, &o_in, n)
     }
 

@@ -265,6 +265,8 @@ impl SafetensorsSource {
     pub fn open(dir: &Path) -> Result<SafetensorsSource> {
         let st =
             SafeTensors::open(dir).with_context(|| format!("opening the safetensors weights of {}", dir.display()))?;
+        // Map every weight page now, not as page faults in the middle of decode.
+        st.prefault();
         Ok(SafetensorsSource { st, dir: dir.to_path_buf() })
     }
 

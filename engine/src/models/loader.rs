@@ -48,6 +48,8 @@ fn hf_folder(path: &Path) -> Option<PathBuf> {
 /// Loads a GGUF model.
 pub fn load_gguf(path: &Path, opts: &LoadOptions) -> anyhow::Result<Box<dyn Model>> {
     let file = Arc::new(GgufFile::open(path).with_context(|| format!("opening GGUF model {}", path.display()))?);
+    // Map every weight page now, not as page faults in the middle of decode.
+    file.prefault();
     let arch = file
         .architecture()
         .ok_or_else(|| ModelError::config("general.architecture", format!("missing in {}", path.display())))?

@@ -29,6 +29,7 @@ use crate::models::weights::{optional_vec, require_shape, Weight, WeightSource};
 use crate::models::ModelError;
 use crate::runtime::experts::{expert_pass, ExpertMats};
 use crate::runtime::pool::Pool;
+use crate::runtime::profile;
 
 /// How router logits become expert scores.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -294,13 +295,20 @@ impl MoeFfn {
     pub fn forward(&self, x: &[f32], n: usize, y: &mut [f32]) -> Result<()> {
         let hidden = self.router.qmatrix().cols;
         ensure!(x.len() == n * hidden && y.len() == n * hidden, "moe: bad input shape");
-        let selections = self.route_rows(x, n)?;
+        let selections = {
+            let _p = profile::scope("moe_router");
+            self.route_rows(x, n)?
+        };
         y.fill(0.0);
-        match expert_pool().filter(|_| self.uniform_experts()) {
-            Some(pool) => self.routed_on_pool(&pool, &selections, x, y),
-            None => self.routed_per_expert(&selections, x, y)?,
+        {
+            let _p = profile::scope("moe_routed_experts");
+            match expert_pool().filter(|_| self.uniform_experts()) {
+                Some(pool) => self.routed_on_pool(&pool, &selections, x, y),
+                None => self.routed_per_expert(&selections, x, y)?,
+            }
         }
         if let Some(shared) = &self.shared {
+            let _p = profile::scope("moe_shared_expert");
             let mut out = vec![0.0f32; n * hidden];
             shared.forward(x, n, &mut out)?;
             y.iter_mut().zip(&out).for_each(|(a, b)| *a += b);

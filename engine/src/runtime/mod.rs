@@ -5,6 +5,7 @@ pub mod codec;
 pub mod experts;
 pub mod generate;
 pub mod pool;
+pub mod profile;
 pub mod sampling;
 pub mod scheduler;
 #[cfg(test)]

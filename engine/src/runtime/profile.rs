@@ -1,0 +1,62 @@
+//! Opt-in timing of engine phases: with `HY_PROFILE=1`, [`scope`] guards add their elapsed
+//! time to a per-label total, and [`report`] prints the totals (stderr). Off, a scope costs
+//! one relaxed atomic load.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+static STATE: AtomicU8 = AtomicU8::new(0); // 0 unknown, 1 off, 2 on
+static TOTALS: Mutex<BTreeMap<&'static str, (Duration, u64)>> = Mutex::new(BTreeMap::new());
+
+fn enabled() -> bool {
+    match STATE.load(Ordering::Relaxed) {
+        0 => {
+            let on = std::env::var_os("HY_PROFILE").is_some_and(|v| v != "0");
+            STATE.store(if on { 2 } else { 1 }, Ordering::Relaxed);
+            on
+        }
+        s => s == 2,
+    }
+}
+
+/// Adds the time until the guard drops to `label`'s total (when profiling is on).
+pub struct Scope {
+    label: &'static str,
+    start: Option<Instant>,
+}
+
+pub fn scope(label: &'static str) -> Scope {
+    Scope { label, start: enabled().then(Instant::now) }
+}
+
+impl Drop for Scope {
+    fn drop(&mut self) {
+        if let Some(t) = self.start {
+            let mut m = TOTALS.lock().unwrap_or_else(|e| e.into_inner());
+            let e = m.entry(self.label).or_default();
+            e.0 += t.elapsed();
+            e.1 += 1;
+        }
+    }
+}
+
+/// Prints and clears the totals (nothing when profiling is off).
+pub fn report() {
+    if !enabled() {
+        return;
+    }
+    let mut m = TOTALS.lock().unwrap_or_else(|e| e.into_inner());
+    let total: Duration = m.values().map(|v| v.0).sum();
+    eprintln!("profile (HY_PROFILE): label, total ms, calls, share of the listed total");
+    for (k, (d, n)) in m.iter() {
+        eprintln!(
+            "  {k:<24} {:>10.1} {:>8} {:>6.1}%",
+            d.as_secs_f64() * 1e3,
+            n,
+            100.0 * d.as_secs_f64() / total.as_secs_f64().max(1e-12)
+        );
+    }
+    m.clear();
+}

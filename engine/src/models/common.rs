@@ -97,8 +97,15 @@ fn gelu_ggml(x: f32) -> f32 {
     } else if x >= 10.0 {
         x
     } else {
-        f16::from_f32(gelu_tanh(f16::from_f32(x).to_f32())).to_f32()
+        gelu_f16_table()[f16::from_f32(x).to_bits() as usize]
     }
+}
+
+/// GELU of every f16 value, rounded to f16 (as ggml's `table_gelu_f16`); built once.
+fn gelu_f16_table() -> &'static [f32] {
+    static TABLE: std::sync::OnceLock<Vec<f32>> = std::sync::OnceLock::new();
+    TABLE
+        .get_or_init(|| (0..=u16::MAX).map(|b| f16::from_f32(gelu_tanh(f16::from_bits(b).to_f32())).to_f32()).collect())
 }
 
 /// `x ← cap · tanh(x / cap)` (Gemma 2 style logit soft-capping).
@@ -503,6 +510,17 @@ fn axpy_kv(w: f32, buf: &KvBuf, off: usize, o: &mut [f32]) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn ggml_gelu_is_gelu_within_f16_rounding() {
+        for i in -2000..2000 {
+            let x = i as f32 * 0.0061;
+            let (a, b) = (gelu_ggml(x), gelu_tanh(x));
+            assert!((a - b).abs() <= 2e-3 * b.abs().max(0.05), "{x}: {a} vs {b}");
+        }
+        assert_eq!(gelu_ggml(12.5), 12.5);
+        assert_eq!(gelu_ggml(-12.5), 0.0);
+    }
 
     #[test]
     fn rms_norm_matches_definition() {

@@ -101,17 +101,11 @@ fn per_token<T>(v: Option<Vec<T>>, n: usize, what: &str) -> Result<Option<Vec<T>
 fn token_info(text: &str, kind: TokenKind, score: f32, byte_level: bool) -> TokenInfo {
     let bytes = match kind {
         TokenKind::Control | TokenKind::UserDefined | TokenKind::Unknown => text.as_bytes().to_vec(),
-        TokenKind::Byte => byte_token_value(text).map_or_else(|| text.as_bytes().to_vec(), |b| vec![b]),
+        TokenKind::Byte => super::byte_token_value(text).map_or_else(|| text.as_bytes().to_vec(), |b| vec![b]),
         _ if byte_level => bytelevel::decode(text).unwrap_or_else(|| text.as_bytes().to_vec()),
         _ => text.replace('\u{2581}', " ").into_bytes(),
     };
     TokenInfo { text: text.to_owned(), bytes, kind, score }
-}
-
-/// `<0xE4>` → 0xE4.
-fn byte_token_value(text: &str) -> Option<u8> {
-    let hex = text.strip_prefix("<0x")?.strip_suffix('>')?;
-    u8::from_str_radix(hex, 16).ok()
 }
 
 /// Control, user-defined and unknown tokens are matched as whole tokens in text; only

@@ -294,21 +294,12 @@ fn vocab_token(text: &str, space_char: Option<char>) -> TokenInfo {
     let (bytes, kind) = match space_char {
         // Like the HF ByteLevel decoder: text outside the byte alphabet is taken as is.
         None => (bytelevel::decode(text).unwrap_or_else(|| text.as_bytes().to_vec()), TokenKind::Normal),
-        Some(sp) => match byte_token(text) {
+        Some(sp) => match super::byte_token_value(text) {
             Some(b) => (vec![b], TokenKind::Byte),
             None => (text.replace(sp, " ").into_bytes(), TokenKind::Normal),
         },
     };
     TokenInfo { text: text.to_owned(), bytes, kind, score: 0.0 }
-}
-
-/// `<0xE4>` → 0xE4.
-fn byte_token(text: &str) -> Option<u8> {
-    let hex = text.strip_prefix("<0x")?.strip_suffix('>')?;
-    if hex.len() != 2 {
-        return None;
-    }
-    u8::from_str_radix(hex, 16).ok()
 }
 
 fn mark_kinds(tokens: &mut [TokenInfo], added: &[SpecialToken]) {

@@ -585,6 +585,15 @@ impl std::fmt::Debug for Tokenizer {
     }
 }
 
+/// `<0xE4>` → 0xE4 (SentencePiece byte-fallback token text).
+fn byte_token_value(text: &str) -> Option<u8> {
+    let hex = text.strip_prefix("<0x")?.strip_suffix('>')?;
+    if hex.len() != 2 {
+        return None;
+    }
+    u8::from_str_radix(hex, 16).ok()
+}
+
 /// Per byte, the token that stands for it alone.
 fn byte_token_ids(model: &Model, token_to_id: &HashMap<String, u32>) -> [Option<u32>; 256] {
     let mut ids = [None; 256];

@@ -132,47 +132,75 @@ const SCALE_IDX: [i16; 32] =
 /// k-quant row · up to 4 rows of Q8_K activations (block unpacked once for all of them).
 ///
 /// # Safety
-/// The CPU must support AVX-512 F/BW/VL, AVX2, FMA and F16C; `t` must be a k-quant type;
-/// 1 ≤ acts.len() ≤ 4.
+/// The CPU must support AVX-512 F/BW/VL, AVX2, FMA and F16C (and VNNI if `vnni`); `t` must
+/// be a k-quant type; 1 ≤ acts.len() ≤ 4.
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2,fma,f16c")]
-pub unsafe fn dot_k(t: GgmlType, row: &[u8], acts: &[&[BlockQ8K]], out: &mut [f32]) {
-    // SAFETY (all arms): same features; N matches acts.len() (1..=4 checked by the caller).
-    unsafe { dispatch!(dot_k_n, t, acts.len(), [Q2_K, Q3_K, Q4_K, Q5_K, Q6_K], (row, acts, out)) }
+pub unsafe fn dot_k(t: GgmlType, row: &[u8], acts: &[&[BlockQ8K]], out: &mut [f32], vnni: bool) {
+    // SAFETY (all arms): same features (plus VNNI when the caller says it was detected); N
+    // matches acts.len() (1..=4 checked by the caller).
+    unsafe {
+        if vnni {
+            dispatch!(dot_k_n_vnni, t, acts.len(), [Q2_K, Q3_K, Q4_K, Q5_K, Q6_K], (row, acts, out))
+        } else {
+            dispatch!(dot_k_n, t, acts.len(), [Q2_K, Q3_K, Q4_K, Q5_K, Q6_K], (row, acts, out))
+        }
+    }
 }
 
-#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2,fma,f16c")]
-unsafe fn dot_k_n<const T: u32, const N: usize>(row: &[u8], acts: &[&[BlockQ8K]], out: &mut [f32]) {
-    let t = ty(T);
-    let pf = super::simd::prefetch_distance();
-    let idx0 = load64(as_bytes_i16(&SCALE_IDX));
-    let mut acc = [_mm512_setzero_ps(); N];
-    let mut accm = [_mm256_setzero_ps(); N];
-    for (k, b) in row.chunks_exact(t.type_size()).enumerate() {
-        prefetch_block(b, pf);
-        let s = k_scales::<T>(b);
-        let sc = _mm512_castsi256_si512(_mm256_cvtepi8_epi16(s.sc8));
-        let q = k_chunks512::<T>(b);
-        // (Plain loops, not closures: closures would not inherit this function's features.)
-        let mut scv = [_mm512_setzero_si512(); 4];
-        for (c, v) in scv.iter_mut().enumerate() {
-            *v = _mm512_permutexvar_epi16(_mm512_add_epi16(idx0, _mm512_set1_epi16(4 * c as i16)), sc);
-        }
-        for i in 0..N {
-            let a = &acts[i][k];
-            let mut isum = _mm512_setzero_si512();
-            for c in 0..4 {
-                let y = load64(as_bytes(&a.qs[64 * c..64 * c + 64]));
-                isum = _mm512_add_epi32(isum, _mm512_madd_epi16(_mm512_maddubs_epi16(q[c], y), scv[c]));
+/// Defines a k-quant kernel `$name::<T, N>` for `$features`, with `$mac(isum, p, scales)` as
+/// the multiply-accumulate of the i16 pair sums (`madd` + `add`, or VNNI's fused `dpwssd`).
+macro_rules! k_kernel {
+    ($name:ident, $features:literal, $mac:ident) => {
+        #[target_feature(enable = $features)]
+        unsafe fn $name<const T: u32, const N: usize>(row: &[u8], acts: &[&[BlockQ8K]], out: &mut [f32]) {
+            let t = ty(T);
+            let pf = super::simd::prefetch_distance();
+            let idx0 = load64(as_bytes_i16(&SCALE_IDX));
+            let mut acc = [_mm512_setzero_ps(); N];
+            let mut accm = [_mm256_setzero_ps(); N];
+            for (k, b) in row.chunks_exact(t.type_size()).enumerate() {
+                prefetch_block(b, pf);
+                let s = k_scales::<T>(b);
+                let sc = _mm512_castsi256_si512(_mm256_cvtepi8_epi16(s.sc8));
+                let q = k_chunks512::<T>(b);
+                // (Plain loops, not closures: closures would not inherit the target features.)
+                let mut scv = [_mm512_setzero_si512(); 4];
+                for (c, v) in scv.iter_mut().enumerate() {
+                    *v = _mm512_permutexvar_epi16(_mm512_add_epi16(idx0, _mm512_set1_epi16(4 * c as i16)), sc);
+                }
+                for i in 0..N {
+                    let a = &acts[i][k];
+                    let mut isum = _mm512_setzero_si512();
+                    for c in 0..4 {
+                        let y = load64(as_bytes(&a.qs[64 * c..64 * c + 64]));
+                        isum = $mac(isum, _mm512_maddubs_epi16(q[c], y), scv[c]);
+                    }
+                    let msum = _mm256_madd_epi16(load32(as_bytes_i16(&a.bsums)), s.mn);
+                    acc[i] = _mm512_fmadd_ps(_mm512_set1_ps(s.d * a.d), _mm512_cvtepi32_ps(isum), acc[i]);
+                    accm[i] = _mm256_fmadd_ps(_mm256_set1_ps(s.dmin * a.d), _mm256_cvtepi32_ps(msum), accm[i]);
+                }
             }
-            let msum = _mm256_madd_epi16(load32(as_bytes_i16(&a.bsums)), s.mn);
-            acc[i] = _mm512_fmadd_ps(_mm512_set1_ps(s.d * a.d), _mm512_cvtepi32_ps(isum), acc[i]);
-            accm[i] = _mm256_fmadd_ps(_mm256_set1_ps(s.dmin * a.d), _mm256_cvtepi32_ps(msum), accm[i]);
+            for i in 0..N {
+                out[i] = _mm512_reduce_add_ps(acc[i]) - hsum256(accm[i]);
+            }
         }
-    }
-    for i in 0..N {
-        out[i] = _mm512_reduce_add_ps(acc[i]) - hsum256(accm[i]);
-    }
+    };
 }
+
+#[inline]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2,fma,f16c")]
+fn mac_plain(acc: __m512i, p: __m512i, s: __m512i) -> __m512i {
+    _mm512_add_epi32(acc, _mm512_madd_epi16(p, s))
+}
+
+#[inline]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
+fn mac_vnni(acc: __m512i, p: __m512i, s: __m512i) -> __m512i {
+    _mm512_dpwssd_epi32(acc, p, s)
+}
+
+k_kernel!(dot_k_n, "avx512f,avx512bw,avx512vl,avx2,fma,f16c", mac_plain);
+k_kernel!(dot_k_n_vnni, "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c", mac_vnni);
 
 /// Two f32 scales, one per 256-bit half.
 #[inline]

@@ -22,8 +22,10 @@ pub enum Isa {
     Scalar,
     /// AVX2 + FMA + F16C.
     Avx2,
-    /// AVX-512 F/BW/VL (+ VNNI where present).
+    /// AVX-512 F/BW/VL.
     Avx512,
+    /// AVX-512 plus VNNI (fused i16 multiply-add in the k-quant kernels).
+    Avx512Vnni,
 }
 
 impl Isa {
@@ -32,6 +34,7 @@ impl Isa {
             Isa::Scalar => "scalar",
             Isa::Avx2 => "avx2",
             Isa::Avx512 => "avx512",
+            Isa::Avx512Vnni => "avx512vnni",
         }
     }
 
@@ -41,25 +44,27 @@ impl Isa {
             Isa::Scalar => true,
             Isa::Avx2 => simd::avx2_supported(),
             Isa::Avx512 => simd::avx512_supported(),
+            Isa::Avx512Vnni => simd::vnni_supported(),
         }
     }
 
     /// All variants this CPU runs, scalar first.
     pub fn all_supported() -> Vec<Isa> {
-        [Isa::Scalar, Isa::Avx2, Isa::Avx512].into_iter().filter(|i| i.supported()).collect()
+        [Isa::Scalar, Isa::Avx2, Isa::Avx512, Isa::Avx512Vnni].into_iter().filter(|i| i.supported()).collect()
     }
 
     /// The best supported variant, capped by the `HY_ISA` environment variable
-    /// (`scalar`, `avx2`, `avx512`) when set; detected once per process.
+    /// (`scalar`, `avx2`, `avx512`, `avx512vnni`) when set; detected once per process.
     pub fn best() -> Isa {
         static BEST: OnceLock<Isa> = OnceLock::new();
         *BEST.get_or_init(|| {
             let cap = match std::env::var("HY_ISA").as_deref() {
                 Ok("scalar") => Isa::Scalar,
                 Ok("avx2") => Isa::Avx2,
-                _ => Isa::Avx512,
+                Ok("avx512") => Isa::Avx512,
+                _ => Isa::Avx512Vnni,
             };
-            let order = [Isa::Avx512, Isa::Avx2, Isa::Scalar];
+            let order = [Isa::Avx512Vnni, Isa::Avx512, Isa::Avx2, Isa::Scalar];
             let start = order.iter().position(|&i| i == cap).unwrap_or(0);
             order[start..].iter().copied().find(|i| i.supported()).unwrap_or(Isa::Scalar)
         })

@@ -24,7 +24,7 @@
 //! each weight block is unpacked once for up to four activation rows and read from memory
 //! once for all n.
 //!
-//! Environment: `HY_ISA=scalar|avx2|avx512` caps the instruction set ([`Isa::best`]);
+//! Environment: `HY_ISA=scalar|avx2|avx512|avx512vnni` caps the instruction set ([`Isa::best`]);
 //! `HY_PREFETCH=<bytes>` sets the software prefetch distance of the quantized kernels
 //! (default 2048, 0 = off). Speed: `cargo run --release -p hy-engine --example kernel_bench`.
 

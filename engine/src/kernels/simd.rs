@@ -30,6 +30,17 @@ pub fn avx2_supported() -> bool {
     }
 }
 
+pub fn vnni_supported() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        avx512_supported() && is_x86_feature_detected!("avx512vnni")
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        false
+    }
+}
+
 pub fn avx512_supported() -> bool {
     #[cfg(target_arch = "x86_64")]
     {
@@ -74,7 +85,12 @@ mod x86 {
     pub fn k_avx512(t: GgmlType, row: &[u8], a: &[&[BlockQ8K]], out: &mut [f32]) {
         assert!((1..=MAX_ACTS).contains(&a.len()) && out.len() >= a.len());
         // SAFETY: handed out only when AVX-512 F/BW/VL (and AVX2/FMA/F16C) were detected.
-        unsafe { avx512::dot_k(t, row, a, out) }
+        unsafe { avx512::dot_k(t, row, a, out, false) }
+    }
+    pub fn k_avx512vnni(t: GgmlType, row: &[u8], a: &[&[BlockQ8K]], out: &mut [f32]) {
+        assert!((1..=MAX_ACTS).contains(&a.len()) && out.len() >= a.len());
+        // SAFETY: handed out only when AVX-512 F/BW/VL/VNNI (and AVX2/FMA/F16C) were detected.
+        unsafe { avx512::dot_k(t, row, a, out, true) }
     }
     pub fn s_avx512(t: GgmlType, row: &[u8], a: &[&[BlockQ8_0]], out: &mut [f32]) {
         assert!((1..=MAX_ACTS).contains(&a.len()) && out.len() >= a.len());
@@ -116,6 +132,8 @@ pub fn k_kernel(isa: Isa, _t: GgmlType) -> KFn {
         Isa::Avx2 => x86::k_avx2,
         #[cfg(target_arch = "x86_64")]
         Isa::Avx512 => x86::k_avx512,
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx512Vnni => x86::k_avx512vnni,
         _ => reference::k,
     }
 }
@@ -125,7 +143,7 @@ pub fn s_kernel(isa: Isa, _t: GgmlType) -> SFn {
         #[cfg(target_arch = "x86_64")]
         Isa::Avx2 => x86::s_avx2,
         #[cfg(target_arch = "x86_64")]
-        Isa::Avx512 => x86::s_avx512,
+        Isa::Avx512 | Isa::Avx512Vnni => x86::s_avx512,
         _ => reference::s,
     }
 }
@@ -137,7 +155,7 @@ pub fn f_kernel(isa: Isa, t: GgmlType) -> FFn {
         #[cfg(target_arch = "x86_64")]
         Isa::Avx2 if is_float(t) => x86::f_avx2,
         #[cfg(target_arch = "x86_64")]
-        Isa::Avx512 if is_float(t) => x86::f_avx512,
+        Isa::Avx512 | Isa::Avx512Vnni if is_float(t) => x86::f_avx512,
         _ => reference::f,
     }
 }
@@ -147,7 +165,7 @@ pub fn fp8_kernel(isa: Isa) -> Fp8Fn {
         #[cfg(target_arch = "x86_64")]
         Isa::Avx2 => x86::fp8_avx2,
         #[cfg(target_arch = "x86_64")]
-        Isa::Avx512 => x86::fp8_avx512,
+        Isa::Avx512 | Isa::Avx512Vnni => x86::fp8_avx512,
         _ => reference::fp8,
     }
 }

@@ -374,3 +374,27 @@ fn without_profile_or_hardware_it_plans_for_the_probed_machine() {
     assert_eq!(p["mode"], "cpu");
     assert_eq!(p["numa"]["nodes"], 2);
 }
+
+#[test]
+fn a_kv_cache_too_big_for_vram_splits_layers_between_gpu_and_cpu() {
+    // 128K × 4 requests of DeepSeek KV cache is 36.8 GB: more than the 32 GB card.
+    let (code, p) = plan(&["deepseek-r1", "--profile", "HY90", "--quant", "q4_k_m", "--concurrency", "4"]);
+    assert_eq!(code, 0);
+    assert_eq!(p["mode"], "partial");
+    let kv: Vec<&Value> = p["placement"].as_array().unwrap().iter().filter(|x| x["component"] == "kv_cache").collect();
+    assert_eq!(kv.len(), 2);
+    assert_eq!(kv[0]["device"], "gpu0");
+    assert_eq!(kv[0]["bytes"].as_u64().unwrap() + kv[1]["bytes"].as_u64().unwrap(), p["kv_bytes"].as_u64().unwrap());
+    let gpu = p["devices"].as_array().unwrap().iter().find(|d| d["kind"] == "gpu").unwrap().clone();
+    assert!(gpu["free_bytes"].as_i64().unwrap() >= 0);
+    // Device totals hold every weight byte once (experts replicated per node count once).
+    let cpu_kv: u64 = p["devices"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|d| d["kind"] == "cpu")
+        .map(|d| d["kv_bytes"].as_u64().unwrap())
+        .sum();
+    assert_eq!(cpu_kv + gpu["kv_bytes"].as_u64().unwrap(), p["kv_bytes"].as_u64().unwrap());
+    assert!(p["warnings"].to_string().contains("run attention on the GPU"));
+}

@@ -94,6 +94,10 @@ pub struct ModelSpec {
     pub routed_layers: Vec<(u32, u64)>,
     #[serde(default)]
     pub excluded: Vec<Excluded>,
+    /// Bytes of each layer's attention path (everything of the layer but routed experts), in
+    /// layer order: (layer, bytes). Lets a plan give the GPU whole layers when not all fit.
+    #[serde(default)]
+    pub layer_path: Vec<(u32, u64)>,
 }
 
 impl ModelSpec {
@@ -109,6 +113,7 @@ impl ModelSpec {
             components: BTreeMap::new(),
             routed_layers: Vec::new(),
             excluded: Vec::new(),
+            layer_path: Vec::new(),
         }
     }
 
@@ -118,13 +123,17 @@ impl ModelSpec {
         c.bytes += bytes;
         c.params += params;
         *c.types.entry(type_name.to_string()).or_default() += bytes;
-        if component == Component::RoutedExperts {
-            let l = layer.unwrap_or(0);
-            match self.routed_layers.iter_mut().find(|(x, _)| *x == l) {
+        let per_layer = match (component, layer) {
+            (Component::RoutedExperts, l) => Some((&mut self.routed_layers, l.unwrap_or(0))),
+            (Component::Embeddings | Component::LmHead, _) | (_, None) => None,
+            (_, Some(l)) => Some((&mut self.layer_path, l)),
+        };
+        if let Some((list, l)) = per_layer {
+            match list.iter_mut().find(|(x, _)| *x == l) {
                 Some((_, b)) => *b += bytes,
                 None => {
-                    self.routed_layers.push((l, bytes));
-                    self.routed_layers.sort_by_key(|(x, _)| *x);
+                    list.push((l, bytes));
+                    list.sort_by_key(|(x, _)| *x);
                 }
             }
         }

@@ -6,7 +6,9 @@
 //! 3. Attention, shared experts, dense FFN, lm_head, norms/router, KV cache and compute
 //!    buffers fit in VRAM: they go there, routed experts stay in CPU RAM, and spare VRAM
 //!    takes whole expert layers (the last ones first).
-//! 4. Otherwise the GPU cannot even hold the attention path: everything on the CPU.
+//! 4. Otherwise the GPU takes the attention path and KV cache of as many leading layers as
+//!    fit ("partial"); the other layers run attention on the CPU.
+//! 5. No room even for one layer: everything on the CPU.
 //!
 //! On the CPU the routed experts are replicated on every NUMA node when each node can hold
 //! a full copy (every thread then reads local memory), else split across nodes.
@@ -187,6 +189,9 @@ pub struct StepBreakdown {
     pub total_ms: f64,
     /// Bytes read from CPU memory per step.
     pub cpu_bytes_per_step: u64,
+    /// Of which routed experts.
+    #[serde(default)]
+    pub cpu_expert_bytes_per_step: u64,
     /// Bytes read from VRAM per step.
     pub gpu_bytes_per_step: u64,
 }
@@ -230,7 +235,7 @@ pub struct Plan {
     pub weights_bytes: u64,
     pub kv_bytes_per_token: u64,
     pub kv_bytes: u64,
-    /// "hybrid", "gpu" or "cpu".
+    /// "hybrid", "gpu", "partial" (the GPU runs the leading layers' attention) or "cpu".
     pub mode: String,
     pub hardware: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -461,20 +466,46 @@ pub fn place(spec: &ModelSpec, reference: &str, topo: &Topology, opts: &PlanOpti
     let embeddings = spec.bytes(Component::Embeddings);
     let all_on_gpu = spec.total_bytes().saturating_add(s.kv_total).saturating_add(s.gpu_buffer);
     let hybrid_gpu = s.attention_path.saturating_add(s.kv_total).saturating_add(s.gpu_buffer);
+    let layers = spec.arch.num_layers.max(1);
+    let kv_per_layer = s.kv_total / layers;
+    let layer_path_total: u64 = spec.layer_path.iter().map(|(_, b)| *b).sum();
+    // lm_head and the output norm: on the GPU whenever the GPU runs any attention.
+    let global_path = s.attention_path.saturating_sub(layer_path_total);
+    let mut gpu_attn = GpuAttention { layers, path_fraction: 1.0, path_bytes: s.attention_path, kv_bytes: s.kv_total };
     let mode = match gpu {
         None => "cpu",
         Some(_) if all_on_gpu <= gpu_usable => "gpu",
         Some(_) if hybrid_gpu <= gpu_usable => "hybrid",
         Some(g) => {
-            warnings.push(format!(
-                "{} cannot hold the attention path and KV cache ({:.1} GB needed, {:.1} GB usable): everything runs on the CPU",
-                g.name,
-                hybrid_gpu as f64 / 1e9,
-                gpu_usable as f64 / 1e9
-            ));
-            "cpu"
+            let fixed = global_path.saturating_add(s.gpu_buffer);
+            let (n, path) = leading_layers(&spec.layer_path, gpu_usable.saturating_sub(fixed), kv_per_layer);
+            let needed = format!("{:.1} GB needed, {:.1} GB usable", hybrid_gpu as f64 / 1e9, gpu_usable as f64 / 1e9);
+            if n > 0 && fixed <= gpu_usable {
+                gpu_attn = GpuAttention {
+                    layers: n,
+                    path_fraction: path as f64 / layer_path_total.max(1) as f64,
+                    path_bytes: global_path + path,
+                    kv_bytes: n * kv_per_layer,
+                };
+                warnings.push(format!(
+                    "{} cannot hold the attention path and KV cache of every layer ({needed}): layers 0-{} run attention on the GPU, the other {} on the CPU",
+                    g.name,
+                    n - 1,
+                    layers - n
+                ));
+                "partial"
+            } else {
+                warnings.push(format!(
+                    "{} cannot hold the attention path and KV cache ({needed}): everything runs on the CPU",
+                    g.name
+                ));
+                "cpu"
+            }
         }
     };
+    if mode == "cpu" {
+        gpu_attn = GpuAttention { layers: 0, path_fraction: 0.0, path_bytes: 0, kv_bytes: 0 };
+    }
     // Whole expert layers into spare VRAM, last layers first.
     let mut gpu_layers: Vec<u32> = Vec::new();
     let mut gpu_expert_bytes = 0u64;
@@ -493,6 +524,7 @@ pub fn place(spec: &ModelSpec, reference: &str, topo: &Topology, opts: &PlanOpti
     let (cpu_routed, cpu_other_weights, cpu_kv) = match mode {
         "gpu" => (0, 0, 0),
         "hybrid" => (routed - gpu_expert_bytes, embeddings, 0),
+        "partial" => (routed, embeddings + s.attention_path - gpu_attn.path_bytes, s.kv_total - gpu_attn.kv_bytes),
         _ => (routed, spec.total_bytes() - routed, s.kv_total),
     };
     let cpu_buffer = if mode == "gpu" { 0 } else { s.cpu_buffer };
@@ -542,6 +574,7 @@ pub fn place(spec: &ModelSpec, reference: &str, topo: &Topology, opts: &PlanOpti
         let (weights, kv, other) = match mode {
             "gpu" => (spec.total_bytes(), s.kv_total, s.gpu_buffer),
             "hybrid" => (s.attention_path + gpu_expert_bytes, s.kv_total, s.gpu_buffer),
+            "partial" => (gpu_attn.path_bytes, gpu_attn.kv_bytes, s.gpu_buffer),
             _ => (0, 0, 0),
         };
         let reserved = gpu_reserve_bytes(eff).min(g.vram_bytes);
@@ -564,7 +597,13 @@ pub fn place(spec: &ModelSpec, reference: &str, topo: &Topology, opts: &PlanOpti
 
     let cpu_names: Vec<String> = topo.nodes.iter().map(|n| format!("cpu{}", n.id)).collect();
     let gpu_name = gpu.map(|g| format!("gpu{}", g.index)).unwrap_or_default();
-    let placement = placements(spec, mode, numa_policy, &cpu_names, &gpu_name, &gpu_layers, gpu_expert_bytes, &s);
+    let placement = placements(
+        spec,
+        &Where { mode, numa_policy, cpu_names: &cpu_names, gpu: &gpu_name, gpu_attn: &gpu_attn },
+        &gpu_layers,
+        gpu_expert_bytes,
+        &s,
+    );
     let numa = NumaPlan {
         policy: numa_policy.into(),
         nodes: n_nodes as u32,
@@ -591,7 +630,12 @@ pub fn place(spec: &ModelSpec, reference: &str, topo: &Topology, opts: &PlanOpti
             ),
         },
     };
-    let predicted = predict(spec, topo, opts, mode, numa_policy, &gpu_layers, gpu_usable.saturating_sub(hybrid_gpu));
+    let gpu_spare = match mode {
+        "hybrid" => gpu_usable.saturating_sub(hybrid_gpu),
+        _ => 0,
+    };
+    let placed = Placed { spec, topo, eff, mode, numa_policy, gpu_layers: &gpu_layers, gpu_attn: &gpu_attn };
+    let predicted = predict(&placed, opts, gpu_spare);
     if !fits {
         warnings.push(format!("does not fit: short by {:.1} GB", shortfall as f64 / 1e9));
     }
@@ -638,27 +682,65 @@ pub fn place(spec: &ModelSpec, reference: &str, topo: &Topology, opts: &PlanOpti
     }
 }
 
-#[allow(clippy::too_many_arguments)]
-fn placements(
-    spec: &ModelSpec,
-    mode: &str,
-    numa_policy: &str,
-    cpu_names: &[String],
-    gpu: &str,
-    gpu_layers: &[u32],
-    gpu_expert_bytes: u64,
-    s: &Sizes,
-) -> Vec<Placement> {
-    let cpu_all = cpu_names.join("+");
-    let cpu_policy = if cpu_names.len() > 1 { "split" } else { "whole" };
+/// Which layers' attention path the GPU runs: all of them (`gpu`, `hybrid`), the first
+/// `layers` (`partial`), or none (`cpu`).
+#[derive(Clone, Debug, PartialEq)]
+struct GpuAttention {
+    layers: u64,
+    /// Share of the per-layer attention-path bytes on the GPU.
+    path_fraction: f64,
+    /// Attention-path bytes on the GPU (with lm_head and output norm).
+    path_bytes: u64,
+    kv_bytes: u64,
+}
+
+/// The leading layers whose attention path plus KV cache fit `budget` bytes: (count, path bytes).
+fn leading_layers(layer_path: &[(u32, u64)], budget: u64, kv_per_layer: u64) -> (u64, u64) {
+    let (mut used, mut path, mut n) = (0u64, 0u64, 0u64);
+    for (_, bytes) in layer_path {
+        let next = used.saturating_add(*bytes).saturating_add(kv_per_layer);
+        if next > budget {
+            break;
+        }
+        used = next;
+        path += bytes;
+        n += 1;
+    }
+    (n, path)
+}
+
+/// Device names and the decisions placements are rendered from.
+struct Where<'a> {
+    mode: &'a str,
+    numa_policy: &'a str,
+    cpu_names: &'a [String],
+    gpu: &'a str,
+    gpu_attn: &'a GpuAttention,
+}
+
+fn placements(spec: &ModelSpec, w: &Where, gpu_layers: &[u32], gpu_expert_bytes: u64, s: &Sizes) -> Vec<Placement> {
+    let (mode, gpu) = (w.mode, w.gpu);
+    let cpu_all = w.cpu_names.join("+");
+    let cpu_policy = if w.cpu_names.len() > 1 { "split" } else { "whole" };
     let on = |c: Component| -> (&str, &str) {
         match (mode, c) {
             ("gpu", _) => (gpu, "whole"),
-            ("hybrid", Component::RoutedExperts) => (cpu_all.as_str(), numa_policy),
-            ("hybrid", Component::Embeddings) => (cpu_all.as_str(), cpu_policy),
-            ("hybrid", _) => (gpu, "whole"),
+            ("hybrid" | "partial", Component::RoutedExperts) => (cpu_all.as_str(), w.numa_policy),
+            ("hybrid" | "partial", Component::Embeddings) => (cpu_all.as_str(), cpu_policy),
+            ("hybrid" | "partial", _) => (gpu, "whole"),
             _ => (cpu_all.as_str(), cpu_policy),
         }
+    };
+    let n = w.gpu_attn.layers;
+    let last = spec.arch.num_layers.max(1) - 1;
+    let gpu_range = if n > 0 { format!("0-{}", n - 1) } else { String::new() };
+    let cpu_range = if n <= last { format!("{n}-{last}") } else { String::new() };
+    let row = |c: &str, dev: &str, policy: &str, layers: Option<String>, bytes: u64| Placement {
+        component: c.into(),
+        device: dev.into(),
+        policy: policy.into(),
+        layers,
+        bytes,
     };
     let mut out = Vec::new();
     for c in Component::ALL {
@@ -668,42 +750,32 @@ fn placements(
         }
         let (dev, policy) = on(c);
         if c == Component::RoutedExperts && !gpu_layers.is_empty() {
-            out.push(Placement {
-                component: c.name().into(),
-                device: gpu.into(),
-                policy: "whole".into(),
-                layers: Some(layer_ranges(gpu_layers)),
-                bytes: gpu_expert_bytes,
-            });
+            out.push(row(c.name(), gpu, "whole", Some(layer_ranges(gpu_layers)), gpu_expert_bytes));
             let cpu_layers: Vec<u32> =
                 spec.routed_layers.iter().map(|(l, _)| *l).filter(|l| !gpu_layers.contains(l)).collect();
             if !cpu_layers.is_empty() {
-                out.push(Placement {
-                    component: c.name().into(),
-                    device: dev.into(),
-                    policy: policy.into(),
-                    layers: Some(layer_ranges(&cpu_layers)),
-                    bytes: bytes - gpu_expert_bytes,
-                });
+                out.push(row(c.name(), dev, policy, Some(layer_ranges(&cpu_layers)), bytes - gpu_expert_bytes));
             }
             continue;
         }
-        out.push(Placement {
-            component: c.name().into(),
-            device: dev.into(),
-            policy: policy.into(),
-            layers: None,
-            bytes,
-        });
+        let per_layer = !matches!(c, Component::RoutedExperts | Component::Embeddings | Component::LmHead);
+        if mode == "partial" && per_layer {
+            // Split by the layer range; the share follows the attention-path bytes per layer.
+            let on_gpu = (bytes as f64 * w.gpu_attn.path_fraction).round() as u64;
+            out.push(row(c.name(), gpu, "whole", Some(gpu_range.clone()), on_gpu));
+            out.push(row(c.name(), &cpu_all, cpu_policy, Some(cpu_range.clone()), bytes - on_gpu));
+            continue;
+        }
+        out.push(row(c.name(), dev, policy, None, bytes));
     }
-    let kv_dev = if mode == "cpu" { cpu_all.clone() } else { gpu.to_string() };
-    out.push(Placement {
-        component: "kv_cache".into(),
-        device: kv_dev,
-        policy: if mode == "cpu" { cpu_policy.into() } else { "whole".into() },
-        layers: None,
-        bytes: s.kv_total,
-    });
+    match mode {
+        "cpu" => out.push(row("kv_cache", &cpu_all, cpu_policy, None, s.kv_total)),
+        "partial" => {
+            out.push(row("kv_cache", gpu, "whole", Some(gpu_range), w.gpu_attn.kv_bytes));
+            out.push(row("kv_cache", &cpu_all, cpu_policy, Some(cpu_range), s.kv_total - w.gpu_attn.kv_bytes));
+        }
+        _ => out.push(row("kv_cache", gpu, "whole", None, s.kv_total)),
+    }
     out
 }
 
@@ -739,11 +811,12 @@ struct Placed<'a> {
     mode: &'a str,
     numa_policy: &'a str,
     gpu_layers: &'a [u32],
+    gpu_attn: &'a GpuAttention,
 }
 
 /// Per-step decode cost at `position` tokens of context for `n` concurrent requests.
 fn decode_step(pl: &Placed, position: u64, n: u64) -> StepBreakdown {
-    let Placed { spec, topo, eff, mode, numa_policy, gpu_layers } = *pl;
+    let Placed { spec, topo, eff, mode, numa_policy, gpu_layers, gpu_attn } = *pl;
     let a = &spec.arch;
     let distinct = distinct_experts(a.num_experts, a.experts_per_token, n);
     let mut cpu_expert_bytes = 0.0;
@@ -777,7 +850,11 @@ fn decode_step(pl: &Placed, position: u64, n: u64) -> StepBreakdown {
     let attn_flops = attention_flops_per_position(spec) * (n * position) as f64;
     let dense_flops =
         2.0 * n as f64 * (spec.active_params() - expert_params * a.experts_per_token as f64 * a.moe_layers() as f64);
-    let mut out = StepBreakdown { cpu_experts_bound_ms, ..StepBreakdown::default() };
+    let mut out = StepBreakdown {
+        cpu_experts_bound_ms,
+        cpu_expert_bytes_per_step: cpu_expert_bytes as u64,
+        ..StepBreakdown::default()
+    };
     match (mode, topo.gpus.iter().max_by_key(|g| g.vram_bytes)) {
         ("cpu", _) | (_, None) => {
             let bytes = path + kv_read;
@@ -787,21 +864,42 @@ fn decode_step(pl: &Placed, position: u64, n: u64) -> StepBreakdown {
             out.cpu_bytes_per_step = (bytes + cpu_expert_bytes) as u64;
         }
         (_, Some(g)) => {
+            // The GPU runs the attention path of its layers (all of them unless `partial`);
+            // the CPU runs the rest, layer by layer.
+            let layers = a.num_layers.max(1) as f64;
+            let on_gpu = gpu_attn.layers as f64 / layers;
+            let layer_path: f64 = spec.layer_path.iter().map(|(_, b)| *b as f64).sum();
+            let global = path - layer_path;
+            let gpu_path = global + layer_path * gpu_attn.path_fraction;
             let gpu_bw = g.bandwidth_gbps * 1e9 * eff.gpu_bandwidth_efficiency;
             let gpu_flops = eff.gpu_tflops.unwrap_or(g.tflops) * 1e12 * eff.gpu_compute_efficiency;
-            let gpu_bytes = path + kv_read + gpu_expert_bytes;
-            out.gpu_ms = 1e3 * (gpu_bytes / gpu_bw + (attn_flops + dense_flops) / gpu_flops)
-                + a.num_layers as f64 * eff.gpu_layer_overhead_us / 1e3;
+            let gpu_bytes = gpu_path + kv_read * on_gpu + gpu_expert_bytes;
+            out.gpu_ms = 1e3 * (gpu_bytes / gpu_bw + (attn_flops + dense_flops) * on_gpu / gpu_flops)
+                + gpu_attn.layers as f64 * eff.gpu_layer_overhead_us / 1e3;
+            let cpu_path = (path - gpu_path) + kv_read * (1.0 - on_gpu);
+            if gpu_attn.layers < a.num_layers {
+                out.cpu_other_ms =
+                    1e3 * (cpu_path / cpu_bw).max((attn_flops + dense_flops) * (1.0 - on_gpu) / cpu_flops);
+            }
             out.cpu_experts_ms = 1e3 * cpu_experts;
             let pcie = g.pcie_gbps * 1e9 * eff.pcie_efficiency;
             let hidden_bytes = (2 * n * a.hidden_size * 4) as f64;
-            out.sync_ms = cpu_moe_layers as f64 * (eff.hybrid_sync_us / 1e3 + 1e3 * hidden_bytes / pcie);
+            // A hand-off for every MoE layer whose attention is on the GPU and experts on the
+            // CPU, one where the GPU layers end, and barriers for the CPU-run layers.
+            let handoffs = spec
+                .routed_layers
+                .iter()
+                .filter(|(l, _)| (*l as u64) < gpu_attn.layers && mode != "gpu" && !gpu_layers.contains(l))
+                .count() as f64
+                + f64::from(u8::from(gpu_attn.layers < a.num_layers));
+            out.sync_ms = handoffs * (eff.hybrid_sync_us / 1e3 + 1e3 * hidden_bytes / pcie)
+                + (a.num_layers - gpu_attn.layers) as f64 * eff.cpu_layer_overhead_us / 1e3;
             // Shared experts run on the GPU while the CPU runs the routed ones.
             if cpu_moe_layers > 0 {
-                out.overlap_ms = (1e3 * shared / gpu_bw).min(out.cpu_experts_ms);
+                out.overlap_ms = (1e3 * shared * gpu_attn.path_fraction / gpu_bw).min(out.cpu_experts_ms);
             }
             out.gpu_bytes_per_step = gpu_bytes as u64;
-            out.cpu_bytes_per_step = cpu_expert_bytes as u64;
+            out.cpu_bytes_per_step = (cpu_expert_bytes + cpu_path) as u64;
         }
     }
     if numa_policy == "split" && cpu_moe_layers > 0 {
@@ -822,23 +920,13 @@ fn attention_flops_per_position(spec: &ModelSpec) -> f64 {
     per_layer * a.full_attention_layers() as f64
 }
 
-#[allow(clippy::too_many_arguments)]
-fn predict(
-    spec: &ModelSpec,
-    topo: &Topology,
-    opts: &PlanOptions,
-    mode: &str,
-    numa_policy: &str,
-    gpu_layers: &[u32],
-    gpu_spare: u64,
-) -> Predicted {
-    let eff = &opts.efficiency;
+fn predict(pl: &Placed, opts: &PlanOptions, gpu_spare: u64) -> Predicted {
+    let (spec, topo, eff, mode) = (pl.spec, pl.topo, &opts.efficiency, pl.mode);
     let pos = DECODE_POSITION.min(opts.context);
-    let pl = Placed { spec, topo, eff, mode, numa_policy, gpu_layers };
-    let step = decode_step(&pl, pos, opts.concurrency);
-    let single = decode_step(&pl, pos, 1);
-    let full = decode_step(&pl, opts.context, 1);
-    let (prefill, method) = prefill(spec, topo, opts, mode, gpu_layers, gpu_spare);
+    let step = decode_step(pl, pos, opts.concurrency);
+    let single = decode_step(pl, pos, 1);
+    let full = decode_step(pl, opts.context, 1);
+    let (prefill, method) = prefill(pl, opts, gpu_spare);
     let decode_tokens_per_s = if opts.concurrency == 1 { 1e3 / single.total_ms } else { 1e3 / step.total_ms };
     Predicted {
         decode_tokens_per_s,
@@ -855,14 +943,8 @@ fn predict(
 
 /// Prefill of one prompt: GPU work at its FLOP rate; routed experts either computed on the
 /// CPU (FLOP- or bandwidth-bound) or streamed over PCIe to the GPU, whichever is faster.
-fn prefill(
-    spec: &ModelSpec,
-    topo: &Topology,
-    opts: &PlanOptions,
-    mode: &str,
-    gpu_layers: &[u32],
-    gpu_spare: u64,
-) -> (f64, String) {
+fn prefill(pl: &Placed, opts: &PlanOptions, gpu_spare: u64) -> (f64, String) {
+    let (spec, topo, mode, gpu_layers) = (pl.spec, pl.topo, pl.mode, pl.gpu_layers);
     let eff = &opts.efficiency;
     let a = &spec.arch;
     let p = PREFILL_TOKENS.min(opts.context) as f64;
@@ -894,7 +976,10 @@ fn prefill(
         return (p / t, "cpu".into());
     };
     let gpu_flops = eff.gpu_tflops.unwrap_or(g.tflops) * 1e12 * eff.gpu_compute_efficiency;
-    let gpu_part = (dense_flops + attn_flops + gpu_moe * expert_flops_per_layer) / gpu_flops;
+    // Attention and dense work of the layers the GPU runs; the rest on the CPU.
+    let on_gpu = pl.gpu_attn.layers as f64 / a.num_layers.max(1) as f64;
+    let gpu_part = ((dense_flops + attn_flops) * on_gpu + gpu_moe * expert_flops_per_layer) / gpu_flops
+        + (dense_flops + attn_flops) * (1.0 - on_gpu) / cpu_flops;
     let on_cpu = (cpu_moe * expert_flops_per_layer / cpu_flops).max(ubatches * cpu_routed_bytes / cpu_bw);
     let largest_layer = spec.routed_layers.iter().map(|(_, b)| *b).max().unwrap_or(0);
     let streamed = (cpu_moe > 0.0 && largest_layer <= gpu_spare).then(|| {
@@ -921,7 +1006,7 @@ fn bottleneck(spec: &ModelSpec, topo: &Topology, eff: &Efficiency, s: &StepBreak
     match name {
         "cpu_experts" => format!(
             "CPU memory bandwidth: each step reads {:.1} GB of routed experts from RAM at {:.0} GB/s effective ({:.0}% of the {:.1} ms step).",
-            s.cpu_bytes_per_step as f64 / 1e9,
+            s.cpu_expert_bytes_per_step as f64 / 1e9,
             cpu_bw,
             share(ms),
             s.total_ms
@@ -1112,6 +1197,37 @@ mod tests {
         let expect = 1e3 * 4.0 * 1000e6 / bw;
         assert!(close(big.predicted.step.cpu_experts_ms, expect));
         assert!(close(big.predicted.step.sync_ms, 2.0 * 0.100 + 2.0 * 0.010));
+    }
+
+    #[test]
+    fn a_small_gpu_takes_the_leading_layers_attention_and_kv() {
+        // Attention split over both layers (25 MB each).
+        let mut spec = toy(100);
+        spec.components.remove(&Component::Attention);
+        spec.layer_path.clear();
+        spec.add_tensor(Component::Attention, Some(0), "Q8_0", 500, 25 * MB);
+        spec.add_tensor(Component::Attention, Some(1), "Q8_0", 500, 25 * MB);
+        // 110 MB: lm_head (30 MB) + buffers (44 MB) + layer 0 (25 MB + 4.2 MB of KV), not layer 1.
+        let p = place(&spec, "toy", &topo(1, 64, 100.0, Some((110 * MB, 1000.0))), &opts(4096, 1));
+        assert_eq!(p.mode, "partial");
+        let kv_layer = 4096 * 2048 / 2;
+        let gpu = p.devices.iter().find(|d| d.kind == "gpu").unwrap();
+        assert_eq!((gpu.weights_bytes, gpu.kv_bytes), (55 * MB, kv_layer));
+        let cpu = &p.devices[0];
+        assert_eq!((cpu.weights_bytes, cpu.kv_bytes), (800 * MB + 20 * MB + 25 * MB, kv_layer));
+        let attn: Vec<_> = p.placement.iter().filter(|x| x.component == "attention").collect();
+        assert_eq!(attn[0].layers.as_deref(), Some("0-0"));
+        assert_eq!((attn[0].bytes, attn[1].bytes), (25 * MB, 25 * MB));
+        let st = &p.predicted.step;
+        let kv_read = 4096.0 * 2048.0;
+        let gpu_ms = 1e3 * (55e6 + kv_read / 2.0) / 800e9 + 0.020;
+        let cpu_other_ms = 1e3 * (25e6 + kv_read / 2.0) / 72e9;
+        // Layer 0's experts hand off from the GPU, plus the GPU→CPU boundary; layer 1 barriers.
+        let sync_ms = 2.0 * (0.160 + 1e3 * 8192.0 / (32e9 * 0.8)) + 0.100;
+        assert!(close(st.gpu_ms, gpu_ms), "{} {gpu_ms}", st.gpu_ms);
+        assert!(close(st.cpu_other_ms, cpu_other_ms), "{} {cpu_other_ms}", st.cpu_other_ms);
+        assert!(close(st.sync_ms, sync_ms), "{} {sync_ms}", st.sync_ms);
+        assert!(p.fits);
     }
 
     #[test]

@@ -85,8 +85,18 @@ fn weights(s: &mut String, p: &Plan) {
             );
         }
     }
-    if let Some(kv) = p.placement.iter().find(|x| x.component == "kv_cache") {
-        let _ = writeln!(s, "  {:<20} {:<22} {:>10}  {:<22}", "kv_cache", "16-bit", gb(kv.bytes), kv.device);
+    for (i, kv) in p.placement.iter().filter(|x| x.component == "kv_cache").enumerate() {
+        let (name, ty) = if i == 0 { ("kv_cache", "16-bit") } else { ("", "") };
+        let dev = if kv.policy == "whole" { kv.device.clone() } else { format!("{} ({})", kv.device, kv.policy) };
+        let _ = writeln!(
+            s,
+            "  {:<20} {:<22} {:>10}  {:<22} {}",
+            name,
+            ty,
+            gb(kv.bytes),
+            dev,
+            kv.layers.as_deref().unwrap_or("")
+        );
     }
 }
 

@@ -94,6 +94,19 @@ pub struct Prepared<'x> {
     act: Act<'x>,
 }
 
+impl Prepared<'_> {
+    /// Whether these activations can be used with weights of type `ty` (f32 activations suit
+    /// every type; Q8_K ones suit the k-quants, Q8_0 ones the Q4_0 family).
+    pub fn suits(&self, ty: WeightType) -> bool {
+        match (&self.act, ty) {
+            (Act::F32(_), _) => true,
+            (Act::Q8K(_), WeightType::Ggml(t)) => is_k_quant(t),
+            (Act::Q8_0(_), WeightType::Ggml(t)) => is_small_block(t),
+            _ => false,
+        }
+    }
+}
+
 enum Act<'x> {
     F32(&'x [f32]),
     Q8_0(Vec<BlockQ8_0>),
@@ -129,6 +142,9 @@ pub fn matmul_rows(isa: Isa, w: &QMatrix, p: &Prepared, rows: Range<usize>, out:
     let isa = if isa.supported() { isa } else { Isa::Scalar };
     let rb = row_bytes(w);
     let data = &w.data[rows.start * rb..rows.end * rb];
+    if !p.suits(w.ty) {
+        return mismatched(out);
+    }
     match (&p.act, w.ty) {
         (Act::Q8K(a), WeightType::Ggml(t)) => {
             let f = simd::k_kernel(isa, t);
@@ -143,13 +159,14 @@ pub fn matmul_rows(isa: Isa, w: &QMatrix, p: &Prepared, rows: Range<usize>, out:
             each_row(data, rb, x, w.cols, p.n, out, |row, x| f(t, row, x));
         }
         (Act::F32(x), WeightType::Fp8E4M3Block128) => fp8_rows(isa, w, x, rows, p.n, out),
-        // prepare() never quantizes for FP8 weights.
-        (_, WeightType::Fp8E4M3Block128) => unreachable_fp8(out),
+        // Excluded by `suits` above.
+        (_, WeightType::Fp8E4M3Block128) => mismatched(out),
     }
 }
 
-/// Defensive: a Prepared made for another weight type. Gives NaN rather than a wrong number.
-fn unreachable_fp8(out: &mut [f32]) {
+/// Activations quantized for another weight family (e.g. Q8_K for a Q8_0 matrix): a bug in
+/// the caller. NaN makes it visible instead of a plausible wrong number.
+fn mismatched(out: &mut [f32]) {
     debug_assert!(false, "activations prepared for a different weight type");
     out.fill(f32::NAN);
 }

@@ -228,3 +228,15 @@ fn validation_rejects_wrong_shapes() {
     assert!(QMatrix::new_fp8(2, 2, &[0; 4], &[0; 4]).is_ok());
     assert!(QMatrix::new_fp8(2, 2, &[0; 4], &[0; 8]).is_err());
 }
+
+#[test]
+fn activations_prepared_for_another_family_are_refused() {
+    let mut rng = StdRng::seed_from_u64(3);
+    let x = random_x(256, &mut rng);
+    let p = prepare_with(WeightType::Ggml(Q4_K), 256, &x, 1, Precision::Fast);
+    assert!(p.suits(WeightType::Ggml(Q6_K)));
+    assert!(!p.suits(WeightType::Ggml(Q8_0)));
+    assert!(!p.suits(WeightType::Fp8E4M3Block128));
+    let exact = prepare_with(WeightType::Ggml(Q4_K), 256, &x, 1, Precision::Exact);
+    assert!(exact.suits(WeightType::Ggml(Q8_0)) && exact.suits(WeightType::Fp8E4M3Block128));
+}

@@ -6,7 +6,8 @@
 # MODEL is a catalog name, HF repo id, GGUF file or HF folder; HARDWARE_FILE comes from
 # `hy probe --save hw.toml` (or see examples/*.toml). The plan asks for the best quantization
 # that fits (--quant auto) at CONTEXT tokens and CONCURRENCY requests; when nothing fits it
-# halves the context (not below MIN_CONTEXT) before giving up with hy's exit code 3.
+# halves the context (not below MIN_CONTEXT) before giving up with hy's exit code 3. It then
+# runs `hy run --plan plan.toml` (the model, context and concurrency come from the plan).
 #
 # Environment:
 #   HY=path/to/hy        the binary (default: hy on PATH)
@@ -58,7 +59,10 @@ reference=$(json_field model_reference "$json")
 tok_s=$(sed -n 's/^    "decode_tokens_per_s": \([0-9.]*\),$/\1/p' <<<"$json" | head -n 1)
 echo "provision: $model at $quant, context $context x $CONCURRENCY, predicted ${tok_s%.*} tok/s; plan in $PLAN" >&2
 
-cmd=("$HY" run "$reference" --plan "$PLAN" --context "$context" --max-concurrency "$CONCURRENCY" "$@")
+# `hy run --plan` loads the plan's model; a catalog model is fetched at the planned quantization.
+cmd=("$HY" run --plan "$PLAN")
+[[ -e $reference ]] || cmd+=(--quant "$quant")
+cmd+=(--context "$context" --max-concurrency "$CONCURRENCY" "$@")
 if [[ ${DRY_RUN:-0} == 1 ]]; then
     printf '%q ' "${cmd[@]}"
     echo

@@ -35,12 +35,12 @@ fn provisions_from_a_hardware_file() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(0), "{stderr}");
     let plan_arg = plan.to_str().unwrap();
-    assert!(
-        stdout.contains(&format!("run deepseek-r1 --plan {plan_arg} --context 32768 --max-concurrency 1 --port 9001")),
-        "{stdout}"
-    );
     let saved = hy_planner::Plan::from_toml_str(&std::fs::read_to_string(&plan).unwrap()).unwrap();
     assert!(saved.fits);
+    assert_eq!(saved.model_reference, "deepseek-r1");
+    // A catalog model is fetched at the planned quantization.
+    let want = format!("run --plan {plan_arg} --quant {} --context 32768 --max-concurrency 1 --port 9001", saved.quant);
+    assert!(stdout.contains(&want), "{stdout}");
     assert!(stderr.contains(&format!("deepseek-r1 at {}", saved.quant)), "{stderr}");
 }
 
@@ -78,4 +78,19 @@ fn gives_up_with_exit_3_when_nothing_fits() {
 fn usage_without_arguments() {
     let out = provision(&[], &[], &PathBuf::from("/tmp/unused.toml"));
     assert_eq!(out.status.code(), Some(2));
+}
+
+#[test]
+fn a_local_model_is_run_from_its_plan_without_a_quant() {
+    let dir = tempfile::tempdir().unwrap();
+    let plan = dir.path().join("plan.toml");
+    let gguf = root().join("tests/fixtures/tiny-qwen3-moe/gguf/tiny-qwen3-moe-Q8_0.gguf");
+    let out = provision(&[gguf.to_str().unwrap(), &example("epyc9654-rtx4090.toml")], &[("CONTEXT", "4096")], &plan);
+    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.contains(&format!("run --plan {} --context 4096", plan.display())), "{stdout}");
+    assert!(!stdout.contains("--quant"));
+    let saved = hy_planner::Plan::from_toml_str(&std::fs::read_to_string(&plan).unwrap()).unwrap();
+    assert_eq!(saved.model_reference, gguf.to_str().unwrap());
+    assert!(saved.exact_sizes);
 }

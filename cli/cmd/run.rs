@@ -198,9 +198,9 @@ fn load_tokenizer(path: &Path) -> anyhow::Result<Tokenizer> {
         return Tokenizer::from_gguf(&file).with_context(|| format!("reading the tokenizer of {}", path.display()));
     }
     let dir = if path.is_dir() { path.to_path_buf() } else { path.parent().unwrap_or(Path::new(".")).to_path_buf() };
-    let json = dir.join("tokenizer.json");
-    Tokenizer::from_tokenizer_json(&json)
-        .with_context(|| format!("reading {}; an HF folder needs its tokenizer.json", json.display()))
+    Tokenizer::from_hf_dir(&dir).with_context(|| {
+        format!("reading the tokenizer of {} (tokenizer.json, or tiktoken.model for Kimi-K2)", dir.display())
+    })
 }
 
 /// `--chat-template`: a built-in name, or a file holding a Jinja template.

@@ -19,7 +19,7 @@
 
 use std::cmp::Ordering;
 
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::{Arc, Mutex};
 
 use anyhow::{ensure, Context, Result};
 
@@ -361,18 +361,16 @@ impl MoeFfn {
     }
 }
 
-/// The pool the routed-expert pass runs on, when the runtime sets one.
-static EXPERT_POOL: RwLock<Option<Arc<Mutex<Pool>>>> = RwLock::new(None);
-
-/// Routes every MoE layer's expert pass through `pool` (pinned, row-owning threads; see
-/// `runtime::experts`), or back through the kernels' own threads with `None`. Process-wide,
-/// so the runtime sets it once after building its thread layout.
+/// Routes every MoE layer's expert pass (and the engine's large matrix products) through
+/// `pool` (pinned, row-owning threads; see `runtime::experts`), or back through the kernels'
+/// own threads with `None`. Process-wide, so the runtime sets it once after building its
+/// thread layout.
 pub fn set_expert_pool(pool: Option<Pool>) {
-    *EXPERT_POOL.write().unwrap_or_else(|e| e.into_inner()) = pool.map(|p| Arc::new(Mutex::new(p)));
+    crate::runtime::pool::set_global(pool);
 }
 
 fn expert_pool() -> Option<Arc<Mutex<Pool>>> {
-    EXPERT_POOL.read().unwrap_or_else(|e| e.into_inner()).clone()
+    crate::runtime::pool::global()
 }
 
 /// For each expert, the `(row, weight)` pairs that selected it, in row order.

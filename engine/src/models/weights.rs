@@ -209,6 +209,8 @@ impl Weight {
     /// `y = x · Wᵀ` for `n` rows of `x` (each `cols` long) into `n` rows of `y` (each `rows`
     /// long): a matvec for one row, a matmul (weights read once) for several.
     pub fn linear(&self, x: &[f32], n: usize, y: &mut [f32]) -> Result<(), ModelError> {
+        /// Below this many weight bytes a product stays on the kernels' path.
+        const POOL_MIN_BYTES: usize = 1 << 20;
         if x.len() < n * self.cols || y.len() < n * self.rows {
             return Err(ModelError::Kernel {
                 name: self.name.clone(),
@@ -223,6 +225,17 @@ impl Weight {
         }
         let (x, y) = (&x[..n * self.cols], &mut y[..n * self.rows]);
         let w = self.qmatrix();
+        // Large products run on the runtime's pinned pool when it is free (no thread wake-ups,
+        // each thread streams the same rows every call); small ones and callers already
+        // inside parallel work use the kernels' threads.
+        if w.data.len() >= POOL_MIN_BYTES {
+            if let Some(pool) = crate::runtime::pool::global() {
+                if let Ok(pool) = pool.try_lock() {
+                    crate::runtime::experts::pool_matmul(&pool, &w, x, n, y);
+                    return Ok(());
+                }
+            }
+        }
         if n == 1 {
             kernels::matvec(&w, x, y);
         } else {

@@ -184,6 +184,34 @@ pub fn expert_pass(pool: &Pool, experts: &[ExpertMats], x: &[f32], routes: &[Vec
     drop(h);
 }
 
+/// `Y = X · Wᵀ` (X is n × cols) on the pool: thread t computes weight rows
+/// `share(rows, T, t)` for all n inputs, so each row is read once, by the same thread every
+/// call. The inputs are quantized once, before the job.
+pub fn pool_matmul(pool: &Pool, w: &QMatrix, x: &[f32], n: usize, y: &mut [f32]) {
+    debug_assert_eq!(x.len(), n * w.cols);
+    debug_assert_eq!(y.len(), n * w.rows);
+    let p = kernels::prepare(w.ty, w.cols, x, n);
+    let isa = Isa::best();
+    let threads = pool.threads();
+    // Row-major rows × n results; for n == 1 that is y itself.
+    let mut yt = if n == 1 { Vec::new() } else { vec![0f32; w.rows * n] };
+    let out = SharedMut(if n == 1 { y.as_mut_ptr() } else { yt.as_mut_ptr() });
+    pool.run(&|t| {
+        let rows = share(w.rows, threads, t);
+        // SAFETY: thread t writes only its own rows' n results, inside the buffer, which
+        // outlives the job.
+        let slice = unsafe { std::slice::from_raw_parts_mut(out.ptr().add(rows.start * n), rows.len() * n) };
+        kernels::matmul_rows(isa, w, &p, rows, slice);
+    });
+    if n > 1 {
+        for (r, row) in yt.chunks_exact(n).enumerate() {
+            for (i, &v) in row.iter().enumerate() {
+                y[i * w.rows + r] = v;
+            }
+        }
+    }
+}
+
 fn silu(x: f32) -> f32 {
     x / (1.0 + (-x).exp())
 }
@@ -283,6 +311,25 @@ mod tests {
                 for (a, b) in got.iter().zip(&want) {
                     assert!((a - b).abs() <= 1e-4 * scale.max(1e-6), "{ty} {layout:?}: {a} vs {b}");
                 }
+            }
+        }
+    }
+
+    #[test]
+    fn pool_matmul_equals_kernels_matmul() {
+        let (rows, cols) = (300, 512);
+        let mut data = vec![0u8; GgmlType::Q4_K.bytes_for((rows * cols) as u64).unwrap() as usize];
+        fill_random(GgmlType::Q4_K, &mut data, 5);
+        let w = QMatrix::new(GgmlType::Q4_K, rows, cols, &data).unwrap();
+        for n in [1, 3] {
+            let x: Vec<f32> = (0..n * cols).map(|i| ((i * 13 % 29) as f32 - 14.0) / 7.0).collect();
+            let mut want = vec![0f32; n * rows];
+            kernels::matmul(&w, &x, n, &mut want);
+            for layout in [ThreadLayout::unpinned(1), ThreadLayout::unpinned(4)] {
+                let pool = Pool::new(layout);
+                let mut got = vec![0f32; n * rows];
+                pool_matmul(&pool, &w, &x, n, &mut got);
+                assert_eq!(got, want, "n = {n}");
             }
         }
     }

@@ -239,6 +239,21 @@ impl SpinBarrier {
     }
 }
 
+/// The process-wide compute pool the runtime sets up once (`hy run`, `hy bench`): routed
+/// experts and large matrix-vector products run on it. `None` = the kernels' rayon threads.
+static GLOBAL: std::sync::RwLock<Option<Arc<Mutex<Pool>>>> = std::sync::RwLock::new(None);
+
+/// Installs (or removes) the process-wide compute pool.
+pub fn set_global(pool: Option<Pool>) {
+    *GLOBAL.write().unwrap_or_else(|e| e.into_inner()) = pool.map(|p| Arc::new(Mutex::new(p)));
+}
+
+/// The process-wide compute pool, if one is installed. It runs one job at a time: callers
+/// lock it for the duration of a job.
+pub fn global() -> Option<Arc<Mutex<Pool>>> {
+    GLOBAL.read().unwrap_or_else(|e| e.into_inner()).clone()
+}
+
 /// Pins the calling thread to one CPU (Linux); a failure is ignored (the thread stays
 /// unpinned, which costs speed, not correctness).
 pub fn pin_current_thread(cpu: usize) {

@@ -57,6 +57,7 @@ fn run_fetches_a_repo_id_then_serves_it() {
     let addr = line.split("http://").nth(1).and_then(|r| r.split('/').next()).map(str::to_string);
     let models = addr.as_deref().map(|a| get(a, "/v1/models"));
     let _ = child.kill();
+    let _ = child.wait();
     let mut err = String::new();
     let _ = child.stderr.take().unwrap().read_to_string(&mut err);
     let models = models.unwrap_or_else(|| panic!("no ready line: {line:?}\n{err}"));

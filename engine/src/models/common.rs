@@ -471,7 +471,7 @@ fn attend_f16(q: &[f32], kv: &LayerKv, kvh: usize, first: usize, last: usize, p:
         probs.clear();
         probs.extend((first..=last).map(|j| {
             let k = &kc[j * kv.k_dim + kvh * p.head_dim..][..p.head_dim];
-            let dot: f32 = q16.iter().zip(k).map(|(a, b)| a.to_f32() * b.to_f32()).sum();
+            let dot = dot_f16(q16, k);
             score(dot, p)
         }));
         let max = probs.iter().copied().fold(f32::NEG_INFINITY, f32::max);
@@ -490,10 +490,23 @@ fn attend_f16(q: &[f32], kv: &LayerKv, kvh: usize, first: usize, last: usize, p:
     });
 }
 
+/// f16 · f16 with f32 products and 8 independent f32 accumulators (vectorizable).
+fn dot_f16(a: &[f16], b: &[f16]) -> f32 {
+    let mut acc = [0f32; 8];
+    let (ac, bc) = (a.chunks_exact(8), b.chunks_exact(8));
+    let tail: f32 = ac.remainder().iter().zip(bc.remainder()).map(|(x, y)| x.to_f32() * y.to_f32()).sum();
+    for (x, y) in ac.zip(bc) {
+        for i in 0..8 {
+            acc[i] += x[i].to_f32() * y[i].to_f32();
+        }
+    }
+    acc.iter().sum::<f32>() + tail
+}
+
 #[inline]
 fn dot_kv(q: &[f32], buf: &KvBuf, off: usize) -> f32 {
     match buf {
-        KvBuf::F32(k) => q.iter().zip(&k[off..off + q.len()]).map(|(a, b)| a * b).sum(),
+        KvBuf::F32(k) => crate::kernels::dot_f32(q, &k[off..off + q.len()]),
         KvBuf::F16(k) => q.iter().zip(&k[off..off + q.len()]).map(|(a, b)| a * b.to_f32()).sum(),
     }
 }

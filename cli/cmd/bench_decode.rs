@@ -74,8 +74,7 @@ pub fn run(args: DecodeArgs) -> anyhow::Result<i32> {
     }
     let context = (args.prompt + args.gen) as u64;
     let predict = |eff: &Efficiency, b: usize| predict(&input, &hw, eff, context, b as u64);
-    let (d1, p1) = measured.first().map(|(_, m)| (m.decode, m.prefill)).unwrap_or((0.0, 0.0));
-    let calibrated = calibrate(&base, d1, p1, |e| predict(e, measured[0].0))?;
+    let calibrated = calibrate(&base, &measured, predict)?;
     let mut rows = Vec::new();
     for (b, m) in &measured {
         let (pd, pp) = predict(&base, *b)?;
@@ -175,22 +174,28 @@ fn predict(
     Ok((p.predicted.decode_tokens_per_s_total, p.predicted.prefill_tokens_per_s))
 }
 
-/// Scales the CPU bandwidth and compute efficiencies until the batch-1 prediction matches the
-/// measurement (a few fixed-point steps: the step time is not purely proportional).
+/// Fits the efficiencies to the decode measurements: the CPU bandwidth efficiency so that
+/// batch 1 (bandwidth-bound) matches, then the CPU compute efficiency so that the largest
+/// batch matches where the prediction is above it (larger batches reuse each weight read
+/// and become compute-bound). A few fixed-point rounds, since the two interact. Prefill is
+/// reported, not fitted: it is dominated by prompt attention, not by the matmul roofline.
 fn calibrate(
     base: &Efficiency,
-    decode: f64,
-    prefill: f64,
-    predict: impl Fn(&Efficiency) -> anyhow::Result<(f64, f64)>,
+    measured: &[(usize, Measured)],
+    predict: impl Fn(&Efficiency, usize) -> anyhow::Result<(f64, f64)>,
 ) -> anyhow::Result<Efficiency> {
     let mut e = base.clone();
-    for _ in 0..6 {
-        let (pd, pp) = predict(&e)?;
-        if pd > 0.0 && decode > 0.0 {
-            e.cpu_bandwidth_efficiency = (e.cpu_bandwidth_efficiency * decode / pd).clamp(0.01, 1.0);
+    let (Some((b1, m1)), Some((bn, mn))) = (measured.first(), measured.last()) else { return Ok(e) };
+    for _ in 0..8 {
+        let (p1, _) = predict(&e, *b1)?;
+        if p1 > 0.0 && m1.decode > 0.0 {
+            e.cpu_bandwidth_efficiency = (e.cpu_bandwidth_efficiency * m1.decode / p1).clamp(0.01, 1.0);
         }
-        if pp > 0.0 && prefill > 0.0 {
-            e.cpu_compute_efficiency = (e.cpu_compute_efficiency * prefill / pp).clamp(0.001, 1.0);
+        if bn > b1 {
+            let (pn, _) = predict(&e, *bn)?;
+            if pn > mn.decode * 1.01 {
+                e.cpu_compute_efficiency = (e.cpu_compute_efficiency * mn.decode / pn).clamp(0.001, 1.0);
+            }
         }
     }
     Ok(e)

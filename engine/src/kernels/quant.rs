@@ -22,11 +22,23 @@ pub struct BlockQ8K {
 }
 
 /// Symmetric scale for a block: values map to −127..=127 (never −128, which keeps the
-/// sign tricks of the SIMD kernels exact). Returns (d, 1/d or 0).
-fn scale_for(x: &[f32]) -> (f32, f32) {
+/// sign tricks of the SIMD kernels exact). Returns (d, id) with id = 127/amax (or 0).
+///
+/// The rounding follows llama.cpp exactly, so the Fast path reproduces its numbers: Q8_0
+/// stores d = amax/127 rounded to f16 (the block format holds an f16) and quantizes with
+/// 127/amax; Q8_K quantizes with 127/amax and stores d = 1/id.
+fn scale_for(x: &[f32], k_quant: bool) -> (f32, f32) {
     let amax = amax(x);
-    let d = amax / 127.0;
-    let id = if d > 0.0 { 1.0 / d } else { 0.0 };
+    let id = if amax > 0.0 { 127.0 / amax } else { 0.0 };
+    let d = if k_quant {
+        if id > 0.0 {
+            1.0 / id
+        } else {
+            0.0
+        }
+    } else {
+        half::f16::from_f32(amax / 127.0).to_f32()
+    };
     (d, id)
 }
 
@@ -65,7 +77,7 @@ fn quantize_with_scalar(c: &[f32], id: f32, qs: &mut [i8]) {
 pub fn quantize_q8_0(x: &[f32]) -> Vec<BlockQ8_0> {
     x.chunks_exact(32)
         .map(|c| {
-            let (d, id) = scale_for(c);
+            let (d, id) = scale_for(c, false);
             let mut qs = [0i8; 32];
             quantize_with(c, id, &mut qs);
             let sum: i32 = qs.iter().map(|&q| q as i32).sum();
@@ -78,7 +90,7 @@ pub fn quantize_q8_0(x: &[f32]) -> Vec<BlockQ8_0> {
 pub fn quantize_q8_k(x: &[f32]) -> Vec<BlockQ8K> {
     x.chunks_exact(256)
         .map(|c| {
-            let (d, id) = scale_for(c);
+            let (d, id) = scale_for(c, true);
             let mut qs = [0i8; 256];
             quantize_with(c, id, &mut qs);
             let mut bsums = [0i16; 16];
@@ -115,7 +127,7 @@ mod tests {
     fn simd_quantization_is_bit_identical_to_scalar() {
         let x: Vec<f32> = (0..4096).map(|i| ((i * 7919 % 1013) as f32 - 506.0) * 0.0037).collect();
         for c in x.chunks_exact(256) {
-            let (_, id) = scale_for(c);
+            let (_, id) = scale_for(c, true);
             let (mut a, mut b) = ([0i8; 256], [0i8; 256]);
             quantize_with(c, id, &mut a);
             quantize_with_scalar(c, id, &mut b);

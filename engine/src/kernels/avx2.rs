@@ -202,9 +202,11 @@ fn fp8x8(b: &[u8]) -> __m256 {
 /// The CPU must support AVX2, FMA and F16C.
 #[target_feature(enable = "avx2,fma,f16c")]
 pub unsafe fn dot_fp8(row: &[u8], scales: &[f32], x: &[f32]) -> f32 {
+    let pf = super::simd::prefetch_distance();
     let mut total = _mm256_setzero_ps();
     let mut tail = 0f32;
     for ((b, xs), &s) in row.chunks(128).zip(x.chunks(128)).zip(scales) {
+        prefetch_block(b, pf);
         let n = b.len().min(xs.len());
         let (mut a0, mut a1) = (_mm256_setzero_ps(), _mm256_setzero_ps());
         let mut i = 0;

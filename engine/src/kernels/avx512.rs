@@ -329,10 +329,15 @@ pub unsafe fn dot_fp8(row: &[u8], scales: &[f32], xs: &[&[f32]], out: &mut [f32]
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2,fma,f16c")]
 unsafe fn dot_fp8_n<const N: usize>(row: &[u8], scales: &[f32], xs: &[&[f32]], out: &mut [f32]) {
     let cols = row.len().min(xs.iter().map(|x| x.len()).min().unwrap_or(0));
+    let pf = super::simd::prefetch_distance();
     let mut total = [_mm512_setzero_ps(); N];
     let mut tail = [0f32; N];
     for (blk, &s) in scales.iter().enumerate().take(cols.div_ceil(128)) {
         let (start, end) = (128 * blk, (128 * blk + 128).min(cols));
+        // One 128-byte block of weights = two cache lines: prefetch them `pf` bytes ahead, as
+        // the quantized kernels do (decode streams weights; the loads alone keep too few
+        // misses in flight per core).
+        prefetch_block(&row[start..end], pf);
         let mut a0 = [_mm512_setzero_ps(); N];
         let mut a1 = [_mm512_setzero_ps(); N];
         let mut i = start;

@@ -128,6 +128,8 @@ fn measure(model: &dyn Model, batch: usize, prompt: usize, gen: usize) -> anyhow
             prefill = prompt as f64 / t.elapsed().as_secs_f64();
         }
     }
+    // HY_PROFILE then reports the decode steps alone.
+    hy_engine::runtime::profile::reset();
     let mut next: Vec<u32> = (0..batch).map(|i| tokens(1, vocab, 1000 + i)[0]).collect();
     let t = Instant::now();
     for _ in 0..gen {

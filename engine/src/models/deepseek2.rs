@@ -495,6 +495,7 @@ impl Deepseek2 {
         let n = segs.n_rows();
         let (nh, nope, rope, lora) = (c.n_heads, c.qk_nope, c.qk_rope, c.kv_lora_rank);
         let q_head = nope + rope;
+        let p_proj = profile::scope("attn_q_kv_proj");
         let mut q = match &w.q_a {
             Some((qa, qa_norm)) => {
                 let mut t = linear_new(qa, xn, n)?;
@@ -504,6 +505,7 @@ impl Deepseek2 {
             None => linear_new(&w.q_b, xn, n)?,
         };
         let mut kv = linear_new(&w.kv_a, xn, n)?;
+        drop(p_proj);
         let width = c.latent_width();
         for (r, (seq, pos)) in segs.rows().enumerate() {
             let latent = &mut kv[r * width..(r + 1) * width];

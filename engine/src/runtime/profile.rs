@@ -60,3 +60,8 @@ pub fn report() {
     }
     m.clear();
 }
+
+/// Clears the totals (e.g. after a prefill, to time decode alone).
+pub fn reset() {
+    TOTALS.lock().unwrap_or_else(|e| e.into_inner()).clear();
+}

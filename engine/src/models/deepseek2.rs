@@ -26,6 +26,7 @@ use std::sync::Arc;
 
 use anyhow::{bail, ensure, Context, Result};
 use half::f16;
+use rayon::prelude::*;
 
 use crate::dtype::GgmlType;
 use crate::formats::TensorBytes;
@@ -38,7 +39,7 @@ use crate::models::moe::{
 };
 use crate::models::weights::{require_shape, require_vec, Weight, WeightSource};
 use crate::models::{Logits, Model, ModelError, ModelInfo, SeqState};
-use crate::runtime::{pool, profile};
+use crate::runtime::profile;
 
 const ARCH: &str = "deepseek2";
 
@@ -519,13 +520,14 @@ impl Deepseek2 {
         // Absorbed queries: per head [W_UKᵀ q_nope | q_pe], width kv_lora + rope. Heads run in
         // parallel: each head's matrices are small, below the kernels' own split threshold.
         let p_absorb = profile::scope("attn_absorb_k_b");
-        let q_abs = pool::par_map(nh, |hd| {
-            let q_nope: Vec<f32> =
-                (0..n).flat_map(|r| q[r * nh * q_head + hd * q_head..][..nope].iter().copied()).collect();
-            linear_new(&w.k_b[hd], &q_nope, n)
-        })
-        .into_iter()
-        .collect::<Result<Vec<_>>>()?;
+        let q_abs = (0..nh)
+            .into_par_iter()
+            .map(|hd| {
+                let q_nope: Vec<f32> =
+                    (0..n).flat_map(|r| q[r * nh * q_head + hd * q_head..][..nope].iter().copied()).collect();
+                linear_new(&w.k_b[hd], &q_nope, n)
+            })
+            .collect::<Result<Vec<_>>>()?;
         drop(p_absorb);
         let mut qq = vec![0.0f32; n * nh * width];
         for (hd, qa) in q_abs.iter().enumerate() {
@@ -542,12 +544,13 @@ impl Deepseek2 {
         // Per head W_UV · context, gathered into `n × (n_heads · v_head)` for o_proj.
         let vh = c.v_head;
         let p_vb = profile::scope("attn_v_b");
-        let per_head = pool::par_map(nh, |hd| {
-            let ch: Vec<f32> = (0..n).flat_map(|r| ctx[(r * nh + hd) * lora..][..lora].iter().copied()).collect();
-            linear_new(&w.v_b[hd], &ch, n)
-        })
-        .into_iter()
-        .collect::<Result<Vec<_>>>()?;
+        let per_head = (0..nh)
+            .into_par_iter()
+            .map(|hd| {
+                let ch: Vec<f32> = (0..n).flat_map(|r| ctx[(r * nh + hd) * lora..][..lora].iter().copied()).collect();
+                linear_new(&w.v_b[hd], &ch, n)
+            })
+            .collect::<Result<Vec<_>>>()?;
         let mut o_in = vec![0.0f32; n * nh * vh];
         for (hd, oh) in per_head.iter().enumerate() {
             for r in 0..n {
@@ -566,7 +569,7 @@ impl Deepseek2 {
         let width = self.cfg.latent_width();
         let rows: Vec<(usize, usize)> = segs.rows().collect();
         let mut ctx = vec![0.0f32; rows.len() * nh * lora];
-        pool::par_chunks_mut(&mut ctx, lora, |idx, out| {
+        ctx.par_chunks_mut(lora).enumerate().for_each(|(idx, out)| {
             let (seq, pos) = rows[idx / nh];
             let q = &qq[idx * width..(idx + 1) * width];
             let end = (pos + 1) * width;

@@ -254,61 +254,6 @@ pub fn global() -> Option<Arc<Mutex<Pool>>> {
     GLOBAL.read().unwrap_or_else(|e| e.into_inner()).clone()
 }
 
-/// `(0..n).map(f)` in parallel: on the global pool when it is installed and free (its
-/// threads are hot between the phases of a decode step, so there is no wake-up), else on
-/// rayon's threads. For many small independent pieces of work (per-head products).
-pub fn par_map<T: Send + Sync>(n: usize, f: impl Fn(usize) -> T + Sync) -> Vec<T> {
-    use rayon::prelude::*;
-    if let Some(pool) = global() {
-        if let Ok(pool) = pool.try_lock() {
-            let slots: Vec<std::sync::OnceLock<T>> = (0..n).map(|_| std::sync::OnceLock::new()).collect();
-            let threads = pool.threads();
-            pool.run(&|t| {
-                for i in share(n, threads, t) {
-                    let _ = slots[i].set(f(i));
-                }
-            });
-            return slots.into_iter().map(|s| s.into_inner().expect("every index ran")).collect();
-        }
-    }
-    (0..n).into_par_iter().map(&f).collect()
-}
-
-/// Calls `f(i, chunk_i)` for every `chunk`-long piece of `buf`, in parallel as [`par_map`].
-pub fn par_chunks_mut(buf: &mut [f32], chunk: usize, f: impl Fn(usize, &mut [f32]) + Sync) {
-    use rayon::prelude::*;
-    let chunk = chunk.max(1);
-    let n = buf.len() / chunk;
-    if let Some(pool) = global() {
-        if let Ok(pool) = pool.try_lock() {
-            let base = BufPtr(buf.as_mut_ptr());
-            let threads = pool.threads();
-            pool.run(&|t| {
-                for i in share(n, threads, t) {
-                    // SAFETY: chunk i is written by the one thread that owns index i, lies
-                    // inside `buf` (i < n = len / chunk), and `buf` outlives the job.
-                    let c = unsafe { std::slice::from_raw_parts_mut(base.ptr().add(i * chunk), chunk) };
-                    f(i, c);
-                }
-            });
-            return;
-        }
-    }
-    buf.par_chunks_exact_mut(chunk).enumerate().for_each(|(i, c)| (&f)(i, c));
-}
-
-#[derive(Clone, Copy)]
-struct BufPtr(*mut f32);
-// SAFETY: used only for disjoint chunks, one thread each (see `par_chunks_mut`).
-unsafe impl Send for BufPtr {}
-unsafe impl Sync for BufPtr {}
-
-impl BufPtr {
-    fn ptr(self) -> *mut f32 {
-        self.0
-    }
-}
-
 /// Pins the calling thread to one CPU (Linux); a failure is ignored (the thread stays
 /// unpinned, which costs speed, not correctness).
 pub fn pin_current_thread(cpu: usize) {
@@ -358,18 +303,6 @@ mod tests {
             }
             assert!(hits.iter().all(|h| h.load(Ordering::Relaxed) == 50));
         }
-    }
-
-    #[test]
-    fn par_map_and_chunks_match_sequential_with_and_without_a_pool() {
-        for pool in [None, Some(Pool::new(ThreadLayout::unpinned(3)))] {
-            set_global(pool);
-            assert_eq!(par_map(10, |i| i * i), (0..10).map(|i| i * i).collect::<Vec<_>>());
-            let mut buf = vec![0f32; 12];
-            par_chunks_mut(&mut buf, 4, |i, c| c.iter_mut().for_each(|v| *v = i as f32));
-            assert_eq!(buf, [0., 0., 0., 0., 1., 1., 1., 1., 2., 2., 2., 2.]);
-        }
-        set_global(None);
     }
 
     #[test]

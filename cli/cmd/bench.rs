@@ -381,21 +381,9 @@ fn num_cpus() -> usize {
     std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1)
 }
 
-/// CPUs this process may run on (Linux affinity mask).
+/// CPUs this process may run on (Linux affinity mask), as the probe reads them.
 fn allowed_cpus() -> Option<Vec<usize>> {
-    #[cfg(target_os = "linux")]
-    {
-        // SAFETY: cpu_set_t is plain data filled by sched_getaffinity for this process.
-        unsafe {
-            let mut set: libc::cpu_set_t = std::mem::zeroed();
-            if libc::sched_getaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &mut set) != 0 {
-                return None;
-            }
-            Some((0..libc::CPU_SETSIZE as usize).filter(|&c| libc::CPU_ISSET(c, &set)).collect())
-        }
-    }
-    #[cfg(not(target_os = "linux"))]
-    None
+    bandwidth::allowed_cpus().map(|v| v.into_iter().map(|c| c as usize).collect())
 }
 
 fn default_layers(layer_bytes: usize) -> usize {

@@ -248,7 +248,7 @@ pub fn triad(a: &mut [f64], b: &[f64], c: &[f64], s: f64) {
 
 /// CPUs this process may run on (sched_getaffinity); `None` if unknown.
 #[cfg(target_os = "linux")]
-fn allowed_cpus() -> Option<Vec<u32>> {
+pub fn allowed_cpus() -> Option<Vec<u32>> {
     // SAFETY: cpu_set_t is plain data; all-zero is a valid empty set.
     let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
     // SAFETY: pid 0 = this thread; size and pointer describe `set`, which lives on the stack.
@@ -262,7 +262,7 @@ fn allowed_cpus() -> Option<Vec<u32>> {
 }
 
 #[cfg(not(target_os = "linux"))]
-fn allowed_cpus() -> Option<Vec<u32>> {
+pub fn allowed_cpus() -> Option<Vec<u32>> {
     None
 }
 

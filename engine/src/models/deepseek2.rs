@@ -38,7 +38,7 @@ use crate::models::moe::{
     Segments,
 };
 use crate::models::weights::{require_shape, require_vec, Weight, WeightSource};
-use crate::models::{Logits, Model, ModelError, ModelInfo, SeqState};
+use crate::models::{Logits, Model, ModelInfo, SeqState};
 use crate::runtime::profile;
 
 const ARCH: &str = "deepseek2";
@@ -787,10 +787,6 @@ fn f32_weight(name: &str, data: Vec<f32>, rows: usize, cols: usize) -> Result<We
     Ok(Weight::new(name, TensorBytes::Owned(Arc::new(bytes)), WeightType::Ggml(GgmlType::F32), rows, cols)?)
 }
 
-fn cache_of(state: &mut SeqState) -> Result<&mut MlaCache, ModelError> {
-    state.cache.downcast_mut::<MlaCache>().ok_or(ModelError::WrongState)
-}
-
 impl Model for Deepseek2 {
     fn info(&self) -> &ModelInfo {
         &self.info
@@ -805,35 +801,15 @@ impl Model for Deepseek2 {
     }
 
     fn forward(&self, state: &mut SeqState, tokens: &[u32], which: Logits) -> Result<Vec<f32>> {
-        if tokens.is_empty() {
-            return Ok(Vec::new());
-        }
-        let segs = Segments::new(&[(state.pos, tokens.len(), state.max_tokens)])?;
-        let out_rows: Vec<usize> = match which {
-            Logits::All => (0..tokens.len()).collect(),
-            Logits::Last => vec![tokens.len() - 1],
-        };
-        let pos = state.pos;
-        let cache = cache_of(state)?;
-        let logits = self.run(&mut [cache], &segs, tokens, &out_rows)?;
-        state.pos = pos + tokens.len();
-        Ok(logits)
+        crate::models::moe::forward_one::<MlaCache>(state, tokens, which, |caches, segs, rows| {
+            self.run(caches, segs, tokens, rows)
+        })
     }
 
     fn forward_batch(&self, states: &mut [&mut SeqState], tokens: &[u32]) -> Result<Vec<Vec<f32>>> {
-        ensure!(states.len() == tokens.len(), "one token per sequence");
-        if tokens.is_empty() {
-            return Ok(Vec::new());
-        }
-        let spec: Vec<(usize, usize, usize)> = states.iter().map(|s| (s.pos, 1, s.max_tokens)).collect();
-        let segs = Segments::new(&spec)?;
-        let mut caches = states.iter_mut().map(|s| cache_of(s)).collect::<Result<Vec<_>, _>>()?;
-        let rows: Vec<usize> = (0..tokens.len()).collect();
-        let logits = self.run(&mut caches, &segs, tokens, &rows)?;
-        for s in states.iter_mut() {
-            s.pos += 1;
-        }
-        Ok(logits.chunks(self.cfg.vocab).map(<[f32]>::to_vec).collect())
+        crate::models::moe::forward_step::<MlaCache>(states, tokens, self.cfg.vocab, |caches, segs, rows| {
+            self.run(caches, segs, tokens, rows)
+        })
     }
 }
 

@@ -373,6 +373,55 @@ fn expert_pool() -> Option<Arc<Mutex<Pool>>> {
     crate::runtime::pool::global()
 }
 
+/// The sequence bookkeeping both MoE architectures share: `forward` runs one sequence's new
+/// tokens, `forward_batch` one token of each sequence, through `run(caches, segments,
+/// tokens, output_rows)`, where `C` is the architecture's cache type.
+pub(crate) fn forward_one<C: 'static>(
+    state: &mut crate::models::SeqState,
+    tokens: &[u32],
+    which: crate::models::Logits,
+    run: impl FnOnce(&mut [&mut C], &Segments, &[usize]) -> Result<Vec<f32>>,
+) -> Result<Vec<f32>> {
+    if tokens.is_empty() {
+        return Ok(Vec::new());
+    }
+    let segs = Segments::new(&[(state.pos, tokens.len(), state.max_tokens)])?;
+    let out_rows: Vec<usize> = match which {
+        crate::models::Logits::All => (0..tokens.len()).collect(),
+        crate::models::Logits::Last => vec![tokens.len() - 1],
+    };
+    let pos = state.pos;
+    let cache = state.cache.downcast_mut::<C>().ok_or(crate::models::ModelError::WrongState)?;
+    let logits = run(&mut [cache], &segs, &out_rows)?;
+    state.pos = pos + tokens.len();
+    Ok(logits)
+}
+
+/// See [`forward_one`]: one decode step for several sequences; `vocab` splits the logits.
+pub(crate) fn forward_step<C: 'static>(
+    states: &mut [&mut crate::models::SeqState],
+    tokens: &[u32],
+    vocab: usize,
+    run: impl FnOnce(&mut [&mut C], &Segments, &[usize]) -> Result<Vec<f32>>,
+) -> Result<Vec<Vec<f32>>> {
+    ensure!(states.len() == tokens.len(), "one token per sequence");
+    if tokens.is_empty() {
+        return Ok(Vec::new());
+    }
+    let spec: Vec<(usize, usize, usize)> = states.iter().map(|s| (s.pos, 1, s.max_tokens)).collect();
+    let segs = Segments::new(&spec)?;
+    let mut caches = states
+        .iter_mut()
+        .map(|s| s.cache.downcast_mut::<C>().ok_or(crate::models::ModelError::WrongState))
+        .collect::<Result<Vec<_>, _>>()?;
+    let rows: Vec<usize> = (0..tokens.len()).collect();
+    let logits = run(&mut caches, &segs, &rows)?;
+    for s in states.iter_mut() {
+        s.pos += 1;
+    }
+    Ok(logits.chunks(vocab).map(<[f32]>::to_vec).collect())
+}
+
 /// For each expert, the `(row, weight)` pairs that selected it, in row order.
 pub fn rows_per_expert(selections: &[Selection], n_experts: usize) -> Vec<Vec<(usize, f32)>> {
     let mut per = vec![Vec::new(); n_experts];

@@ -19,7 +19,7 @@ use crate::models::moe::{
     embed, linear_new, load_dense_ffn, load_moe, FfnWeights, GroupScore, MoeFfn, RouterConfig, Scoring, Segments,
 };
 use crate::models::weights::{require_shape, require_vec, Weight, WeightSource};
-use crate::models::{Logits, Model, ModelError, ModelInfo, SeqState};
+use crate::models::{Logits, Model, ModelInfo, SeqState};
 
 const ARCH: &str = "qwen3moe";
 
@@ -331,10 +331,6 @@ fn load_layer(cfg: &Qwen3MoeConfig, src: &dyn WeightSource, l: usize) -> Result<
     Ok(Layer { attn, ffn_norm: require_vec(src, &name("ffn_norm.weight"), ARCH, h)?, ffn })
 }
 
-fn cache_of(state: &mut SeqState) -> Result<&mut KvCache, ModelError> {
-    state.cache.downcast_mut::<KvCache>().ok_or(ModelError::WrongState)
-}
-
 impl Model for Qwen3Moe {
     fn info(&self) -> &ModelInfo {
         &self.info
@@ -347,35 +343,15 @@ impl Model for Qwen3Moe {
     }
 
     fn forward(&self, state: &mut SeqState, tokens: &[u32], which: Logits) -> Result<Vec<f32>> {
-        if tokens.is_empty() {
-            return Ok(Vec::new());
-        }
-        let segs = Segments::new(&[(state.pos, tokens.len(), state.max_tokens)])?;
-        let out_rows: Vec<usize> = match which {
-            Logits::All => (0..tokens.len()).collect(),
-            Logits::Last => vec![tokens.len() - 1],
-        };
-        let pos = state.pos;
-        let cache = cache_of(state)?;
-        let logits = self.run(&mut [cache], &segs, tokens, &out_rows)?;
-        state.pos = pos + tokens.len();
-        Ok(logits)
+        crate::models::moe::forward_one::<KvCache>(state, tokens, which, |caches, segs, rows| {
+            self.run(caches, segs, tokens, rows)
+        })
     }
 
     fn forward_batch(&self, states: &mut [&mut SeqState], tokens: &[u32]) -> Result<Vec<Vec<f32>>> {
-        ensure!(states.len() == tokens.len(), "one token per sequence");
-        if tokens.is_empty() {
-            return Ok(Vec::new());
-        }
-        let spec: Vec<(usize, usize, usize)> = states.iter().map(|s| (s.pos, 1, s.max_tokens)).collect();
-        let segs = Segments::new(&spec)?;
-        let mut caches = states.iter_mut().map(|s| cache_of(s)).collect::<Result<Vec<_>, _>>()?;
-        let rows: Vec<usize> = (0..tokens.len()).collect();
-        let logits = self.run(&mut caches, &segs, tokens, &rows)?;
-        for s in states.iter_mut() {
-            s.pos += 1;
-        }
-        Ok(logits.chunks(self.cfg.vocab).map(<[f32]>::to_vec).collect())
+        crate::models::moe::forward_step::<KvCache>(states, tokens, self.cfg.vocab, |caches, segs, rows| {
+            self.run(caches, segs, tokens, rows)
+        })
     }
 }
 

@@ -12,7 +12,7 @@ use hy_engine::dtype::GgmlType;
 use hy_engine::kernels::QMatrix;
 use hy_engine::runtime::experts::{self, ExpertMats};
 use hy_engine::runtime::pool::{share, Pool, ThreadLayout};
-use hy_engine::synth::{self, Deepseek2Shape};
+use hy_engine::synth;
 use rand::{Rng, SeedableRng};
 use serde::Serialize;
 
@@ -185,9 +185,7 @@ struct MoeRow {
 }
 
 fn moe(args: MoeArgs) -> anyhow::Result<i32> {
-    let shape = Deepseek2Shape::by_name(&args.synth).ok_or_else(|| {
-        exit::coded(exit::USAGE, format!("unknown model shape '{}': use deepseek-v3 or kimi-k2", args.synth))
-    })?;
+    let shape = super::synth::shape_for(&args.synth)?;
     let fmt = ExpertFormat::parse(&args.quant).ok_or_else(|| {
         exit::coded(
             exit::USAGE,

@@ -37,12 +37,7 @@ pub struct Args {
 }
 
 pub fn run(args: Args) -> anyhow::Result<i32> {
-    let mut shape = Deepseek2Shape::by_name(&args.arch).ok_or_else(|| {
-        exit::coded(
-            exit::USAGE,
-            format!("unknown architecture '{}': use deepseek-v3, deepseek-r1 or kimi-k2", args.arch),
-        )
-    })?;
+    let mut shape = shape_for(&args.arch)?;
     let quant = SynthQuant::parse(&args.quant).ok_or_else(|| {
         exit::coded(
             exit::USAGE,
@@ -73,6 +68,37 @@ pub fn run(args: Args) -> anyhow::Result<i32> {
     bar.finish_and_clear();
     println!("{}\t{} bytes of tensor data (synthetic weights)", args.out.display(), written);
     Ok(exit::OK)
+}
+
+/// The tensor shapes of a catalog model (the planner's catalog is the one source of model
+/// dimensions), with the routing and rope metadata the engine's synth defaults give that family.
+pub(super) fn shape_for(name: &str) -> anyhow::Result<Deepseek2Shape> {
+    let unknown =
+        || exit::coded(exit::USAGE, format!("unknown architecture '{name}': use deepseek-v3, deepseek-r1 or kimi-k2"));
+    let base = Deepseek2Shape::by_name(name).ok_or_else(unknown)?;
+    let model = hy_planner::catalog::find(name)?.ok_or_else(unknown)?;
+    let a = &model.architecture;
+    let mla = a.mla.as_ref().ok_or_else(unknown)?;
+    Ok(Deepseek2Shape {
+        name: format!("{} (synthetic weights)", model.display_name),
+        hidden: a.hidden_size,
+        n_layers: a.num_layers,
+        n_dense_layers: a.first_dense_layers,
+        dense_intermediate: a.intermediate_size,
+        n_experts: a.num_experts,
+        n_experts_used: a.experts_per_token,
+        n_shared_experts: a.num_shared_experts,
+        moe_intermediate: a.moe_intermediate_size,
+        n_heads: a.num_heads,
+        q_lora_rank: mla.q_lora_rank,
+        kv_lora_rank: mla.kv_lora_rank,
+        qk_nope_head_dim: mla.qk_nope_head_dim,
+        qk_rope_head_dim: mla.qk_rope_head_dim,
+        v_head_dim: mla.v_head_dim,
+        vocab: a.vocab_size,
+        context_length: a.max_context,
+        ..base
+    })
 }
 
 fn progress_bar(total: u64) -> indicatif::ProgressBar {
@@ -114,4 +140,21 @@ fn free_bytes(dir: &std::path::Path) -> Option<u64> {
     // SAFETY: `c` is a valid NUL-terminated path and `st` a properly sized out-parameter.
     let rc = unsafe { libc::statvfs(c.as_ptr(), &mut st) };
     (rc == 0).then(|| st.f_bavail as u64 * st.f_frsize as u64)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn catalog_shapes_agree_with_the_engine_defaults() {
+        // The engine keeps DeepSeek-V3/Kimi-K2 defaults for its own tests; they must not drift
+        // from the catalog that `hy synth` and `hy bench` use.
+        for name in ["deepseek-v3", "kimi-k2"] {
+            let from_catalog = shape_for(name).unwrap();
+            let engine = Deepseek2Shape::by_name(name).unwrap();
+            assert_eq!(Deepseek2Shape { name: engine.name.clone(), ..from_catalog }, engine, "{name}");
+        }
+        assert!(shape_for("qwen3-30b-a3b").is_err());
+    }
 }

@@ -11,7 +11,7 @@ use anyhow::Context;
 use hy_engine::dtype::GgmlType;
 use hy_engine::kernels::QMatrix;
 use hy_engine::runtime::experts::{self, ExpertMats};
-use hy_engine::runtime::pool::{share, Pool, ThreadLayout};
+use hy_engine::runtime::pool::{share, Pool, SyncPtr, ThreadLayout};
 use hy_engine::synth;
 use rand::{Rng, SeedableRng};
 use serde::Serialize;
@@ -438,6 +438,15 @@ impl ExpertFormat {
             + self.scale_bytes(hidden, n_ff)
     }
 
+    /// Random valid weights (finite block scales, FP8 bytes that are never NaN) on the
+    /// calling thread, which places the pages on its NUMA node.
+    fn fill(self, buf: &mut [u8], seed: u64) {
+        match self {
+            ExpertFormat::Ggml(t) => synth::fill_random_serial(t, buf, seed),
+            ExpertFormat::Fp8 => synth::fill_fp8_serial(buf, seed),
+        }
+    }
+
     fn row_bytes(self, cols: usize) -> usize {
         self.matrix_bytes(1, cols)
     }
@@ -452,19 +461,6 @@ struct LayerWeights {
     up: memmap2::MmapMut,
     down: memmap2::MmapMut,
     scales: Vec<Vec<u8>>,
-}
-
-/// Raw base pointer of a buffer, written by pool threads at disjoint ranges.
-#[derive(Clone, Copy)]
-struct Base(*mut u8);
-// SAFETY: threads write disjoint row ranges (see `place`), and the buffers outlive the job.
-unsafe impl Send for Base {}
-unsafe impl Sync for Base {}
-
-impl Base {
-    fn ptr(self) -> *mut u8 {
-        self.0
-    }
 }
 
 impl LayerWeights {
@@ -482,14 +478,10 @@ impl LayerWeights {
             |n: usize| memmap2::MmapMut::map_anon(n).with_context(|| format!("allocating {n} bytes of expert weights"));
         let (mut gate, mut up, mut down) = (anon(n_experts * gu)?, anon(n_experts * gu)?, anon(n_experts * dn)?);
         let bases = [
-            (Base(gate.as_mut_ptr()), gu, n_ff, hidden),
-            (Base(up.as_mut_ptr()), gu, n_ff, hidden),
-            (Base(down.as_mut_ptr()), dn, hidden, n_ff),
+            (SyncPtr(gate.as_mut_ptr()), gu, n_ff, hidden),
+            (SyncPtr(up.as_mut_ptr()), gu, n_ff, hidden),
+            (SyncPtr(down.as_mut_ptr()), dn, hidden, n_ff),
         ];
-        let ty = match fmt {
-            ExpertFormat::Ggml(t) => t,
-            ExpertFormat::Fp8 => GgmlType::I8,
-        };
         pool.run(&|t| {
             for (k, &(base, mat_bytes, rows, cols)) in bases.iter().enumerate() {
                 let rb = fmt.row_bytes(cols);
@@ -500,7 +492,7 @@ impl LayerWeights {
                     // SAFETY: [start, start+len) lies inside this buffer (row range of expert
                     // e) and no other thread writes it.
                     let slice = unsafe { std::slice::from_raw_parts_mut(base.ptr().add(start), len) };
-                    fill(ty, slice, layer * 1_000_003 + (k * n_experts + e) as u64 * 7919 + t as u64);
+                    fmt.fill(slice, layer * 1_000_003 + (k * n_experts + e) as u64 * 7919 + t as u64);
                 }
             }
         });
@@ -560,20 +552,4 @@ fn expert_matrix<'w>(
         }
         (ExpertFormat::Fp8, None) => anyhow::bail!("FP8 weights without scales"),
     })
-}
-
-/// Random valid blocks (or FP8 bytes that are never NaN) on the calling thread.
-fn fill(ty: GgmlType, buf: &mut [u8], seed: u64) {
-    if ty == GgmlType::I8 {
-        let mut s = seed | 1;
-        for b in buf.iter_mut() {
-            s ^= s << 13;
-            s ^= s >> 7;
-            s ^= s << 17;
-            // Clearing bit 6 keeps the exponent below the NaN pattern (e4m3fn NaN = S.1111.111).
-            *b = (s as u8) & 0b1011_1111;
-        }
-    } else {
-        synth::fill_random_serial(ty, buf, seed);
-    }
 }

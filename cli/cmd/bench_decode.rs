@@ -135,14 +135,10 @@ fn measure(model: &dyn Model, batch: usize, prompt: usize, gen: usize) -> anyhow
     for _ in 0..gen {
         let mut refs: Vec<&mut _> = states.iter_mut().collect();
         let logits = model.forward_batch(&mut refs, &next)?;
-        next = logits.iter().map(|l| argmax(l) as u32).collect();
+        next = logits.iter().map(|l| hy_engine::models::common::argmax(l) as u32).collect();
     }
     let decode = (batch * gen) as f64 / t.elapsed().as_secs_f64();
     Ok(Measured { prefill, decode })
-}
-
-fn argmax(x: &[f32]) -> usize {
-    x.iter().enumerate().fold((0, f32::NEG_INFINITY), |(bi, bv), (i, &v)| if v > bv { (i, v) } else { (bi, bv) }).0
 }
 
 /// This machine as the engine uses it: CPU only (GPU execution does not exist yet), with the

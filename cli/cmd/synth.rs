@@ -116,7 +116,7 @@ fn progress_bar(total: u64) -> indicatif::ProgressBar {
 /// Refuses to start when the target file system cannot hold the file.
 fn check_space(out: &std::path::Path, needed: u64) -> anyhow::Result<()> {
     let dir = out.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(std::path::Path::new("."));
-    let Some(free) = free_bytes(dir) else { return Ok(()) };
+    let Ok(free) = crate::fetch::disk::free_bytes(dir) else { return Ok(()) };
     if free < needed {
         return Err(exit::coded(
             exit::ERROR,
@@ -131,15 +131,6 @@ fn check_space(out: &std::path::Path, needed: u64) -> anyhow::Result<()> {
         ));
     }
     Ok(())
-}
-
-fn free_bytes(dir: &std::path::Path) -> Option<u64> {
-    use std::os::unix::ffi::OsStrExt;
-    let c = std::ffi::CString::new(dir.as_os_str().as_bytes()).ok()?;
-    let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
-    // SAFETY: `c` is a valid NUL-terminated path and `st` a properly sized out-parameter.
-    let rc = unsafe { libc::statvfs(c.as_ptr(), &mut st) };
-    (rc == 0).then(|| st.f_bavail as u64 * st.f_frsize as u64)
 }
 
 #[cfg(test)]

@@ -193,7 +193,7 @@ type Stamp = (Instant, Instant);
 /// One pinned thread: places its arrays, then runs each repetition between two barriers
 /// and returns its stamps, read repetitions first.
 fn worker(cpu: u32, elems: usize, reps: usize, barrier: &Barrier, pin_failed: &AtomicBool) -> Vec<Stamp> {
-    if !pin_to_cpu(cpu) {
+    if !hy_engine::runtime::pool::pin_current_thread(cpu as usize) {
         pin_failed.store(true, Ordering::Relaxed);
     }
     // First touch happens here, on the pinned thread, so pages land on its node.
@@ -264,26 +264,6 @@ pub fn allowed_cpus() -> Option<Vec<u32>> {
 #[cfg(not(target_os = "linux"))]
 pub fn allowed_cpus() -> Option<Vec<u32>> {
     None
-}
-
-/// Pins the calling thread to `cpu`; false if the OS refused (or cannot pin).
-#[cfg(target_os = "linux")]
-fn pin_to_cpu(cpu: u32) -> bool {
-    let capacity = std::mem::size_of::<libc::cpu_set_t>() * 8;
-    if cpu as usize >= capacity {
-        return false;
-    }
-    // SAFETY: all-zero is a valid empty cpu_set_t.
-    let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
-    // SAFETY: the index is below the set's capacity (checked above).
-    unsafe { libc::CPU_SET(cpu as usize, &mut set) };
-    // SAFETY: pid 0 = the calling thread; size and pointer describe `set`.
-    unsafe { libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set) == 0 }
-}
-
-#[cfg(not(target_os = "linux"))]
-fn pin_to_cpu(_cpu: u32) -> bool {
-    false
 }
 
 /// Array size per thread: together the threads' arrays exceed the machine's last-level

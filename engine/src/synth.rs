@@ -329,6 +329,16 @@ pub fn fill_random_serial(ty: GgmlType, buf: &mut [u8], seed: u64) {
     }
 }
 
+/// Random float8 e4m3 bytes that are never NaN, on the calling thread (block scales are
+/// separate; see the FP8 weight format).
+pub fn fill_fp8_serial(buf: &mut [u8], seed: u64) {
+    let mut rng = XorShift(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1);
+    for b in buf.iter_mut() {
+        // Clearing bit 6 keeps the exponent below the NaN pattern (e4m3fn NaN = S.1111.111).
+        *b = (rng.next() as u8) & 0b1011_1111;
+    }
+}
+
 /// Overwrites the scale fields of one block (or the value of one float element) with small
 /// finite numbers.
 fn fix_block(ty: GgmlType, b: &mut [u8], rng: &mut XorShift) {
@@ -467,6 +477,14 @@ mod tests {
         let total: u64 = t.iter().map(TensorSpec::n_bytes).sum();
         let ratio = total as f64 / 404.3e9;
         assert!((0.95..1.05).contains(&ratio), "{total} bytes, ratio {ratio}");
+    }
+
+    #[test]
+    fn fp8_fill_never_writes_nan() {
+        let mut buf = vec![0u8; 4096];
+        fill_fp8_serial(&mut buf, 3);
+        assert!(buf.iter().all(|&b| b & 0x7f != 0x7f));
+        assert!(buf.iter().any(|&b| b != buf[0]));
     }
 
     #[test]

@@ -21,7 +21,7 @@ use std::sync::OnceLock;
 
 use crate::kernels::{self, Isa, Prepared, QMatrix};
 
-use super::pool::{share, Pool};
+use super::pool::{share, Pool, SyncPtr};
 
 /// One expert's matrices: gate and up are `n_ff × hidden`, down is `hidden × n_ff`.
 #[derive(Clone, Copy, Debug)]
@@ -48,21 +48,6 @@ struct Active {
     expert: usize,
     tokens: Vec<usize>,
     weights: Vec<f32>,
-}
-
-/// A raw pointer that worker threads write through at disjoint indices.
-#[derive(Clone, Copy)]
-struct SharedMut(*mut f32);
-// SAFETY: only used for writes to disjoint index sets from different threads (see callers),
-// and the buffer outlives the pool job.
-unsafe impl Send for SharedMut {}
-unsafe impl Sync for SharedMut {}
-
-impl SharedMut {
-    /// Accessor so closures capture the whole (Sync) wrapper, not the raw pointer field.
-    fn ptr(self) -> *mut f32 {
-        self.0
-    }
 }
 
 thread_local! {
@@ -115,8 +100,8 @@ pub fn expert_pass(pool: &Pool, experts: &[ExpertMats], x: &[f32], routes: &[Vec
         }
     }
     let mut h = vec![0f32; total_rows * n_ff];
-    let h_ptr = SharedMut(h.as_mut_ptr());
-    let out_ptr = SharedMut(out.as_mut_ptr());
+    let h_ptr = SyncPtr(h.as_mut_ptr());
+    let out_ptr = SyncPtr(out.as_mut_ptr());
     let x_prep: Vec<OnceLock<Prepared>> = active.iter().map(|_| OnceLock::new()).collect();
     let h_prep: Vec<OnceLock<Prepared>> = active.iter().map(|_| OnceLock::new()).collect();
     let h_len = h.len();
@@ -195,7 +180,7 @@ pub fn pool_matmul(pool: &Pool, w: &QMatrix, x: &[f32], n: usize, y: &mut [f32])
     let threads = pool.threads();
     // Row-major rows × n results; for n == 1 that is y itself.
     let mut yt = if n == 1 { Vec::new() } else { vec![0f32; w.rows * n] };
-    let out = SharedMut(if n == 1 { y.as_mut_ptr() } else { yt.as_mut_ptr() });
+    let out = SyncPtr(if n == 1 { y.as_mut_ptr() } else { yt.as_mut_ptr() });
     pool.run(&|t| {
         let rows = share(w.rows, threads, t);
         // SAFETY: thread t writes only its own rows' n results, inside the buffer, which

@@ -254,24 +254,46 @@ pub fn global() -> Option<Arc<Mutex<Pool>>> {
     GLOBAL.read().unwrap_or_else(|e| e.into_inner()).clone()
 }
 
-/// Pins the calling thread to one CPU (Linux); a failure is ignored (the thread stays
-/// unpinned, which costs speed, not correctness).
-pub fn pin_current_thread(cpu: usize) {
+/// A raw pointer that the threads of one [`Pool::run`] job write through at disjoint indices
+/// (each thread its own rows). Whoever creates it states, at the write, why the ranges are
+/// disjoint and the buffer outlives the job.
+#[derive(Clone, Copy)]
+pub struct SyncPtr<T>(pub *mut T);
+
+// SAFETY: the pointer is only dereferenced for disjoint writes inside a pool job while the
+// owner of the buffer waits for the job (see the type's contract).
+unsafe impl<T> Send for SyncPtr<T> {}
+unsafe impl<T> Sync for SyncPtr<T> {}
+
+impl<T> SyncPtr<T> {
+    /// Method access, so closures capture the whole (Sync) wrapper, not the raw field.
+    pub fn ptr(self) -> *mut T {
+        self.0
+    }
+}
+
+/// Pins the calling thread to one CPU (Linux). Returns false when the OS refuses or cannot
+/// pin; callers treat that as a speed problem, not an error.
+pub fn pin_current_thread(cpu: usize) -> bool {
     #[cfg(target_os = "linux")]
     {
-        // SAFETY: cpu_set_t is plain data; CPU_ZERO/CPU_SET write inside it, and
-        // sched_setaffinity(0, ..) only affects the calling thread.
+        if cpu >= libc::CPU_SETSIZE as usize {
+            return false;
+        }
+        // SAFETY: cpu_set_t is plain data (all-zero is the empty set); CPU_SET writes a bit
+        // below its capacity (checked above); sched_setaffinity(0, ..) only affects the
+        // calling thread and reads `set`, which lives on the stack.
         unsafe {
             let mut set: libc::cpu_set_t = std::mem::zeroed();
-            libc::CPU_ZERO(&mut set);
-            if cpu < libc::CPU_SETSIZE as usize {
-                libc::CPU_SET(cpu, &mut set);
-                libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set);
-            }
+            libc::CPU_SET(cpu, &mut set);
+            libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set) == 0
         }
     }
     #[cfg(not(target_os = "linux"))]
-    let _ = cpu;
+    {
+        let _ = cpu;
+        false
+    }
 }
 
 /// Splits `0..len` into `parts` contiguous ranges of nearly equal size; part `i`.

@@ -239,8 +239,9 @@ fn moe(args: MoeArgs) -> anyhow::Result<i32> {
             let mut distinct = 0usize;
             for layer in &views {
                 let routes = random_routes(rng, batch, n_experts, shape.n_experts_used as usize);
-                distinct += experts::distinct_experts(&routes);
-                bytes += experts::distinct_experts(&routes) * layer[0].bytes();
+                let d = experts::distinct_experts(&routes);
+                distinct += d;
+                bytes += d * layer[0].bytes();
                 experts::expert_pass(&pool, layer, &x, &routes, &mut out);
             }
             (bytes, distinct)

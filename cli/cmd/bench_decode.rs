@@ -128,8 +128,12 @@ fn measure(model: &dyn Model, batch: usize, prompt: usize, gen: usize) -> anyhow
             prefill = prompt as f64 / t.elapsed().as_secs_f64();
         }
     }
-    // HY_PROFILE then reports the decode steps alone.
-    hy_engine::runtime::profile::reset();
+    // HY_PROFILE reports the prefills (all sequences), then the decode steps alone.
+    if hy_engine::runtime::profile::enabled() {
+        eprintln!("prefill of {batch} × {prompt} tokens:");
+        hy_engine::runtime::profile::report();
+        eprintln!("decode, {gen} steps:");
+    }
     let mut next: Vec<u32> = (0..batch).map(|i| tokens(1, vocab, 1000 + i)[0]).collect();
     let t = Instant::now();
     for _ in 0..gen {

@@ -10,7 +10,8 @@ use std::time::{Duration, Instant};
 static STATE: AtomicU8 = AtomicU8::new(0); // 0 unknown, 1 off, 2 on
 static TOTALS: Mutex<BTreeMap<&'static str, (Duration, u64)>> = Mutex::new(BTreeMap::new());
 
-fn enabled() -> bool {
+/// Whether `HY_PROFILE` is on.
+pub fn enabled() -> bool {
     match STATE.load(Ordering::Relaxed) {
         0 => {
             let on = std::env::var_os("HY_PROFILE").is_some_and(|v| v != "0");

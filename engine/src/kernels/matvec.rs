@@ -199,12 +199,30 @@ fn each_row_multi<A>(
     f: impl Fn(&[u8], &[&[A]], &mut [f32]),
 ) {
     let rows: Vec<&[A]> = acts.chunks_exact(per_row).take(n).collect();
-    for (row, o) in data.chunks_exact(rb).zip(out.chunks_exact_mut(n)) {
-        for (a, oc) in rows.chunks(simd::MAX_ACTS).zip(o.chunks_mut(simd::MAX_ACTS)) {
-            f(row, a, oc);
+    if n <= simd::MAX_ACTS {
+        for (row, o) in data.chunks_exact(rb).zip(out.chunks_exact_mut(n)) {
+            f(row, &rows, o);
+        }
+        return;
+    }
+    // Many activation rows (a prefill): cache blocking. A block of weight rows and one group
+    // of activation rows both stay in L2 while the group runs over the block; otherwise every
+    // weight row would stream all n activation rows (n × the row's width) through the cache,
+    // and with all cores doing so the shared cache, not the arithmetic, sets the pace.
+    let block_rows = (BLOCK_WEIGHT_BYTES / rb.max(1)).max(1);
+    for (wb, ob) in data.chunks(block_rows * rb).zip(out.chunks_mut(block_rows * n)) {
+        for (g, a) in rows.chunks(simd::MAX_ACTS).enumerate() {
+            let first = g * simd::MAX_ACTS;
+            for (row, o) in wb.chunks_exact(rb).zip(ob.chunks_exact_mut(n)) {
+                f(row, a, &mut o[first..first + a.len()]);
+            }
         }
     }
 }
+
+/// Weight bytes per cache block of [`each_row_multi`] (with one activation group, well
+/// inside a 1–2 MB L2).
+const BLOCK_WEIGHT_BYTES: usize = 192 * 1024;
 
 fn fp8_rows(isa: Isa, w: &QMatrix, x: &[f32], rows: Range<usize>, n: usize, out: &mut [f32]) {
     let cb = w.cols.div_ceil(128);

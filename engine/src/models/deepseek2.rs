@@ -26,13 +26,13 @@ use std::sync::Arc;
 
 use anyhow::{bail, ensure, Context, Result};
 use half::f16;
-use rayon::prelude::*;
 
 use crate::dtype::GgmlType;
 use crate::formats::TensorBytes;
 use crate::kernels::WeightType;
 use crate::models::common::{add_assign, rms_norm_rows, rms_norm_rows_into, KvDtype, Rope, RopeStyle};
 use crate::models::hf::{yarn_get_mscale, HfConfig, RopeScaling};
+use crate::models::mla;
 use crate::models::moe::{
     embed, linear_new, load_dense_ffn, load_moe, to_f32, FfnWeights, GroupScore, MoeFfn, RouterConfig, Scoring,
     Segments,
@@ -391,6 +391,14 @@ impl MlaCache {
         }
     }
 
+    /// Layer `l`'s latents.
+    fn latents(&self, l: usize) -> mla::Latents<'_> {
+        match &self.layers[l] {
+            LatentBuf::F32(c) => mla::Latents::F32(c),
+            LatentBuf::F16(c) => mla::Latents::F16(c),
+        }
+    }
+
     /// Cache bytes per token over all layers: `(kv_lora_rank + qk_rope) · layers · 4 or 2`.
     pub fn bytes_per_token(&self) -> usize {
         let elem = match self.layers.first() {
@@ -507,100 +515,38 @@ impl Deepseek2 {
         let mut kv = linear_new(&w.kv_a, xn, n)?;
         drop(p_proj);
         let width = c.latent_width();
+        let mut q_pe = vec![0f32; nh * rope];
         for (r, (seq, pos)) in segs.rows().enumerate() {
             let latent = &mut kv[r * width..(r + 1) * width];
             rms_norm_rows(&mut latent[..lora], &w.kv_a_norm, c.rms_eps);
             self.rope.apply(&mut latent[lora..], pos, rope);
             caches[seq].store(l, pos, latent);
-            for hd in 0..nh {
-                let off = r * nh * q_head + hd * q_head + nope;
-                self.rope.apply(&mut q[off..off + rope], pos, rope);
+            // All heads' rope parts in one call: sin/cos are computed once per row.
+            let row = &mut q[r * nh * q_head..(r + 1) * nh * q_head];
+            for (dst, head) in q_pe.chunks_exact_mut(rope).zip(row.chunks_exact(q_head)) {
+                dst.copy_from_slice(&head[nope..]);
+            }
+            self.rope.apply(&mut q_pe, pos, rope);
+            for (src, head) in q_pe.chunks_exact(rope).zip(row.chunks_exact_mut(q_head)) {
+                head[nope..].copy_from_slice(src);
             }
         }
-        // Absorbed queries: per head [W_UKᵀ q_nope | q_pe], width kv_lora + rope. Heads run in
-        // parallel: each head's matrices are small, below the kernels' own split threshold.
-        let p_absorb = profile::scope("attn_absorb_k_b");
-        let q_abs = (0..nh)
-            .into_par_iter()
-            .map(|hd| {
-                let q_nope: Vec<f32> =
-                    (0..n).flat_map(|r| q[r * nh * q_head + hd * q_head..][..nope].iter().copied()).collect();
-                linear_new(&w.k_b[hd], &q_nope, n)
-            })
-            .collect::<Result<Vec<_>>>()?;
-        drop(p_absorb);
-        let mut qq = vec![0.0f32; n * nh * width];
-        for (hd, qa) in q_abs.iter().enumerate() {
-            for r in 0..n {
-                let dst = &mut qq[(r * nh + hd) * width..][..width];
-                dst[..lora].copy_from_slice(&qa[r * lora..(r + 1) * lora]);
-                dst[lora..].copy_from_slice(&q[r * nh * q_head + hd * q_head + nope..][..rope]);
+        let o_in = {
+            let _p = profile::scope("attn_heads");
+            let rows: Vec<(usize, usize)> = segs.rows().collect();
+            mla::HeadPass {
+                dims: mla::Dims { n_heads: nh, nope, rope, lora, v_head: c.v_head },
+                scale: self.scale,
+                k_b: w.k_b.iter().map(Weight::qmatrix).collect(),
+                v_b: w.v_b.iter().map(Weight::qmatrix).collect(),
+                q: &q,
+                rows: &rows,
+                latents: caches.iter().map(|c| c.latents(l)).collect(),
             }
-        }
-        let ctx = {
-            let _p = profile::scope("attn_latent_softmax");
-            self.latent_attention(l, &qq, caches, segs)
+            .run()
         };
-        // Per head W_UV · context, gathered into `n × (n_heads · v_head)` for o_proj.
-        let vh = c.v_head;
-        let p_vb = profile::scope("attn_v_b");
-        let per_head = (0..nh)
-            .into_par_iter()
-            .map(|hd| {
-                let ch: Vec<f32> = (0..n).flat_map(|r| ctx[(r * nh + hd) * lora..][..lora].iter().copied()).collect();
-                linear_new(&w.v_b[hd], &ch, n)
-            })
-            .collect::<Result<Vec<_>>>()?;
-        let mut o_in = vec![0.0f32; n * nh * vh];
-        for (hd, oh) in per_head.iter().enumerate() {
-            for r in 0..n {
-                o_in[(r * nh + hd) * vh..][..vh].copy_from_slice(&oh[r * vh..(r + 1) * vh]);
-            }
-        }
-        drop(p_vb);
         let _p = profile::scope("attn_o_proj");
         linear_new(&w.o, &o_in, n)
-    }
-
-    /// Softmax attention of every (row, head) absorbed query over its sequence's latents up to
-    /// its own position; returns `n × n_heads × kv_lora_rank` latent contexts.
-    fn latent_attention(&self, l: usize, qq: &[f32], caches: &[&mut MlaCache], segs: &Segments) -> Vec<f32> {
-        let (nh, lora) = (self.cfg.n_heads, self.cfg.kv_lora_rank);
-        let width = self.cfg.latent_width();
-        let rows: Vec<(usize, usize)> = segs.rows().collect();
-        let mut ctx = vec![0.0f32; rows.len() * nh * lora];
-        ctx.par_chunks_mut(lora).enumerate().for_each(|(idx, out)| {
-            let (seq, pos) = rows[idx / nh];
-            let q = &qq[idx * width..(idx + 1) * width];
-            let end = (pos + 1) * width;
-            match &caches[seq].layers[l] {
-                LatentBuf::F32(c) => attend_latent(q, &c[..end], width, self.scale, out),
-                LatentBuf::F16(c) => attend_latent(q, &c[..end], width, self.scale, out),
-            }
-        });
-        ctx
-    }
-}
-
-/// Online-softmax attention of one query over `latents` (rows of `width`), accumulating the
-/// first `out.len()` values of each row (the latent itself) as the value.
-fn attend_latent<T: Copy + Into<f32>>(q: &[f32], latents: &[T], width: usize, scale: f32, out: &mut [f32]) {
-    out.fill(0.0);
-    let (mut max, mut sum) = (f32::NEG_INFINITY, 0.0f32);
-    for row in latents.chunks_exact(width) {
-        let s = q.iter().zip(row).map(|(a, &b)| a * b.into()).sum::<f32>() * scale;
-        if s > max {
-            let r = (max - s).exp();
-            sum *= r;
-            out.iter_mut().for_each(|v| *v *= r);
-            max = s;
-        }
-        let p = (s - max).exp();
-        sum += p;
-        out.iter_mut().zip(row).for_each(|(o, &v)| *o += p * v.into());
-    }
-    if sum > 0.0 {
-        out.iter_mut().for_each(|v| *v /= sum);
     }
 }
 

@@ -12,6 +12,7 @@ pub mod gemma3;
 pub mod hf;
 pub mod llama;
 pub mod loader;
+pub mod mla;
 pub mod moe;
 pub mod qwen3moe;
 pub mod weights;

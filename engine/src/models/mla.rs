@@ -1,0 +1,317 @@
+//! The per-head part of multi-head latent attention (DeepSeek-V2/V3, Kimi-K2) in absorbed form.
+//!
+//! Every head's no-rope query is projected into the latent space (`W_UKᵀ q_nope`), attends
+//! over the cached latents that all heads share, and its latent context is projected out
+//! (`W_UV ctx`). The matrices are small (per head 512 × 128) and the work per head is short,
+//! so the heads are split into one contiguous chunk per thread and each thread runs absorb,
+//! softmax and output projection for its chunk in one go: one parallel region per layer,
+//! no allocation per head, and each cached latent converted once per thread and pass. On
+//! the runtime's pinned pool when it is free (its threads are then the only ones running,
+//! as for the layer's large products), else on rayon.
+
+use std::ops::Range;
+
+use half::f16;
+use rayon::prelude::*;
+
+use crate::kernels::{self, Isa, QMatrix};
+use crate::runtime::pool::{share, SyncPtr};
+
+/// One sequence's cached latents for one layer: rows of `lora + rope` values.
+#[derive(Clone, Copy)]
+pub enum Latents<'a> {
+    F32(&'a [f32]),
+    F16(&'a [f16]),
+}
+
+/// Head count and widths of one MLA layer.
+#[derive(Clone, Copy, Debug)]
+pub struct Dims {
+    pub n_heads: usize,
+    pub nope: usize,
+    pub rope: usize,
+    pub lora: usize,
+    pub v_head: usize,
+}
+
+impl Dims {
+    fn q_head(&self) -> usize {
+        self.nope + self.rope
+    }
+    fn width(&self) -> usize {
+        self.lora + self.rope
+    }
+}
+
+/// Inputs of the per-head pass for one layer.
+pub struct HeadPass<'a> {
+    pub dims: Dims,
+    /// Softmax scale (includes YaRN's mscale²).
+    pub scale: f32,
+    /// Per head `W_UKᵀ` (`lora × nope`) and `W_UV` (`v_head × lora`).
+    pub k_b: Vec<QMatrix<'a>>,
+    pub v_b: Vec<QMatrix<'a>>,
+    /// `n × n_heads × (nope + rope)` queries, rope already applied.
+    pub q: &'a [f32],
+    /// `(sequence, position)` per row; row `i` attends to its sequence's latents `0..=pos`.
+    pub rows: &'a [(usize, usize)],
+    /// Per sequence, that sequence's latents (at least `pos + 1` rows for each of its rows).
+    pub latents: Vec<Latents<'a>>,
+}
+
+impl HeadPass<'_> {
+    /// `n × (n_heads · v_head)`: the input of the output projection.
+    pub fn run(&self) -> Vec<f32> {
+        let d = self.dims;
+        let n = self.rows.len();
+        let mut out = vec![0f32; n * d.n_heads * d.v_head];
+        let ptr = SyncPtr(out.as_mut_ptr());
+        let pool = crate::runtime::pool::global();
+        let guard = pool.as_ref().and_then(|p| p.try_lock().ok());
+        match guard {
+            Some(pool) => {
+                let parts = pool.threads();
+                pool.run(&|t| self.heads(share(d.n_heads, parts, t), ptr));
+            }
+            None => {
+                let parts = rayon::current_num_threads().min(d.n_heads).max(1);
+                (0..parts).into_par_iter().for_each(|t| self.heads(share(d.n_heads, parts, t), ptr));
+            }
+        }
+        out
+    }
+
+    /// Absorb, attend and project the heads `heads` for every row, writing their slots of
+    /// `out` (`n × n_heads × v_head`).
+    fn heads(&self, heads: Range<usize>, out: SyncPtr<f32>) {
+        if heads.is_empty() {
+            return;
+        }
+        let d = self.dims;
+        let (n, hc, width) = (self.rows.len(), heads.len(), d.width());
+        let isa = Isa::best();
+        // Absorbed queries [head][row][lora + rope].
+        let mut qq = vec![0f32; hc * n * width];
+        let mut q_nope = vec![0f32; n * d.nope];
+        let mut t = vec![0f32; d.lora.max(d.v_head) * n];
+        for (k, hd) in heads.clone().enumerate() {
+            for (i, dst) in q_nope.chunks_exact_mut(d.nope).enumerate() {
+                dst.copy_from_slice(&self.q[(i * d.n_heads + hd) * d.q_head()..][..d.nope]);
+            }
+            let p = kernels::prepare(self.k_b[hd].ty, d.nope, &q_nope, n);
+            kernels::matmul_rows(isa, &self.k_b[hd], &p, 0..d.lora, &mut t[..d.lora * n]);
+            for i in 0..n {
+                let dst = &mut qq[(k * n + i) * width..][..width];
+                for (r, v) in dst[..d.lora].iter_mut().enumerate() {
+                    *v = t[r * n + i];
+                }
+                dst[d.lora..].copy_from_slice(&self.q[(i * d.n_heads + hd) * d.q_head() + d.nope..][..d.rope]);
+            }
+        }
+        // Latent contexts [head][row][lora].
+        let mut ctx = vec![0f32; hc * n * d.lora];
+        let mut scratch = Scratch::default();
+        for (i, &(seq, pos)) in self.rows.iter().enumerate() {
+            let qs: Vec<&[f32]> = (0..hc).map(|k| &qq[(k * n + i) * width..][..width]).collect();
+            attend(self.latents[seq], pos + 1, width, d.lora, self.scale, &qs, &mut scratch);
+            for (k, c) in scratch.ctx.chunks_exact(d.lora).enumerate() {
+                ctx[(k * n + i) * d.lora..][..d.lora].copy_from_slice(c);
+            }
+        }
+        // Output projection per head.
+        for (k, hd) in heads.enumerate() {
+            let c = &ctx[k * n * d.lora..(k + 1) * n * d.lora];
+            let p = kernels::prepare(self.v_b[hd].ty, d.lora, c, n);
+            kernels::matmul_rows(isa, &self.v_b[hd], &p, 0..d.v_head, &mut t[..d.v_head * n]);
+            for i in 0..n {
+                for r in 0..d.v_head {
+                    // SAFETY: head hd's slots belong to this call only (heads are split into
+                    // disjoint ranges); the index is inside `out`, which outlives the job.
+                    unsafe { *out.ptr().add((i * d.n_heads + hd) * d.v_head + r) = t[r * n + i] };
+                }
+            }
+        }
+    }
+}
+
+/// Reused buffers of [`attend`].
+#[derive(Default)]
+struct Scratch {
+    row: Vec<f32>,
+    scores: Vec<f32>,
+    ctx: Vec<f32>,
+}
+
+/// Softmax attention of the queries `qs` (one per head, `width` long) over the first `len`
+/// latent rows; the value of a row is its first `lora` values. Leaves `qs.len() × lora`
+/// contexts in `s.ctx`. Each latent row is converted to f32 once per pass for all heads.
+fn attend(lat: Latents, len: usize, width: usize, lora: usize, scale: f32, qs: &[&[f32]], s: &mut Scratch) {
+    let h = qs.len();
+    s.row.resize(width, 0.0);
+    s.scores.clear();
+    s.scores.resize(h * len, 0.0);
+    for j in 0..len {
+        latent_row(lat, j, width, &mut s.row);
+        for (k, q) in qs.iter().enumerate() {
+            s.scores[k * len + j] = dot(q, &s.row) * scale;
+        }
+    }
+    for sc in s.scores.chunks_exact_mut(len) {
+        let max = sc.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+        let mut sum = 0f32;
+        for v in sc.iter_mut() {
+            *v = (*v - max).exp();
+            sum += *v;
+        }
+        let inv = if sum > 0.0 { 1.0 / sum } else { 0.0 };
+        sc.iter_mut().for_each(|v| *v *= inv);
+    }
+    s.ctx.clear();
+    s.ctx.resize(h * lora, 0.0);
+    for j in 0..len {
+        latent_row(lat, j, width, &mut s.row[..lora]);
+        for (k, c) in s.ctx.chunks_exact_mut(lora).enumerate() {
+            axpy(s.scores[k * len + j], &s.row[..lora], c);
+        }
+    }
+}
+
+/// The first `out.len()` values of latent row `j` (rows of `width`) as f32.
+fn latent_row(lat: Latents, j: usize, width: usize, out: &mut [f32]) {
+    let start = j * width;
+    match lat {
+        Latents::F32(c) => out.copy_from_slice(&c[start..start + out.len()]),
+        Latents::F16(c) => {
+            use half::slice::HalfFloatSliceExt;
+            c[start..start + out.len()].convert_to_f32_slice(out);
+        }
+    }
+}
+
+/// `a · b` over the shorter length.
+pub fn dot(a: &[f32], b: &[f32]) -> f32 {
+    #[cfg(target_arch = "x86_64")]
+    if matches!(Isa::best(), Isa::Avx512 | Isa::Avx512Vnni) {
+        // SAFETY: AVX-512F checked just above.
+        return unsafe { x86::dot(a, b) };
+    }
+    a.iter().zip(b).map(|(x, y)| x * y).sum()
+}
+
+/// `y += a · x` over the shorter length.
+pub fn axpy(a: f32, x: &[f32], y: &mut [f32]) {
+    #[cfg(target_arch = "x86_64")]
+    if matches!(Isa::best(), Isa::Avx512 | Isa::Avx512Vnni) {
+        // SAFETY: AVX-512F checked just above.
+        return unsafe { x86::axpy(a, x, y) };
+    }
+    y.iter_mut().zip(x).for_each(|(v, &u)| *v += a * u);
+}
+
+#[cfg(target_arch = "x86_64")]
+mod x86 {
+    use std::arch::x86_64::*;
+
+    #[target_feature(enable = "avx512f")]
+    pub unsafe fn dot(a: &[f32], b: &[f32]) -> f32 {
+        let n = a.len().min(b.len());
+        let (mut a0, mut a1) = (_mm512_setzero_ps(), _mm512_setzero_ps());
+        let mut i = 0;
+        // SAFETY (loads): i + 32 <= n, or i + 16 <= n below, within both slices.
+        while i + 32 <= n {
+            unsafe {
+                a0 = _mm512_fmadd_ps(_mm512_loadu_ps(a.as_ptr().add(i)), _mm512_loadu_ps(b.as_ptr().add(i)), a0);
+                a1 = _mm512_fmadd_ps(
+                    _mm512_loadu_ps(a.as_ptr().add(i + 16)),
+                    _mm512_loadu_ps(b.as_ptr().add(i + 16)),
+                    a1,
+                );
+            }
+            i += 32;
+        }
+        while i + 16 <= n {
+            unsafe { a0 = _mm512_fmadd_ps(_mm512_loadu_ps(a.as_ptr().add(i)), _mm512_loadu_ps(b.as_ptr().add(i)), a0) };
+            i += 16;
+        }
+        let tail: f32 = a[i..n].iter().zip(&b[i..n]).map(|(x, y)| x * y).sum();
+        _mm512_reduce_add_ps(_mm512_add_ps(a0, a1)) + tail
+    }
+
+    #[target_feature(enable = "avx512f")]
+    pub unsafe fn axpy(a: f32, x: &[f32], y: &mut [f32]) {
+        let n = x.len().min(y.len());
+        let av = _mm512_set1_ps(a);
+        let mut i = 0;
+        while i + 16 <= n {
+            // SAFETY: i + 16 <= n, within both slices.
+            unsafe {
+                let p = y.as_mut_ptr().add(i);
+                _mm512_storeu_ps(p, _mm512_fmadd_ps(av, _mm512_loadu_ps(x.as_ptr().add(i)), _mm512_loadu_ps(p)));
+            }
+            i += 16;
+        }
+        y[i..n].iter_mut().zip(&x[i..n]).for_each(|(v, &u)| *v += a * u);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Naive reference: per head, scores over all rows, softmax, weighted sum.
+    fn naive(lat: &[f32], len: usize, width: usize, lora: usize, scale: f32, q: &[f32]) -> Vec<f32> {
+        let s: Vec<f32> = (0..len)
+            .map(|j| q.iter().zip(&lat[j * width..(j + 1) * width]).map(|(a, b)| a * b).sum::<f32>() * scale)
+            .collect();
+        let m = s.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+        let e: Vec<f32> = s.iter().map(|v| (v - m).exp()).collect();
+        let z: f32 = e.iter().sum();
+        (0..lora).map(|c| (0..len).map(|j| e[j] * lat[j * width + c]).sum::<f32>() / z).collect()
+    }
+
+    fn pseudo(n: usize, seed: u32) -> Vec<f32> {
+        let mut x = seed.wrapping_mul(2654435761).max(1);
+        (0..n)
+            .map(|_| {
+                x ^= x << 13;
+                x ^= x >> 17;
+                x ^= x << 5;
+                (x % 2001) as f32 / 1000.0 - 1.0
+            })
+            .collect()
+    }
+
+    #[test]
+    fn attend_matches_naive_softmax_for_f32_and_f16_latents() {
+        let (width, lora, len, heads) = (40, 33, 7, 3);
+        let lat = pseudo(len * width, 1);
+        let lat16: Vec<f16> = lat.iter().map(|&v| f16::from_f32(v)).collect();
+        let lat16_f32: Vec<f32> = lat16.iter().map(|v| v.to_f32()).collect();
+        let qs: Vec<Vec<f32>> = (0..heads).map(|h| pseudo(width, 10 + h as u32)).collect();
+        let refs: Vec<&[f32]> = qs.iter().map(|q| q.as_slice()).collect();
+        for (lat_view, values) in [(Latents::F32(&lat), &lat), (Latents::F16(&lat16), &lat16_f32)] {
+            let mut s = Scratch::default();
+            attend(lat_view, len, width, lora, 0.3, &refs, &mut s);
+            for (k, q) in qs.iter().enumerate() {
+                let want = naive(values, len, width, lora, 0.3, q);
+                for (a, b) in s.ctx[k * lora..(k + 1) * lora].iter().zip(&want) {
+                    assert!((a - b).abs() < 1e-5, "head {k}: {a} vs {b}");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn dot_and_axpy_handle_tails() {
+        for n in [0, 1, 15, 16, 17, 33, 64, 100] {
+            let (a, b) = (pseudo(n, 3), pseudo(n, 4));
+            let want: f32 = a.iter().zip(&b).map(|(x, y)| x * y).sum();
+            assert!((dot(&a, &b) - want).abs() < 1e-4, "n {n}");
+            let mut y = b.clone();
+            axpy(0.5, &a, &mut y);
+            for i in 0..n {
+                assert!((y[i] - (b[i] + 0.5 * a[i])).abs() < 1e-6);
+            }
+        }
+    }
+}

@@ -10,7 +10,7 @@
 //! all are done. Inside the closure, [`Pool::barrier`] separates phases.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Condvar, Mutex};
+use std::sync::{Arc, Condvar, Mutex, OnceLock};
 use std::thread::JoinHandle;
 
 /// Which CPUs the pool's threads run on, grouped by NUMA node.
@@ -72,8 +72,18 @@ pub struct Pool {
     node_of: Vec<usize>,
 }
 
-/// Spins this many times before yielding/sleeping while waiting.
+/// Spins this many times before yielding while waiting inside a job (barriers, the caller
+/// waiting for the workers).
 const SPINS: u32 = 2_000;
+
+/// How long an idle worker spins for the next job before it parks: `HY_SPIN_US` µs, default
+/// 100 (spinning longer keeps cores busy that could otherwise lend their power budget, and
+/// turbo, to the thread doing the single-threaded work between jobs).
+fn idle_spin() -> std::time::Duration {
+    static US: OnceLock<u64> = OnceLock::new();
+    let us = *US.get_or_init(|| std::env::var("HY_SPIN_US").ok().and_then(|v| v.parse().ok()).unwrap_or(100));
+    std::time::Duration::from_micros(us)
+}
 
 impl Pool {
     pub fn new(layout: ThreadLayout) -> Pool {
@@ -175,6 +185,8 @@ fn worker(shared: Arc<Shared>, t: usize, cpu: Option<usize>) {
     }
     let mut seen = 0u64;
     loop {
+        let idle_since = std::time::Instant::now();
+        let idle = idle_spin();
         let mut spins = 0u32;
         loop {
             let g = shared.generation.load(Ordering::Acquire);
@@ -182,8 +194,11 @@ fn worker(shared: Arc<Shared>, t: usize, cpu: Option<usize>) {
                 seen = g;
                 break;
             }
-            if spins < SPINS {
-                spins += 1;
+            // Spin through the short single-threaded gaps between the jobs of one token
+            // (norms, routing, sampling): waking a parked thread costs tens of µs in a VM, and
+            // a token runs dozens of jobs. Park once idle for longer than that.
+            spins = spins.wrapping_add(1);
+            if spins % 64 != 0 || idle_since.elapsed() < idle {
                 std::hint::spin_loop();
                 continue;
             }

@@ -4,36 +4,32 @@
 //! The model file is not in the repository: `scripts/get-gemma.sh` fetches it and the test
 //! reads its path from `HY_GEMMA_GGUF`; without it the test says so and returns.
 //!
-//! Precision: Exact (f32 activations, f32 KV cache).
+//! Rule (the issue's): the continuations must be identical to the reference; a prompt may
+//! diverge only at a step where the reference's top-2 logits differ by less than [`NEAR_TIE`],
+//! and every token before that step must be identical.
 //!
-//! Rule. The issue asks for identical continuations, a divergence being allowed only where
-//! the reference's top-2 logits differ by < 1e-3. That cannot hold for any implementation
-//! that is not bit-identical to the llama.cpp build that made the fixture: Gemma's residual
-//! stream has huge outliers, so a one-ulp difference flips an 8-bit activation rounding and
-//! grows to ~0.5 logit by the last layer. llama.cpp itself shows it: the same model and
-//! prompts run through a current llama.cpp (libllama, CPU, f16 KV cache) as one batch instead
-//! of token by token give logit differences (top-5 relative to top-1) up to 1.27 from the
-//! fixture and pick another token at prompt 0, step 11 (reference margin 0.035) and prompt 1,
-//! step 23 (reference margin 0.25). So this test allows the first divergence of a prompt only
-//! at a *near tie* — the reference margin and ours both below [`NEAR_TIE`] — and requires every
-//! token before it to be identical, the relative logit deviation to stay within
-//! [`MAX_REL_DEV`] (llama.cpp's own spread), and most tokens of the whole set to match.
-//! Measured here: 15 + 32 + 32 + 32 tokens identical; prompt 0 diverges at step 15 where the
-//! reference margin is 0.114 and ours 0.012.
+//! Mode: `Precision::Fast` with an f16 KV cache, the configuration that computes as
+//! llama.cpp's CPU backend does (the fixture was made with llama.cpp, CPU, f16 KV cache, the
+//! prompt as one batch and then one token per step, the same as here). Gemma's residual
+//! stream has huge outliers, so a one-ulp difference anywhere flips an 8-bit activation
+//! rounding and grows to ~0.5 logit by the last layer: only bit-identical numerics keep all
+//! 128 tokens. The Fast path reproduces them: activations quantized to Q8_0/Q8_K with ggml's
+//! rounding, each kernel's summation order (Q4_0-family and Q6_K as `vec_dot_*`, Q4_K as the
+//! repacked `gemv/gemm_q4_K_8x8`), ggml's rope (f32 angles, fused multiply-adds), GELU table,
+//! softmax exp and f16 attention sums (`vec_dot_f16` for one token, tinyBLAS for several).
+//! Measured here: 32 + 32 + 32 + 32 tokens identical, top-1 logits equal to the reference's to
+//! the printed precision.
 
 use std::path::Path;
 
 use hy_engine::kernels::{set_precision, Precision};
+use hy_engine::models::common::KvDtype;
 use hy_engine::models::loader::{load, LoadOptions};
 use hy_engine::models::{Logits, Model};
 use serde_json::Value;
 
-/// A first divergence is accepted where both implementations' top-2 margins are below this.
-const NEAR_TIE: f32 = 0.3;
-/// Largest accepted deviation of (logit − top-1 logit) for the reference's top-5 ids.
-const MAX_REL_DEV: f32 = 1.5;
-/// Matched greedy tokens required over all prompts (of 128).
-const MIN_MATCHED: usize = 100;
+/// A first divergence is accepted only where the reference's top-2 margin is below this.
+const NEAR_TIE: f32 = 1e-3;
 
 fn ids(v: &Value) -> Vec<u32> {
     v.as_array().unwrap().iter().map(|x| x.as_u64().unwrap() as u32).collect()
@@ -54,43 +50,41 @@ fn top5(step: &Value) -> Vec<(u32, f32)> {
     step.as_array().unwrap().iter().map(|p| (p[0].as_u64().unwrap() as u32, p[1].as_f64().unwrap() as f32)).collect()
 }
 
-/// Deviation of our logit differences from the reference's, relative to the top-1 id.
-fn relative_deviation(logits: &[f32], reference: &[(u32, f32)]) -> f32 {
-    let (top_id, top_l) = reference[0];
-    let ours_top = logits[top_id as usize];
-    reference.iter().map(|&(id, l)| ((logits[id as usize] - ours_top) - (l - top_l)).abs()).fold(0.0, f32::max)
-}
-
 struct Outcome {
+    /// Tokens identical before the first divergence (32 when none).
     matched: usize,
-    max_rel_dev: f32,
+    /// Largest |our logit − reference logit| over the reference's top-5 ids, up to `matched`.
+    max_dev: f32,
 }
 
-/// Greedy decoding of one prompt, checked step by step.
+/// Greedy decoding of one prompt (prompt as one batch, then one token per step), checked
+/// step by step against the reference.
 fn check_prompt(model: &dyn Model, g: &Value, which: usize) -> Outcome {
     let prompt = ids(&g["prompt_ids"]);
     let want = ids(&g["continuation_ids"]);
     let steps = g["top5_per_step"].as_array().unwrap();
     let mut st = model.new_state(prompt.len() + want.len());
     let mut logits = model.forward(&mut st, &prompt, Logits::Last).unwrap();
-    let mut max_rel_dev = 0.0f32;
+    let mut max_dev = 0.0f32;
     for (i, &w) in want.iter().enumerate() {
         let reference = top5(&steps[i]);
-        max_rel_dev = max_rel_dev.max(relative_deviation(&logits, &reference));
+        for &(id, l) in &reference {
+            max_dev = max_dev.max((logits[id as usize] - l).abs());
+        }
         let got = argmax(&logits);
         if got != w {
             let ref_margin = reference[0].1 - reference[1].1;
             let our_margin = logits[got as usize] - logits[w as usize];
-            eprintln!("prompt {which}: step {i}: got {got}, reference {w}; margins: reference {ref_margin:.4}, ours {our_margin:.4}");
+            eprintln!("prompt {which}: step {i}: got {got}, reference {w}; margins: reference {ref_margin:.5}, ours {our_margin:.5}");
             assert!(
-                ref_margin < 1e-3 || (ref_margin < NEAR_TIE && our_margin < NEAR_TIE),
-                "prompt {which}, step {i}: divergence at a clear choice (reference margin {ref_margin}, ours {our_margin})"
+                ref_margin < NEAR_TIE,
+                "prompt {which}, step {i}: divergence where the reference's top-2 margin is {ref_margin} (≥ {NEAR_TIE})"
             );
-            return Outcome { matched: i, max_rel_dev };
+            return Outcome { matched: i, max_dev };
         }
         logits = model.forward(&mut st, &[w], Logits::Last).unwrap();
     }
-    Outcome { matched: want.len(), max_rel_dev }
+    Outcome { matched: want.len(), max_dev }
 }
 
 #[test]
@@ -99,23 +93,19 @@ fn greedy_continuations_match_llama_cpp() {
         eprintln!("skipped: set HY_GEMMA_GGUF to the Gemma 3 270M Q4_K_M file (scripts/get-gemma.sh)");
         return;
     };
-    set_precision(Precision::Exact);
-    let model = load(Path::new(&path), &LoadOptions::default()).unwrap();
+    set_precision(Precision::Fast);
+    let model = load(Path::new(&path), &LoadOptions { kv_dtype: KvDtype::F16 }).unwrap();
     assert_eq!(model.info().arch, "gemma3");
     assert_eq!(model.info().vocab_size, 262144);
     let fixture = Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures/gemma3-270m/generations.json");
     let gens: Value = serde_json::from_str(&std::fs::read_to_string(fixture).unwrap()).unwrap();
-    let mut matched = 0;
     for (i, g) in gens["generations"].as_array().unwrap().iter().enumerate() {
         let o = check_prompt(model.as_ref(), g, i);
         eprintln!(
-            "prompt {i}: {} of 32 tokens identical, max relative logit deviation {:.3}",
-            o.matched, o.max_rel_dev
+            "prompt {i}: {} of 32 tokens identical, max |logit − reference| over the top-5 {:.2e}",
+            o.matched, o.max_dev
         );
-        assert!(o.max_rel_dev < MAX_REL_DEV, "prompt {i}: logits deviate by {} from llama.cpp's", o.max_rel_dev);
-        matched += o.matched;
     }
-    assert!(matched >= MIN_MATCHED, "only {matched} of 128 greedy tokens identical");
 }
 
 /// Speed on this machine (run in a release build):

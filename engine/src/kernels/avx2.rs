@@ -116,11 +116,28 @@ pub(crate) unsafe fn dot_s_n<const T: u32, const N: usize>(
     first: usize,
     out: &mut [f32],
 ) {
+    let mut acc = [_mm256_setzero_ps(); N];
+    // SAFETY: same CPU features as this function.
+    let msum = unsafe { dot_s_acc::<T, N>(row, acts, first, &mut acc) };
+    for i in 0..N {
+        out[i] += hsum256(acc[i]) + msum[i];
+    }
+}
+
+/// The block loop of [`dot_s_n`]: adds each block's scaled integer dot product to `acc`
+/// (eight lanes, one fused multiply-add per block, in block order: ggml's order) and returns
+/// the offset terms (Q4_1/Q5_1) separately.
+#[target_feature(enable = "avx2,fma,f16c")]
+pub(crate) unsafe fn dot_s_acc<const T: u32, const N: usize>(
+    row: &[u8],
+    acts: &[&[BlockQ8_0]],
+    first: usize,
+    acc: &mut [__m256; N],
+) -> [f32; N] {
     let t = ty(T);
     let offset = matches!(t, GgmlType::Q4_1 | GgmlType::Q5_1);
     let pf = super::simd::prefetch_distance();
     let ones = _mm256_set1_epi16(1);
-    let mut acc = [_mm256_setzero_ps(); N];
     let mut msum = [0f32; N];
     for (k, b) in row.chunks_exact(t.type_size()).enumerate() {
         prefetch_block(b, pf);
@@ -140,9 +157,7 @@ pub(crate) unsafe fn dot_s_n<const T: u32, const N: usize>(
             acc[i] = _mm256_fmadd_ps(_mm256_set1_ps(dw * a.d), s, acc[i]);
         }
     }
-    for i in 0..N {
-        out[i] += hsum256(acc[i]) + msum[i];
-    }
+    msum
 }
 
 /// Eight weights of a float row as f32.

@@ -158,6 +158,15 @@ macro_rules! k_kernel {
             let idx0 = load64(as_bytes_i16(&SCALE_IDX));
             let mut acc = [_mm512_setzero_ps(); N];
             let mut accm = [_mm256_setzero_ps(); N];
+            // Q4_K and Q6_K sum as llama.cpp's x86 kernels do (so the Fast path reproduces its
+            // numbers bit for bit): Q4_K as its repacked `gemv_q4_K_8x8_q8_K`, one f32 fused
+            // multiply-add per block of the block's whole integer sum (and one for the mins,
+            // subtracted at the end), or, for four activation rows, as `gemm_q4_K_8x8_q8_K`
+            // (the same per 64 weights); Q6_K as `vec_dot_q6_K_q8_K`, eight i32 lanes with the
+            // −32 offset subtracted as integers, one fused multiply-add per block.
+            let mut acc1 = [0f32; N];
+            let mut accm1 = [0f32; N];
+            let mut acc8 = [_mm256_setzero_ps(); N];
             for (k, b) in row.chunks_exact(t.type_size()).enumerate() {
                 prefetch_block(b, pf);
                 let s = k_scales::<T>(b);
@@ -170,18 +179,62 @@ macro_rules! k_kernel {
                 }
                 for i in 0..N {
                     let a = &acts[i][k];
+                    if t == GgmlType::Q4_K && N == 4 {
+                        // Four activation rows: llama.cpp's `gemm_q4_K_8x8_q8_K`, one fused
+                        // multiply-add per 64 weights (two sub-blocks).
+                        let mut ms = [0i32; 8];
+                        let msum = _mm256_madd_epi16(load32(as_bytes_i16(&a.bsums)), s.mn);
+                        _mm256_storeu_si256(ms.as_mut_ptr() as *mut __m256i, msum);
+                        let (dd, dm) = (s.d * a.d, s.dmin * a.d);
+                        for c in 0..4 {
+                            let y = load64(as_bytes(&a.qs[64 * c..64 * c + 64]));
+                            let is = _mm512_reduce_add_epi32($mac(
+                                _mm512_setzero_si512(),
+                                _mm512_maddubs_epi16(q[c], y),
+                                scv[c],
+                            ));
+                            acc1[i] = (is as f32).mul_add(dd, acc1[i]);
+                            accm1[i] = ((ms[2 * c] + ms[2 * c + 1]) as f32).mul_add(dm, accm1[i]);
+                        }
+                        continue;
+                    }
                     let mut isum = _mm512_setzero_si512();
                     for c in 0..4 {
                         let y = load64(as_bytes(&a.qs[64 * c..64 * c + 64]));
                         isum = $mac(isum, _mm512_maddubs_epi16(q[c], y), scv[c]);
                     }
                     let msum = _mm256_madd_epi16(load32(as_bytes_i16(&a.bsums)), s.mn);
-                    acc[i] = _mm512_fmadd_ps(_mm512_set1_ps(s.d * a.d), _mm512_cvtepi32_ps(isum), acc[i]);
-                    accm[i] = _mm256_fmadd_ps(_mm256_set1_ps(s.dmin * a.d), _mm256_cvtepi32_ps(msum), accm[i]);
+                    match t {
+                        GgmlType::Q4_K => {
+                            let (is, ms) = (_mm512_reduce_add_epi32(isum), hsum256_epi32(msum));
+                            acc1[i] = (is as f32).mul_add(s.d * a.d, acc1[i]);
+                            accm1[i] = (ms as f32).mul_add(s.dmin * a.d, accm1[i]);
+                        }
+                        GgmlType::Q6_K => {
+                            let hi = _mm512_extracti64x4_epi64::<1>(isum);
+                            let i8 = _mm256_sub_epi32(_mm256_add_epi32(_mm512_castsi512_si256(isum), hi), msum);
+                            if a.tiled {
+                                // llama.cpp's tiled kernel: (block sum · d) · d_act, summed.
+                                let r = hsum256_epi32(i8) as f32 * s.d;
+                                acc1[i] = r.mul_add(a.d, acc1[i]);
+                            } else {
+                                acc8[i] = _mm256_fmadd_ps(_mm256_set1_ps(s.d * a.d), _mm256_cvtepi32_ps(i8), acc8[i]);
+                            }
+                        }
+                        _ => {
+                            acc[i] = _mm512_fmadd_ps(_mm512_set1_ps(s.d * a.d), _mm512_cvtepi32_ps(isum), acc[i]);
+                            accm[i] = _mm256_fmadd_ps(_mm256_set1_ps(s.dmin * a.d), _mm256_cvtepi32_ps(msum), accm[i]);
+                        }
+                    }
                 }
             }
             for i in 0..N {
-                out[i] = _mm512_reduce_add_ps(acc[i]) - hsum256(accm[i]);
+                out[i] = match t {
+                    GgmlType::Q4_K => acc1[i] - accm1[i],
+                    GgmlType::Q6_K if acts[i].first().is_some_and(|a| a.tiled) => acc1[i],
+                    GgmlType::Q6_K => hsum256(acc8[i]),
+                    _ => _mm512_reduce_add_ps(acc[i]) - hsum256(accm[i]),
+                };
             }
         }
     };
@@ -199,16 +252,17 @@ fn mac_vnni(acc: __m512i, p: __m512i, s: __m512i) -> __m512i {
     _mm512_dpwssd_epi32(acc, p, s)
 }
 
-k_kernel!(dot_k_n, "avx512f,avx512bw,avx512vl,avx2,fma,f16c", mac_plain);
-k_kernel!(dot_k_n_vnni, "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c", mac_vnni);
-
-/// Two f32 scales, one per 256-bit half.
+/// Sum of the eight i32 lanes (exact).
 #[inline]
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2,fma,f16c")]
-fn halves(a: f32, b: f32) -> __m512 {
-    let lo = _mm512_castps_pd(_mm512_set1_ps(a));
-    _mm512_castpd_ps(_mm512_insertf64x4(lo, _mm256_castps_pd(_mm256_set1_ps(b)), 1))
+fn hsum256_epi32(v: __m256i) -> i32 {
+    let s = _mm_add_epi32(_mm256_castsi256_si128(v), _mm256_extracti128_si256::<1>(v));
+    let s = _mm_add_epi32(s, _mm_unpackhi_epi64(s, s));
+    _mm_cvtsi128_si32(_mm_add_epi32(s, _mm_shuffle_epi32::<1>(s)))
 }
+
+k_kernel!(dot_k_n, "avx512f,avx512bw,avx512vl,avx2,fma,f16c", mac_plain);
+k_kernel!(dot_k_n_vnni, "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c", mac_vnni);
 
 /// Q4_0-family row · up to 4 rows of Q8_0 activations, two blocks per step.
 ///
@@ -228,7 +282,10 @@ unsafe fn dot_s_n<const T: u32, const N: usize>(row: &[u8], acts: &[&[BlockQ8_0]
     let offset = matches!(t, GgmlType::Q4_1 | GgmlType::Q5_1);
     let pf = super::simd::prefetch_distance();
     let ones = _mm512_set1_epi16(1);
-    let mut acc = [_mm512_setzero_ps(); N];
+    // Eight f32 lanes per activation row, one fused multiply-add per block in block order:
+    // the summation order of ggml's `vec_dot_q*_0_q8_0` and of llamafile's tinyBLAS, so the
+    // Fast path reproduces llama.cpp's numbers bit for bit.
+    let mut acc = [_mm256_setzero_ps(); N];
     let mut msum = [0f32; N];
     let pairs = row.len() / ts / 2;
     for (k, bb) in row.chunks_exact(2 * ts).enumerate() {
@@ -250,15 +307,17 @@ unsafe fn dot_s_n<const T: u32, const N: usize>(row: &[u8], acts: &[&[BlockQ8_0]
                 _mm512_maddubs_epi16(aq, _mm512_mask_sub_epi8(y, neg, _mm512_setzero_si512(), y))
             };
             let s = _mm512_cvtepi32_ps(_mm512_madd_epi16(p, ones));
-            acc[i] = _mm512_fmadd_ps(halves(d0 * a0.d, d1 * a1.d), s, acc[i]);
+            let (s0, s1) = (_mm512_castps512_ps256(s), _mm512_extractf32x8_ps::<1>(s));
+            acc[i] = _mm256_fmadd_ps(_mm256_set1_ps(d0 * a0.d), s0, acc[i]);
+            acc[i] = _mm256_fmadd_ps(_mm256_set1_ps(d1 * a1.d), s1, acc[i]);
         }
     }
-    for i in 0..N {
-        out[i] = _mm512_reduce_add_ps(acc[i]) + msum[i];
-    }
-    // An odd last block.
+    // An odd last block continues the same accumulators.
     // SAFETY: same CPU features as this function.
-    unsafe { avx2::dot_s_n::<T, N>(&row[2 * pairs * ts..], acts, 2 * pairs, out) };
+    let tail = unsafe { avx2::dot_s_acc::<T, N>(&row[2 * pairs * ts..], acts, 2 * pairs, &mut acc) };
+    for i in 0..N {
+        out[i] = hsum256(acc[i]) + msum[i] + tail[i];
+    }
 }
 
 /// Sixteen weights of a float row as f32.

@@ -12,7 +12,7 @@ use std::sync::OnceLock;
 use rayon::prelude::*;
 
 use super::blocks::{is_k_quant, is_small_block};
-use super::quant::{quantize_q8_0, quantize_q8_k, BlockQ8K, BlockQ8_0};
+use super::quant::{quantize_q8_0, quantize_q8_k_rows, BlockQ8K, BlockQ8_0};
 use super::{scalar, simd, Precision, QMatrix, WeightType};
 
 /// Instruction set a kernel runs with. Variants other than `Scalar` are only run when the
@@ -122,7 +122,7 @@ pub fn prepare<'x>(ty: WeightType, cols: usize, x: &'x [f32], n: usize) -> Prepa
 pub fn prepare_with<'x>(ty: WeightType, cols: usize, x: &'x [f32], n: usize, p: Precision) -> Prepared<'x> {
     debug_assert_eq!(x.len(), n * cols, "activations must be n × cols");
     let act = match (p, ty) {
-        (Precision::Fast, WeightType::Ggml(t)) if is_k_quant(t) => Act::Q8K(quantize_q8_k(x)),
+        (Precision::Fast, WeightType::Ggml(t)) if is_k_quant(t) => Act::Q8K(quantize_q8_k_rows(x, n)),
         (Precision::Fast, WeightType::Ggml(t)) if is_small_block(t) => Act::Q8_0(quantize_q8_0(x)),
         _ => Act::F32(x),
     };

@@ -19,7 +19,15 @@ pub struct BlockQ8K {
     pub d: f32,
     pub qs: [i8; 256],
     pub bsums: [i16; 16],
+    /// Part of a product with ≥ [`TILED_MIN_ROWS`] activation rows: llama.cpp computes those
+    /// (k-quant weights it does not repack) with its tiled kernel, whose summation order the
+    /// Fast kernels then follow.
+    pub tiled: bool,
 }
+
+/// Activation rows from which llama.cpp's CPU backend multiplies k-quant weights with its
+/// tiled kernel (`ggml_tiled_min_batch`).
+pub const TILED_MIN_ROWS: usize = 8;
 
 /// Symmetric scale for a block: values map to −127..=127 (never −128, which keeps the
 /// sign tricks of the SIMD kernels exact). Returns (d, id) with id = 127/amax (or 0).
@@ -88,6 +96,13 @@ pub fn quantize_q8_0(x: &[f32]) -> Vec<BlockQ8_0> {
 
 /// Quantizes `x` (a multiple of 256 long) to Q8_K blocks.
 pub fn quantize_q8_k(x: &[f32]) -> Vec<BlockQ8K> {
+    quantize_q8_k_rows(x, 1)
+}
+
+/// As [`quantize_q8_k`] for `x` holding `rows` activation rows of one product (which
+/// decides the summation order the kernels reproduce, see [`BlockQ8K::tiled`]).
+pub fn quantize_q8_k_rows(x: &[f32], rows: usize) -> Vec<BlockQ8K> {
+    let tiled = rows >= TILED_MIN_ROWS;
     x.chunks_exact(256)
         .map(|c| {
             let (d, id) = scale_for(c, true);
@@ -97,7 +112,7 @@ pub fn quantize_q8_k(x: &[f32]) -> Vec<BlockQ8K> {
             for (s, g) in bsums.iter_mut().zip(qs.chunks_exact(16)) {
                 *s = g.iter().map(|&q| q as i16).sum();
             }
-            BlockQ8K { d, qs, bsums }
+            BlockQ8K { d, qs, bsums, tiled }
         })
         .collect()
 }

@@ -87,7 +87,10 @@ pub fn gated_activation(act: Activation, gate: &mut [f32], up: &[f32]) {
 pub fn gated_activation_ggml(act: Activation, gate: &mut [f32], up: &[f32]) {
     match act {
         Activation::Silu => gated_activation(act, gate, up),
-        Activation::GeluTanh => gate.iter_mut().zip(up).for_each(|(g, &u)| *g = gelu_ggml(*g) * u),
+        Activation::GeluTanh => gate.iter_mut().zip(up).for_each(|(g, &u)| {
+            // ggml's `vec_geglu_f32` writes a plain 0 below −10 (not 0 · up, which may be −0).
+            *g = if *g <= -10.0 { 0.0 } else { gelu_ggml(*g) * u }
+        }),
     }
 }
 
@@ -104,8 +107,17 @@ fn gelu_ggml(x: f32) -> f32 {
 /// GELU of every f16 value, rounded to f16 (as ggml's `table_gelu_f16`); built once.
 fn gelu_f16_table() -> &'static [f32] {
     static TABLE: std::sync::OnceLock<Vec<f32>> = std::sync::OnceLock::new();
-    TABLE
-        .get_or_init(|| (0..=u16::MAX).map(|b| f16::from_f32(gelu_tanh(f16::from_bits(b).to_f32())).to_f32()).collect())
+    TABLE.get_or_init(|| {
+        (0..=u16::MAX).map(|b| f16::from_f32(gelu_tanh_ggml(f16::from_bits(b).to_f32())).to_f32()).collect()
+    })
+}
+
+/// ggml's `ggml_gelu_f32` as GCC compiles it (`1 + a·x·x` contracted to one fused
+/// multiply-add), which fills its table.
+fn gelu_tanh_ggml(x: f32) -> f32 {
+    const SQRT_2_OVER_PI: f32 = 0.797_884_6;
+    const A: f32 = 0.044_715;
+    0.5 * x * (1.0 + (SQRT_2_OVER_PI * x * (A * x).mul_add(x, 1.0)).tanh())
 }
 
 /// `x ← cap · tanh(x / cap)` (Gemma 2 style logit soft-capping).
@@ -158,6 +170,9 @@ pub struct Rope {
     pub inv_freq: Vec<f64>,
     /// Multiplies cos and sin (YaRN `attention_factor`/mscale); 1.0 for plain RoPE.
     pub attn_factor: f32,
+    /// Plain RoPE's (theta, freq_scale), for [`Rope::apply_rows_ggml`]; None once the
+    /// frequencies are modified (frequency factors, YaRN).
+    pub plain: Option<(f64, f64)>,
 }
 
 /// YaRN parameters (HF `rope_scaling` with `type: yarn`, GGUF `rope.scaling.*`).
@@ -177,12 +192,13 @@ impl Rope {
     /// (positions multiplied by `freq_scale` = 1 / factor).
     pub fn new(style: RopeStyle, rot_dim: usize, theta: f64, freq_scale: f64) -> Self {
         let inv_freq = (0..rot_dim / 2).map(|i| freq_scale / theta.powf(2.0 * i as f64 / rot_dim as f64)).collect();
-        Rope { style, rot_dim, inv_freq, attn_factor: 1.0 }
+        Rope { style, rot_dim, inv_freq, attn_factor: 1.0, plain: Some((theta, freq_scale)) }
     }
 
     /// Divides each frequency by a per-pair factor (llama 3.1's `rope_freqs.weight` in GGUF).
     /// Extra or missing factors are ignored (the caller validates the length).
     pub fn with_freq_factors(mut self, factors: &[f32]) -> Self {
+        self.plain = None;
         for (f, &k) in self.inv_freq.iter_mut().zip(factors) {
             if k != 0.0 {
                 *f /= k as f64;
@@ -212,7 +228,7 @@ impl Rope {
                 interp * (1.0 - keep) + extrap * keep
             })
             .collect();
-        Rope { style, rot_dim, inv_freq, attn_factor: p.attn_factor }
+        Rope { style, rot_dim, inv_freq, attn_factor: p.attn_factor, plain: None }
     }
 
     /// Rotates one token's heads in place: `x` holds `x.len() / head_dim` heads of `head_dim`
@@ -237,6 +253,32 @@ impl Rope {
         }
     }
 
+    /// As [`Rope::apply_rows`], computed as ggml's CPU `rope` does (so the `Fast` path can
+    /// reproduce llama.cpp's numbers): angles in f32, the frequency stepped by repeated
+    /// multiplication with `base^(−2/d)`, f32 `cos`/`sin`, and the rotation with one fused
+    /// multiply-add per output (GCC contracts ggml's `x0·cos − x1·sin` that way). Ropes
+    /// with modified frequencies (YaRN, frequency factors) use [`Rope::apply_rows`].
+    pub fn apply_rows_ggml(&self, x: &mut [f32], row_len: usize, pos0: usize, head_dim: usize) {
+        let Some((theta, freq_scale)) = self.plain else {
+            return self.apply_rows(x, row_len, pos0, head_dim);
+        };
+        let half = self.rot_dim / 2;
+        if row_len == 0 || head_dim == 0 || half == 0 {
+            return;
+        }
+        let theta_scale = (theta as f32).powf(-2.0 / self.rot_dim as f32);
+        let mut cs = vec![(0f32, 0f32); half];
+        for (t, row) in x.chunks_exact_mut(row_len).enumerate() {
+            let mut th = (pos0 + t) as f32;
+            for c in cs.iter_mut() {
+                let a = freq_scale as f32 * th;
+                *c = (a.cos() * self.attn_factor, a.sin() * self.attn_factor);
+                th *= theta_scale;
+            }
+            rotate_ggml(self.style, row, head_dim, &cs);
+        }
+    }
+
     /// Rotates `rows` consecutive tokens (row length `row_len`), the first at position `pos0`.
     pub fn apply_rows(&self, x: &mut [f32], row_len: usize, pos0: usize, head_dim: usize) {
         if row_len == 0 {
@@ -244,6 +286,38 @@ impl Rope {
         }
         for (t, row) in x.chunks_exact_mut(row_len).enumerate() {
             self.apply(row, pos0 + t, head_dim);
+        }
+    }
+}
+
+/// `x0·cos − x1·sin`, `x0·sin + x1·cos` with ggml's contraction, for every head of a row.
+fn rotate_ggml(style: RopeStyle, row: &mut [f32], head_dim: usize, cs: &[(f32, f32)]) {
+    #[cfg(target_arch = "x86_64")]
+    if crate::kernels::simd::avx2_supported() {
+        // SAFETY: AVX2/FMA/F16C detected.
+        return unsafe { rotate_ggml_fma(style, row, head_dim, cs) };
+    }
+    rotate_ggml_generic(style, row, head_dim, cs)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn rotate_ggml_fma(style: RopeStyle, row: &mut [f32], head_dim: usize, cs: &[(f32, f32)]) {
+    rotate_ggml_generic(style, row, head_dim, cs)
+}
+
+#[inline(always)]
+fn rotate_ggml_generic(style: RopeStyle, row: &mut [f32], head_dim: usize, cs: &[(f32, f32)]) {
+    let half = cs.len();
+    for head in row.chunks_exact_mut(head_dim) {
+        for (i, &(cos, sin)) in cs.iter().enumerate() {
+            let (a, b) = match style {
+                RopeStyle::Interleaved => (2 * i, 2 * i + 1),
+                RopeStyle::NeoX => (i, i + half),
+            };
+            let (x0, x1) = (head[a], head[b]);
+            head[a] = x0.mul_add(cos, -(x1 * sin));
+            head[b] = x0.mul_add(sin, x1 * cos);
         }
     }
 }
@@ -397,6 +471,9 @@ pub struct AttnParams {
 pub fn attention(q: &[f32], kv: &LayerKv, pos0: usize, p: &AttnParams, out: &mut [f32]) {
     let group = (p.n_heads / p.n_kv_heads.max(1)).max(1);
     let q_row = p.n_heads * p.head_dim;
+    // llama.cpp sums an f16 cache's dot products in one order for a single token and in
+    // another for several (see `F16Dot`).
+    let flavour = if q.len() > q_row { F16Dot::TinyBlas } else { F16Dot::VecDot };
     out.par_chunks_mut(p.v_head_dim).enumerate().for_each(|(idx, o)| {
         let (t, h) = (idx / p.n_heads, idx % p.n_heads);
         let pos = pos0 + t;
@@ -406,14 +483,24 @@ pub fn attention(q: &[f32], kv: &LayerKv, pos0: usize, p: &AttnParams, out: &mut
             Some(w) if w > 0 => (pos + 1).saturating_sub(w),
             _ => 0,
         };
-        attend_one(qh, kv, kvh, first, pos, p, o);
+        attend_one(qh, kv, kvh, first, pos, p, o, flavour);
     });
 }
 
-fn attend_one(q: &[f32], kv: &LayerKv, kvh: usize, first: usize, last: usize, p: &AttnParams, o: &mut [f32]) {
+#[allow(clippy::too_many_arguments)]
+fn attend_one(
+    q: &[f32],
+    kv: &LayerKv,
+    kvh: usize,
+    first: usize,
+    last: usize,
+    p: &AttnParams,
+    o: &mut [f32],
+    flavour: F16Dot,
+) {
     match kv.k {
         KvBuf::F32(_) => attend_online(q, kv, kvh, first, last, p, o),
-        KvBuf::F16(_) => attend_f16(q, kv, kvh, first, last, p, o),
+        KvBuf::F16(_) => attend_f16(q, kv, kvh, first, last, p, o, flavour),
     }
 }
 
@@ -452,55 +539,228 @@ fn score(dot: f32, p: &AttnParams) -> f32 {
 }
 
 thread_local! {
-    /// Per-thread buffers of the f16 path (query in f16, then scores/probabilities).
-    static F16_SCRATCH: std::cell::RefCell<(Vec<f16>, Vec<f32>)> = const { std::cell::RefCell::new((Vec::new(), Vec::new())) };
+    /// Per-thread buffers of the f16 path: the query (f16 values as f32), one row of keys
+    /// or values as f32, the scores/probabilities, and the lane accumulators of the values.
+    static F16_SCRATCH: std::cell::RefCell<[Vec<f32>; 4]> = const {
+        std::cell::RefCell::new([Vec::new(), Vec::new(), Vec::new(), Vec::new()])
+    };
 }
 
-/// f16 cache: computed as ggml does with an f16 KV cache (llama.cpp's default), so that the
-/// `Fast` path can reproduce llama.cpp's numbers: the query is rounded to f16 for q·k, the
-/// softmax is f32 (sum in f64), and the normalised probabilities are rounded to f16 for the
-/// weighted sum of values.
-fn attend_f16(q: &[f32], kv: &LayerKv, kvh: usize, first: usize, last: usize, p: &AttnParams, o: &mut [f32]) {
+/// How ggml sums an f16 dot product (the reduction order decides the last bit).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum F16Dot {
+    /// `ggml_vec_dot_f16` (AVX-512 without FP16): term i goes to lane i % 64 of four 16-lane
+    /// accumulators; they are added pairwise, then the 16 lanes; terms beyond a multiple of
+    /// 64 are added in f64. What llama.cpp runs for one token.
+    VecDot,
+    /// llamafile's tinyBLAS (f16 × f16, AVX-512): term i goes to lane i % 16 of one
+    /// accumulator, then the 16 lanes are added. What llama.cpp runs for several tokens
+    /// (for lengths that are a multiple of 16; otherwise it falls back to `VecDot`).
+    TinyBlas,
+}
+
+/// Accumulator lanes of a flavour for a sum of `n` terms.
+fn dot_lanes(flavour: F16Dot, n: usize) -> usize {
+    match flavour {
+        F16Dot::TinyBlas if n.is_multiple_of(16) => 16,
+        _ => 64,
+    }
+}
+
+/// `_mm512_reduce_add_ps`'s order: halves of 8, 4, 2, then the last pair.
+fn reduce16(x: &[f32]) -> f32 {
+    let mut t = [0f32; 8];
+    for l in 0..8 {
+        t[l] = x[l] + x[l + 8];
+    }
+    let u = [t[0] + t[4], t[1] + t[5], t[2] + t[6], t[3] + t[7]];
+    (u[0] + u[2]) + (u[1] + u[3])
+}
+
+/// The final reduction of 64 (VecDot's four registers) or 16 (one register) lanes.
+fn reduce_lanes(acc: &[f32]) -> f32 {
+    if acc.len() == 16 {
+        return reduce16(acc);
+    }
+    let mut x = [0f32; 16];
+    for l in 0..16 {
+        x[l] = (acc[l] + acc[32 + l]) + (acc[16 + l] + acc[48 + l]);
+    }
+    reduce16(&x)
+}
+
+/// `acc[i % lanes] = fma(a[i], b[i], acc[i % lanes])` over whole groups of `acc.len()`.
+fn fma_lanes(acc: &mut [f32], a: &[f32], b: &[f32]) {
+    #[cfg(target_arch = "x86_64")]
+    if crate::kernels::simd::avx2_supported() {
+        // SAFETY: AVX2/FMA/F16C detected.
+        return unsafe { fma_lanes_fma(acc, a, b) };
+    }
+    fma_lanes_generic(acc, a, b)
+}
+
+#[inline(always)]
+fn fma_lanes_generic(acc: &mut [f32], a: &[f32], b: &[f32]) {
+    let lanes = acc.len();
+    for (ca, cb) in a.chunks_exact(lanes).zip(b.chunks_exact(lanes)) {
+        for ((s, &x), &y) in acc.iter_mut().zip(ca).zip(cb) {
+            *s = x.mul_add(y, *s);
+        }
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn fma_lanes_fma(acc: &mut [f32], a: &[f32], b: &[f32]) {
+    fma_lanes_generic(acc, a, b)
+}
+
+/// `acc[d] = fma(v[d], w, acc[d])`.
+fn axpy_fma(acc: &mut [f32], w: f32, v: &[f32]) {
+    #[cfg(target_arch = "x86_64")]
+    if crate::kernels::simd::avx2_supported() {
+        // SAFETY: AVX2/FMA/F16C detected.
+        return unsafe { axpy_fma_fma(acc, w, v) };
+    }
+    axpy_fma_generic(acc, w, v)
+}
+
+#[inline(always)]
+fn axpy_fma_generic(acc: &mut [f32], w: f32, v: &[f32]) {
+    for (s, &x) in acc.iter_mut().zip(v) {
+        *s = x.mul_add(w, *s);
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn axpy_fma_fma(acc: &mut [f32], w: f32, v: &[f32]) {
+    axpy_fma_generic(acc, w, v)
+}
+
+/// ggml's f16 dot product of `a` and `b` (f16 values held as f32), in `flavour`'s order.
+fn dot_f16_ggml(a: &[f32], b: &[f32], flavour: F16Dot) -> f32 {
+    let n = a.len();
+    let lanes = dot_lanes(flavour, n);
+    let main = n - n % lanes;
+    let mut acc = [0f32; 64];
+    fma_lanes(&mut acc[..lanes], &a[..main], &b[..main]);
+    let mut sum = reduce_lanes(&acc[..lanes]) as f64;
+    for (x, y) in a[main..].iter().zip(&b[main..]) {
+        sum += (x * y) as f64;
+    }
+    sum as f32
+}
+
+/// exp(x) as ggml's `ggml_v_expf` computes it (its AVX-512 flavour, used by llama.cpp's CPU
+/// softmax): a range reduction by ln 2 and a degree-5 polynomial, bit for bit.
+fn expf_ggml(x: f32) -> f32 {
+    let c = f32::from_bits;
+    let r = c(0x4b40_0000); // 0x1.8p23
+    let z = x.mul_add(c(0x3fb8_aa3b), r);
+    let n = z - r;
+    let b = (-n).mul_add(c(0x35bf_be8e), (-n).mul_add(c(0x3f31_7200), x));
+    if n.abs() > 192.0 {
+        return if n <= 0.0 { 0.0 } else { f32::INFINITY };
+    }
+    let u = b * b;
+    let j = c(0x3c07_2010).mul_add(b, c(0x3d2b_9f17)).mul_add(u, c(0x3e2a_af33).mul_add(b, c(0x3eff_fedb)));
+    let j = j.mul_add(u, c(0x3f7f_fff6).mul_add(b, 1.0));
+    // j · 2^n as `vscalefps` (two power-of-two factors: each step exact or rounded once).
+    let n = n as i32;
+    let (h, l) = (n / 2, n - n / 2);
+    j * c(((127 + h) as u32) << 23) * c(((127 + l) as u32) << 23)
+}
+
+/// f16 cache: computed exactly as ggml's CPU backend does with an f16 KV cache (llama.cpp's
+/// default, flash attention off), so the `Fast` path can reproduce llama.cpp's numbers bit
+/// for bit: the query is rounded to f16; q·k is an f16 dot product; the softmax uses ggml's
+/// exp and sums 16-position chunks in f64; the probabilities are rounded to f16 and the
+/// weighted sum of values is again an f16 dot product over the positions (position j in
+/// lane j % lanes). The summation order is the one llama.cpp uses for one token (`VecDot`)
+/// or for several (`TinyBlas`).
+#[allow(clippy::too_many_arguments)]
+fn attend_f16(
+    q: &[f32],
+    kv: &LayerKv,
+    kvh: usize,
+    first: usize,
+    last: usize,
+    p: &AttnParams,
+    o: &mut [f32],
+    flavour: F16Dot,
+) {
     let (KvBuf::F16(kc), KvBuf::F16(vc)) = (&kv.k, &kv.v) else {
         return attend_online(q, kv, kvh, first, last, p, o);
     };
     F16_SCRATCH.with(|cell| {
-        let (q16, probs) = &mut *cell.borrow_mut();
+        let [q16, row, probs, acc] = &mut *cell.borrow_mut();
         q16.clear();
-        q16.extend(q.iter().map(|&x| f16::from_f32(x)));
+        q16.extend(q.iter().map(|&x| f16::from_f32(x).to_f32()));
+        row.resize(p.head_dim.max(p.v_head_dim), 0.0);
+        // Scores of positions 0..=last; masked slots (−inf) pad to whole 16-chunks.
+        let n = (last + 1).next_multiple_of(16);
         probs.clear();
-        probs.extend((first..=last).map(|j| {
+        probs.resize(n, f32::NEG_INFINITY);
+        for j in first..=last {
             let k = &kc[j * kv.k_dim + kvh * p.head_dim..][..p.head_dim];
-            let dot = dot_f16(q16, k);
-            score(dot, p)
-        }));
-        let max = probs.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+            for (d, s) in row.iter_mut().zip(k) {
+                *d = s.to_f32();
+            }
+            probs[j] = score(dot_f16_ggml(&row[..p.head_dim], q16, flavour), p);
+        }
+        let max = probs[first..=last].iter().copied().fold(f32::NEG_INFINITY, f32::max);
         let mut sum = 0.0f64;
-        for s in probs.iter_mut() {
-            *s = (*s - max).exp();
-            sum += *s as f64;
+        for chunk in probs.chunks_exact_mut(16) {
+            for s in chunk.iter_mut() {
+                *s = if *s == f32::NEG_INFINITY { 0.0 } else { expf_ggml(*s - max) };
+            }
+            sum += reduce16(chunk) as f64;
         }
-        let inv = if sum > 0.0 { (1.0 / sum) as f32 } else { 0.0 };
-        o.iter_mut().for_each(|v| *v = 0.0);
-        for (j, &w) in (first..=last).zip(probs.iter()) {
-            let w = f16::from_f32(w * inv).to_f32();
-            let v = &vc[j * kv.v_dim + kvh * p.v_head_dim..][..p.v_head_dim];
-            o.iter_mut().zip(v).for_each(|(d, s)| *d += w * s.to_f32());
+        let inv = (1.0 / sum) as f32;
+        // llama.cpp's cache holds a multiple of 256 positions (masked ones weigh 0), so the
+        // sum over positions has no f64 leftovers.
+        let lanes = dot_lanes(flavour, 256);
+        let vd = p.v_head_dim;
+        acc.clear();
+        acc.resize(lanes * vd, 0.0);
+        for j in first..=last {
+            let w = f16::from_f32(probs[j] * inv).to_f32();
+            let v = &vc[j * kv.v_dim + kvh * vd..][..vd];
+            for (d, s) in row.iter_mut().zip(v) {
+                *d = s.to_f32();
+            }
+            let l = j % lanes;
+            axpy_fma(&mut acc[l * vd..(l + 1) * vd], w, &row[..vd]);
         }
+        reduce_lane_rows(acc, lanes, vd, o);
     });
 }
 
-/// f16 · f16 with f32 products and 8 independent f32 accumulators (vectorizable).
-fn dot_f16(a: &[f16], b: &[f16]) -> f32 {
-    let mut acc = [0f32; 8];
-    let (ac, bc) = (a.chunks_exact(8), b.chunks_exact(8));
-    let tail: f32 = ac.remainder().iter().zip(bc.remainder()).map(|(x, y)| x.to_f32() * y.to_f32()).sum();
-    for (x, y) in ac.zip(bc) {
-        for i in 0..8 {
-            acc[i] += x[i].to_f32() * y[i].to_f32();
+/// [`reduce_lanes`] for `vd` sums at once: `acc` holds `lanes` rows of `vd` values (row l =
+/// lane l of every sum); the rows are combined in place, element-wise (vectorizes).
+fn reduce_lane_rows(acc: &mut [f32], lanes: usize, vd: usize, out: &mut [f32]) {
+    let add_rows = |acc: &mut [f32], dst: usize, src: usize| {
+        let (lo, hi) = acc.split_at_mut(src * vd);
+        lo[dst * vd..(dst + 1) * vd].iter_mut().zip(&hi[..vd]).for_each(|(a, &b)| *a += b);
+    };
+    if lanes == 64 {
+        // Four registers of 16 lanes: r0 + r2, r1 + r3, then (r0 + r2) + (r1 + r3).
+        for l in 0..16 {
+            add_rows(acc, l, 32 + l);
+            add_rows(acc, 16 + l, 48 + l);
+            add_rows(acc, l, 16 + l);
         }
     }
-    acc.iter().sum::<f32>() + tail
+    // One register: halves of 8, 4, 2, then the last pair.
+    for (half, n) in [(8, 8), (4, 4), (2, 2)] {
+        for l in 0..n {
+            add_rows(acc, l, l + half);
+        }
+    }
+    for (d, o) in out.iter_mut().enumerate() {
+        *o = acc[d] + acc[vd + d];
+    }
 }
 
 #[inline]
@@ -533,6 +793,41 @@ mod tests {
         }
         assert_eq!(gelu_ggml(12.5), 12.5);
         assert_eq!(gelu_ggml(-12.5), 0.0);
+    }
+
+    #[test]
+    fn ggml_exp_and_rope_are_accurate() {
+        // Down to −76 (below, the results are subnormal and lose relative precision).
+        for i in 0..1700 {
+            let x = -(i as f32) * 0.045;
+            let (a, b) = (expf_ggml(x), (x as f64).exp());
+            assert!(((a as f64) - b).abs() <= 4e-7 * b, "{x}: {a} vs {b}");
+        }
+        assert_eq!(expf_ggml(0.0), 1.0);
+        assert_eq!(expf_ggml(-200.0), 0.0);
+        let r = Rope::new(RopeStyle::NeoX, 8, 10000.0, 1.0);
+        let x: Vec<f32> = (0..16).map(|i| i as f32 * 0.3 - 2.0).collect();
+        let (mut a, mut b) = (x.clone(), x.clone());
+        r.apply_rows(&mut a, 16, 41, 8);
+        r.apply_rows_ggml(&mut b, 16, 41, 8);
+        for (u, v) in a.iter().zip(&b) {
+            assert!((u - v).abs() < 1e-4, "{u} vs {v}");
+        }
+    }
+
+    #[test]
+    fn ggml_f16_dot_orders_sum_the_same_terms() {
+        let a: Vec<f32> = (0..200).map(|i| ((i * 37 % 23) as f32 - 11.0) * 0.125).collect();
+        let b: Vec<f32> = (0..200).map(|i| ((i * 11 % 17) as f32 - 8.0) * 0.25).collect();
+        let exact: f64 = a.iter().zip(&b).map(|(x, y)| (x * y) as f64).sum();
+        for f in [F16Dot::VecDot, F16Dot::TinyBlas] {
+            // Small integers times powers of two: every order is exact.
+            assert_eq!(dot_f16_ggml(&a, &b, f) as f64, exact);
+            assert_eq!(
+                dot_f16_ggml(&a[..192], &b[..192], f) as f64,
+                a[..192].iter().zip(&b).map(|(x, y)| (x * y) as f64).sum::<f64>()
+            );
+        }
     }
 
     #[test]

@@ -261,12 +261,9 @@ impl DenseModel {
         }
         let (rope_idx, window) = self.cfg.layer_attn[l];
         let rope = &self.cfg.ropes[rope_idx];
-        let scale = if self.cfg.prescale_q {
-            q.iter_mut().for_each(|v| *v *= self.cfg.attn_scale);
-            1.0
-        } else {
-            self.cfg.attn_scale
-        };
+        let scale = if self.cfg.prescale_q { 1.0 } else { self.cfg.attn_scale };
+        // Fast means "as llama.cpp", whose rope computes its angles in f32.
+        let ggml = kernels::precision() == Precision::Fast;
         let params = AttnParams {
             n_heads: self.cfg.n_heads,
             n_kv_heads: self.cfg.n_kv_heads,
@@ -279,8 +276,20 @@ impl DenseModel {
         let att = &mut s.att[..n * qd];
         for seg in segs.iter_mut() {
             let (a, b) = (seg.start, seg.start + seg.n);
-            rope.apply_rows(&mut q[a * qd..b * qd], qd, seg.pos0, hd);
-            rope.apply_rows(&mut k[a * kvd..b * kvd], kvd, seg.pos0, hd);
+            if ggml {
+                rope.apply_rows_ggml(&mut q[a * qd..b * qd], qd, seg.pos0, hd);
+                rope.apply_rows_ggml(&mut k[a * kvd..b * kvd], kvd, seg.pos0, hd);
+            } else {
+                rope.apply_rows(&mut q[a * qd..b * qd], qd, seg.pos0, hd);
+                rope.apply_rows(&mut k[a * kvd..b * kvd], kvd, seg.pos0, hd);
+            }
+        }
+        if self.cfg.prescale_q {
+            // After the rope, as llama.cpp does (the same maths; it matters for the rounding).
+            q.iter_mut().for_each(|v| *v *= self.cfg.attn_scale);
+        }
+        for seg in segs.iter_mut() {
+            let (a, b) = (seg.start, seg.start + seg.n);
             seg.kv.store(l, seg.pos0, &k[a * kvd..b * kvd], &v[a * kvd..b * kvd]);
             attention(&q[a * qd..b * qd], seg.kv.layer(l), seg.pos0, &params, &mut att[a * qd..b * qd]);
         }

@@ -345,21 +345,40 @@ fn fix_block(ty: GgmlType, b: &mut [u8], rng: &mut XorShift) {
     let mut small = |scale: f32| half::f16::from_f32(scale * (0.5 + (rng.next() % 1000) as f32 / 1000.0)).to_le_bytes();
     match ty {
         GgmlType::F32 => b.copy_from_slice(&(0.02 * ((rng.next() % 2001) as f32 / 1000.0 - 1.0)).to_le_bytes()),
-        GgmlType::F16 => b.copy_from_slice(&small(0.02)),
+        GgmlType::F16 => {
+            b.copy_from_slice(&half::f16::from_f32(0.02 * ((rng.next() % 2001) as f32 / 1000.0 - 1.0)).to_le_bytes())
+        }
         GgmlType::BF16 => {
             let v = half::bf16::from_f32(0.02 * ((rng.next() % 2001) as f32 / 1000.0 - 1.0));
             b.copy_from_slice(&v.to_le_bytes())
         }
         GgmlType::Q8_0 | GgmlType::Q4_0 | GgmlType::Q5_0 => b[0..2].copy_from_slice(&small(2e-4)),
         GgmlType::Q4_K | GgmlType::Q5_K => {
-            b[0..2].copy_from_slice(&small(2e-4));
-            b[2..4].copy_from_slice(&small(1e-4));
+            // Zero-mean weights, as trained ones are: a value is d·sc·q − dmin·m, so with each
+            // sub-block's min equal to its scale and dmin = d·E[q] the mean is 0. (Random
+            // mins would give every weight a positive mean; every matrix would then map all
+            // tokens onto one direction, and the router would send all tokens to the same
+            // experts.)
+            let d = half::f16::from_le_bytes(small(2e-4));
+            let mean_q = if ty == GgmlType::Q4_K { 7.5 } else { 15.5 };
+            b[0..2].copy_from_slice(&d.to_le_bytes());
+            b[2..4].copy_from_slice(&half::f16::from_f32(d.to_f32() * mean_q).to_le_bytes());
+            let (sc, rest) = b[4..16].split_at_mut(4);
+            rest[..4].copy_from_slice(sc); // m_j = sc_j for j < 4 (and the high bits of j ≥ 4)
+            for v in &mut rest[4..8] {
+                *v = (*v & 0x0F) | ((*v & 0x0F) << 4); // low nibble: sc_j, high nibble: m_j, j ≥ 4
+            }
         }
         GgmlType::Q6_K => b[208..210].copy_from_slice(&small(1e-4)),
         GgmlType::Q3_K => b[108..110].copy_from_slice(&small(1e-4)),
         GgmlType::Q2_K => {
-            b[80..82].copy_from_slice(&small(2e-4));
-            b[82..84].copy_from_slice(&small(1e-4));
+            // Zero-mean as for Q4_K: m = sc in every scale byte, dmin = d·E[q] (q in 0..=3).
+            let d = half::f16::from_le_bytes(small(2e-4));
+            b[80..82].copy_from_slice(&d.to_le_bytes());
+            b[82..84].copy_from_slice(&half::f16::from_f32(d.to_f32() * 1.5).to_le_bytes());
+            for v in &mut b[..16] {
+                *v = (*v & 0x0F) | ((*v & 0x0F) << 4);
+            }
         }
         _ => {}
     }
@@ -401,6 +420,13 @@ pub fn write_deepseek2(
             for v in buf.chunks_mut(4) {
                 v.copy_from_slice(&1.0f32.to_le_bytes());
             }
+        } else if t.name.ends_with("exp_probs_b.bias") {
+            // A zero selection bias: the random router then spreads tokens over the experts as
+            // a trained, load-balanced model does (the router sees RMS-normalised input, so its
+            // ±0.02 weights give logits with a spread of ≈ 1 over 7168 inputs). A random bias
+            // of the same ±0.02 would dominate those scores and send every token to the same
+            // 8 experts, which makes prefill and batched decode read 8 experts per layer.
+            buf.fill(0);
         } else {
             fill_random(t.ggml_type, buf, seed ^ (i as u64).wrapping_mul(0xA24B_AED4_963E_E407));
         }
@@ -458,6 +484,62 @@ mod tests {
         assert_eq!(g.tensor("blk.0.attn_k_b.weight").unwrap().ggml_type, GgmlType::Q5_0);
         assert_eq!(g.tensor("output.weight").unwrap().ggml_type, GgmlType::Q6_K);
         assert_eq!(g.get_str_array("tokenizer.ggml.tokens").unwrap().len(), 300);
+    }
+
+    /// The synthetic router must spread tokens over the experts (a trained model's routing is
+    /// load-balanced); with a dominant random selection bias every token took the same experts.
+    #[test]
+    fn synthetic_routing_spreads_tokens_over_experts() {
+        use crate::models::moe::{route, GroupScore, RouterConfig, Scoring};
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("s.gguf");
+        let shape = Deepseek2Shape { n_experts: 32, n_experts_used: 4, n_group: 4, topk_group: 2, ..small_shape() };
+        write_deepseek2(&path, &shape, SynthQuant::Q4KM, 7, |_, _| {}).unwrap();
+        let g = GgufFile::open(&path).unwrap();
+        let f32s = |name: &str| -> Vec<f32> {
+            let t = g.tensor(name).unwrap();
+            g.tensor_bytes(t).chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect()
+        };
+        let bias = f32s("blk.1.exp_probs_b.bias");
+        assert!(bias.iter().all(|&b| b == 0.0));
+        let router = f32s("blk.1.ffn_gate_inp.weight"); // n_experts rows of `hidden`
+        let cfg = RouterConfig {
+            n_experts: 32,
+            top_k: 4,
+            n_group: 4,
+            topk_group: 2,
+            group_score: GroupScore::Top2Sum,
+            scoring: Scoring::Sigmoid,
+            norm_topk_prob: true,
+            routed_scaling_factor: 2.5,
+        };
+        let mut rng = XorShift(99);
+        let mut chosen = std::collections::BTreeSet::new();
+        for _ in 0..16 {
+            // An RMS-normalised input, as the router sees after ffn_norm.
+            let x: Vec<f32> = (0..shape.hidden as usize).map(|_| (rng.next() % 2001) as f32 / 1000.0 - 1.0).collect();
+            let rms = (x.iter().map(|v| v * v).sum::<f32>() / x.len() as f32).sqrt();
+            let logits: Vec<f32> = router
+                .chunks_exact(shape.hidden as usize)
+                .map(|w| w.iter().zip(&x).map(|(a, b)| a * b).sum::<f32>() / rms)
+                .collect();
+            chosen.extend(route(&cfg, &logits, Some(&bias)).experts);
+        }
+        assert!(chosen.len() >= 16, "16 tokens chose only {} distinct experts of 32", chosen.len());
+    }
+
+    #[test]
+    fn random_weights_are_zero_mean() {
+        for ty in [GgmlType::Q4_K, GgmlType::Q5_K, GgmlType::Q2_K, GgmlType::Q6_K, GgmlType::Q8_0, GgmlType::F16] {
+            let n = 256 * 64;
+            let mut buf = vec![0u8; n / ty.block_size() * ty.type_size()];
+            fill_random(ty, &mut buf, 5);
+            let mut v = vec![0f32; n];
+            crate::kernels::dequantize_row(ty, &buf, &mut v).unwrap();
+            let mean = v.iter().sum::<f32>() / n as f32;
+            let std = (v.iter().map(|x| (x - mean) * (x - mean)).sum::<f32>() / n as f32).sqrt();
+            assert!(mean.abs() < 0.05 * std, "{ty:?}: mean {mean}, std {std}");
+        }
     }
 
     #[test]

@@ -13,7 +13,7 @@ use rayon::prelude::*;
 
 use super::blocks::{is_k_quant, is_small_block};
 use super::quant::{quantize_q8_0, quantize_q8_k_rows, BlockQ8K, BlockQ8_0};
-use super::{scalar, simd, Precision, QMatrix, WeightType};
+use super::{fp8, scalar, simd, Precision, QMatrix, WeightType};
 
 /// Instruction set a kernel runs with. Variants other than `Scalar` are only run when the
 /// CPU has them ([`Isa::supported`]); asking for an unsupported one falls back to scalar.
@@ -102,6 +102,7 @@ impl Prepared<'_> {
             (Act::F32(_), _) => true,
             (Act::Q8K(_), WeightType::Ggml(t)) => is_k_quant(t),
             (Act::Q8_0(_), WeightType::Ggml(t)) => is_small_block(t),
+            (Act::Bf16(_), WeightType::Fp8E4M3Block128) => true,
             _ => false,
         }
     }
@@ -111,6 +112,8 @@ enum Act<'x> {
     F32(&'x [f32]),
     Q8_0(Vec<BlockQ8_0>),
     Q8K(Vec<BlockQ8K>),
+    /// FP8 weights in Fast precision on AVX512_BF16 CPUs: bf16 of x·2^64 (see `fp8.rs`).
+    Bf16(Vec<u16>),
 }
 
 /// Prepares `x` (n × cols, row-major) for weights of type `ty` at the process precision.
@@ -124,6 +127,7 @@ pub fn prepare_with<'x>(ty: WeightType, cols: usize, x: &'x [f32], n: usize, p: 
     let act = match (p, ty) {
         (Precision::Fast, WeightType::Ggml(t)) if is_k_quant(t) => Act::Q8K(quantize_q8_k_rows(x, n)),
         (Precision::Fast, WeightType::Ggml(t)) if is_small_block(t) => Act::Q8_0(quantize_q8_0(x)),
+        (Precision::Fast, WeightType::Fp8E4M3Block128) if simd::fp8_bf16_enabled() => Act::Bf16(fp8::prepare_bf16(x)),
         _ => Act::F32(x),
     };
     Prepared { n, cols, act }
@@ -158,9 +162,10 @@ pub fn matmul_rows(isa: Isa, w: &QMatrix, p: &Prepared, rows: Range<usize>, out:
             let f = simd::f_kernel(isa, t);
             each_row(data, rb, x, w.cols, p.n, out, |row, x| f(t, row, x));
         }
-        (Act::F32(x), WeightType::Fp8E4M3Block128) => fp8_rows(isa, w, x, rows, p.n, out),
+        (Act::F32(x), WeightType::Fp8E4M3Block128) => fp8_rows(w, x, rows, p.n, out, simd::fp8_kernel(isa)),
+        (Act::Bf16(x), WeightType::Fp8E4M3Block128) => fp8_rows(w, x, rows, p.n, out, simd::fp8_bf16_kernel(isa)),
         // Excluded by `suits` above.
-        (_, WeightType::Fp8E4M3Block128) => mismatched(out),
+        (_, WeightType::Fp8E4M3Block128) | (Act::Bf16(_), WeightType::Ggml(_)) => mismatched(out),
     }
 }
 
@@ -224,23 +229,32 @@ fn each_row_multi<A>(
 /// inside a 1–2 MB L2).
 const BLOCK_WEIGHT_BYTES: usize = 192 * 1024;
 
-fn fp8_rows(isa: Isa, w: &QMatrix, x: &[f32], rows: Range<usize>, n: usize, out: &mut [f32]) {
+/// FP8 rows `rows` · `n` activation rows (f32, or bf16 prepared by `fp8::prepare_bf16`) with
+/// kernel `f`, up to [`simd::MAX_ACTS`] activation rows per call. Many activation rows are
+/// cache-blocked as in [`each_row_multi`].
+fn fp8_rows<A>(w: &QMatrix, x: &[A], rows: Range<usize>, n: usize, out: &mut [f32], f: simd::Fp8RowFn<A>) {
     let cb = w.cols.div_ceil(128);
-    let f = simd::fp8_kernel(isa);
-    let xs: Vec<&[f32]> = x.chunks_exact(w.cols).take(n).collect();
+    let xs: Vec<&[A]> = x.chunks_exact(w.cols).take(n).collect();
     let mut scales = vec![0f32; cb];
     let mut group = usize::MAX;
-    for (r, o) in rows.zip(out.chunks_exact_mut(n)) {
-        if r / 128 != group {
-            group = r / 128;
-            let s = &w.block_scales[group * cb * 4..(group + 1) * cb * 4];
-            for (d, c) in scales.iter_mut().zip(s.chunks_exact(4)) {
-                *d = f32::from_le_bytes([c[0], c[1], c[2], c[3]]);
+    let block_rows = if n <= simd::MAX_ACTS { rows.len().max(1) } else { (BLOCK_WEIGHT_BYTES / w.cols.max(1)).max(1) };
+    let first = rows.start;
+    for (b, ob) in out.chunks_mut(block_rows * n).enumerate() {
+        let r0 = first + b * block_rows;
+        for (g, xg) in xs.chunks(simd::MAX_ACTS).enumerate() {
+            let a0 = g * simd::MAX_ACTS;
+            for (r, o) in (r0..).zip(ob.chunks_exact_mut(n)) {
+                if r / 128 != group {
+                    // This 128-row group's block scales.
+                    group = r / 128;
+                    let s = &w.block_scales[group * cb * 4..(group + 1) * cb * 4];
+                    for (d, c) in scales.iter_mut().zip(s.chunks_exact(4)) {
+                        *d = f32::from_le_bytes([c[0], c[1], c[2], c[3]]);
+                    }
+                }
+                let row = &w.data[r * w.cols..(r + 1) * w.cols];
+                f(row, &scales, xg, &mut o[a0..a0 + xg.len()]);
             }
-        }
-        let row = &w.data[r * w.cols..(r + 1) * w.cols];
-        for (xg, og) in xs.chunks(simd::MAX_ACTS).zip(o.chunks_mut(simd::MAX_ACTS)) {
-            f(row, &scales, xg, og);
         }
     }
 }
@@ -353,6 +367,11 @@ pub(crate) mod reference {
     pub fn fp8(row: &[u8], scales: &[f32], xs: &[&[f32]], out: &mut [f32]) {
         for (o, x) in out.iter_mut().zip(xs) {
             *o = scalar::dot_fp8_row(row, scales, x);
+        }
+    }
+    pub fn fp8_bf16(row: &[u8], scales: &[f32], xs: &[&[u16]], out: &mut [f32]) {
+        for (o, x) in out.iter_mut().zip(xs) {
+            *o = fp8::dot_row_ref(row, scales, x);
         }
     }
 }

@@ -7,7 +7,8 @@
 //! - [`matmul`]: `Y = X · Wᵀ` for `n` input rows (X is n × cols, Y is n × rows), reading W once.
 //! - [`dequantize_row`]: one row of a GGML type to f32.
 //! - [`set_precision`]: `Exact` computes with f32 activations (for `hy logits`), `Fast` quantizes
-//!   activations to Q8 where the weight format is meant to be used that way (as llama.cpp).
+//!   activations to Q8 where the weight format is meant to be used that way (as llama.cpp), and
+//!   rounds them to bf16 for FP8 weights on AVX512_BF16 CPUs ([`fp8`]).
 //!
 //! Shapes come from model code: validate each matrix once at load with [`QMatrix::new`] /
 //! [`QMatrix::validate`]; the products then only `debug_assert` shapes (slicing stays
@@ -15,8 +16,9 @@
 //!
 //! Supported weights: F32, F16, BF16, Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q2_K, Q3_K, Q4_K, Q5_K,
 //! Q6_K, and FP8 e4m3 with 128×128 block `scale_inv`. Fast mode quantizes activations to
-//! Q8_0 (32-weight block types) or Q8_K (k-quants); float and FP8 weights always use f32
-//! activations. Exact mode dequantizes block by block and sums in f32 lanes + f64.
+//! Q8_0 (32-weight block types) or Q8_K (k-quants), and for FP8 rounds them to bf16 where the
+//! CPU has AVX512_BF16 (`vdpbf16ps`; f32 otherwise); float weights always use f32 activations.
+//! Exact mode dequantizes block by block and sums in f32 lanes + f64.
 //!
 //! Running on your own threads (per-NUMA pools): call [`prepare`] once per layer input, then
 //! on each thread [`matmul_rows`]`(Isa::best(), &w, &prepared, rows, out)` for the contiguous
@@ -26,7 +28,9 @@
 //!
 //! Environment: `HY_ISA=scalar|avx2|avx512|avx512vnni` caps the instruction set ([`Isa::best`]);
 //! `HY_PREFETCH=<bytes>` sets the software prefetch distance of the quantized kernels
-//! (default 2048, 0 = off). Speed: `cargo run --release -p hy-engine --example kernel_bench`.
+//! (default 2048, 0 = off); `HY_FP8_ACT=f32` keeps Fast-mode FP8 on f32 activations (the
+//! f16-decoding kernel) instead of bf16, for comparisons. Speed: `cargo run --release -p
+//! hy-engine --example kernel_bench`.
 
 #[cfg(target_arch = "x86_64")]
 mod avx2;
@@ -36,6 +40,7 @@ pub mod bench;
 pub mod blocks;
 pub mod dequant;
 pub mod fp;
+pub mod fp8;
 pub mod matvec;
 pub mod quant;
 pub mod scalar;

@@ -1,6 +1,7 @@
 //! Run-time selection of row kernels per ISA and weight type.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::OnceLock;
 
 use super::matvec::{reference, Isa};
 use super::quant::{BlockQ8K, BlockQ8_0};
@@ -16,8 +17,12 @@ pub type KFn = fn(GgmlType, &[u8], &[&[BlockQ8K]], &mut [f32]);
 pub type SFn = fn(GgmlType, &[u8], &[&[BlockQ8_0]], &mut [f32]);
 /// Any row · f32 activations.
 pub type FFn = fn(GgmlType, &[u8], &[f32]) -> f32;
-/// FP8 row, per-128-column scales, up to [`MAX_ACTS`] rows of f32 activations.
-pub type Fp8Fn = fn(&[u8], &[f32], &[&[f32]], &mut [f32]);
+/// FP8 row, per-128-column scales, up to [`MAX_ACTS`] rows of activations of type `A`.
+pub type Fp8RowFn<A> = fn(&[u8], &[f32], &[&[A]], &mut [f32]);
+/// FP8 row · f32 activations.
+pub type Fp8Fn = Fp8RowFn<f32>;
+/// FP8 row · scaled bf16 activations (see `fp8.rs`).
+pub type Fp8Bf16Fn = Fp8RowFn<u16>;
 
 pub fn avx2_supported() -> bool {
     #[cfg(target_arch = "x86_64")]
@@ -55,11 +60,35 @@ pub fn avx512_supported() -> bool {
     }
 }
 
+/// AVX-512 F/BW/VL plus AVX512_BF16 (`vdpbf16ps`, used by the FP8 kernel in Fast precision).
+pub fn bf16_supported() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        avx512_supported() && is_x86_feature_detected!("avx512bf16")
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        false
+    }
+}
+
+/// Whether Fast precision prepares FP8 activations as bf16 for the AVX512_BF16 kernel: the
+/// CPU has it, `HY_ISA` allows AVX-512, and `HY_FP8_ACT=f32` does not ask for the f32/f16
+/// kernel instead (for comparisons). Decided once per process.
+pub fn fp8_bf16_enabled() -> bool {
+    static ON: OnceLock<bool> = OnceLock::new();
+    *ON.get_or_init(|| {
+        bf16_supported()
+            && matches!(Isa::best(), Isa::Avx512 | Isa::Avx512Vnni)
+            && std::env::var("HY_FP8_ACT").as_deref() != Ok("f32")
+    })
+}
+
 #[cfg(target_arch = "x86_64")]
 mod x86 {
     //! Safe wrappers: only reachable through the tables below, which hand them out only for an
     //! ISA that `Isa::supported` confirmed on this CPU.
-    use super::super::{avx2, avx512};
+    use super::super::{avx2, avx512, fp8};
     use super::*;
 
     pub fn k_avx2(t: GgmlType, row: &[u8], a: &[&[BlockQ8K]], out: &mut [f32]) {
@@ -105,6 +134,11 @@ mod x86 {
         assert!((1..=MAX_ACTS).contains(&xs.len()) && out.len() >= xs.len());
         // SAFETY: as above.
         unsafe { avx512::dot_fp8(row, scales, xs, out) }
+    }
+    pub fn fp8_bf16(row: &[u8], scales: &[f32], xs: &[&[u16]], out: &mut [f32]) {
+        // SAFETY: handed out only when AVX-512 F/BW/VL and AVX512_BF16 were detected; the
+        // kernel checks the lengths.
+        unsafe { fp8::x86::dot(row, scales, xs, out) }
     }
 }
 
@@ -167,5 +201,15 @@ pub fn fp8_kernel(isa: Isa) -> Fp8Fn {
         #[cfg(target_arch = "x86_64")]
         Isa::Avx512 | Isa::Avx512Vnni => x86::fp8_avx512,
         _ => reference::fp8,
+    }
+}
+
+/// Kernel for bf16-prepared FP8 activations: AVX512_BF16 where the ISA is AVX-512 and the CPU
+/// has it, else the scalar model of the same arithmetic.
+pub fn fp8_bf16_kernel(isa: Isa) -> Fp8Bf16Fn {
+    match isa {
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx512 | Isa::Avx512Vnni if bf16_supported() => x86::fp8_bf16,
+        _ => reference::fp8_bf16,
     }
 }

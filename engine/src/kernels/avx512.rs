@@ -30,7 +30,7 @@ use crate::dtype::GgmlType;
 
 #[inline]
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2,fma,f16c")]
-fn load64(b: &[u8]) -> __m512i {
+pub(super) fn load64(b: &[u8]) -> __m512i {
     assert!(b.len() >= 64);
     // SAFETY: at least 64 readable bytes (checked above); unaligned load.
     unsafe { _mm512_loadu_si512(b.as_ptr() as *const _) }
@@ -75,7 +75,7 @@ fn bits512(v: __m512i, bits: __m512i, val: i8) -> __m512i {
 /// source is broadcast to both halves and shifted by a per-half count.
 #[inline]
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2,fma,f16c")]
-fn k_chunks512<const T: u32>(b: &[u8]) -> [__m512i; 4] {
+pub(super) fn k_chunks512<const T: u32>(b: &[u8]) -> [__m512i; 4] {
     let t = ty(T);
     let m4 = _mm512_set1_epi8(0xF);
     let m3 = _mm512_set1_epi8(3);
@@ -126,7 +126,7 @@ fn k_chunks512<const T: u32>(b: &[u8]) -> [__m512i; 4] {
 }
 
 /// Lane i of the result = lane `base + i/8` of the 16 group scales (4 groups of 8 i16 lanes).
-const SCALE_IDX: [i16; 32] =
+pub(super) const SCALE_IDX: [i16; 32] =
     [0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1, 2, 2, 2, 2, 2, 2, 2, 2, 3, 3, 3, 3, 3, 3, 3, 3];
 
 /// k-quant row · up to 4 rows of Q8_K activations (block unpacked once for all of them).

@@ -150,6 +150,12 @@ pub fn matmul_rows(isa: Isa, w: &QMatrix, p: &Prepared, rows: Range<usize>, out:
         return mismatched(out);
     }
     match (&p.act, w.ty) {
+        #[cfg(target_arch = "x86_64")]
+        (Act::Q8K(a), WeightType::Ggml(t))
+            if p.n > simd::MAX_ACTS && isa == Isa::Avx512Vnni && super::gemm::supported() =>
+        {
+            super::gemm::k_rows(t, data, rb, a, w.cols / 256, p.n, out)
+        }
         (Act::Q8K(a), WeightType::Ggml(t)) => {
             let f = simd::k_kernel(isa, t);
             each_row_multi(data, rb, a, w.cols / 256, p.n, out, |row, a, o| f(t, row, a, o));

@@ -40,6 +40,8 @@ pub mod bench;
 pub mod blocks;
 pub mod dequant;
 pub mod fp;
+#[cfg(target_arch = "x86_64")]
+pub mod gemm;
 pub mod fp8;
 pub mod matvec;
 pub mod quant;

@@ -1,0 +1,161 @@
+//! k-quant weights × many rows of Q8_K activations (prompt prefill, large decode batches),
+//! AVX-512.
+//!
+//! The row kernels (`avx512::dot_k`) unpack a weight block once for up to four activation
+//! rows. Here a block is unpacked once for eight, and every product is accumulated in vector
+//! form: per block and activation row, `acc += (d·d_a) · Σ` over sixteen i32 lanes, and one
+//! horizontal sum at the end of the weight row. With many rows the work is arithmetic, not
+//! bandwidth: horizontal sums per block (which the row kernels do for Q4_K, to follow
+//! llama.cpp's order) and unpacking cost as much as the multiplies themselves.
+//!
+//! Weight rows are processed in cache blocks: a block of rows and one group of eight
+//! activation rows stay in L2 while the group runs over the block.
+
+use std::arch::x86_64::*;
+
+use super::avx2::{as_bytes, as_bytes_i16};
+use super::avx512::{k_chunks512, k_scales, load64, SCALE_IDX};
+use super::quant::BlockQ8K;
+use super::unpack::ty;
+use crate::dtype::GgmlType;
+
+/// Activation rows per kernel call.
+pub const GROUP: usize = 8;
+
+/// Weight bytes per cache block.
+const BLOCK_WEIGHT_BYTES: usize = 192 * 1024;
+
+/// Whether [`k_rows`] runs on this CPU (AVX-512 F/BW/VL and VNNI).
+pub fn supported() -> bool {
+    super::simd::vnni_supported()
+}
+
+/// `out[r·n + i] = W[r] · act_i` for the rows of `data` (row length `rb` bytes, `per_row`
+/// blocks of type `t`) and `n` activation rows of `per_row` Q8_K blocks each.
+///
+/// # Panics
+/// When [`supported`] is false or `t` is not a k-quant (callers check both).
+pub fn k_rows(t: GgmlType, data: &[u8], rb: usize, acts: &[BlockQ8K], per_row: usize, n: usize, out: &mut [f32]) {
+    assert!(supported(), "gemm::k_rows needs AVX-512 VNNI");
+    let rows: Vec<&[BlockQ8K]> = acts.chunks_exact(per_row).take(n).collect();
+    let block_rows = (BLOCK_WEIGHT_BYTES / rb.max(1)).max(1);
+    for (wb, ob) in data.chunks(block_rows * rb).zip(out.chunks_mut(block_rows * n)) {
+        for (g, a) in rows.chunks(GROUP).enumerate() {
+            let first = g * GROUP;
+            for (row, o) in wb.chunks_exact(rb).zip(ob.chunks_exact_mut(n)) {
+                // SAFETY: VNNI (and with it AVX-512 F/BW/VL; AVX2/FMA/F16C) checked above.
+                unsafe { dot_group(t, row, a, &mut o[first..first + a.len()]) };
+            }
+        }
+    }
+}
+
+/// One weight row · up to [`GROUP`] activation rows.
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
+unsafe fn dot_group(t: GgmlType, row: &[u8], a: &[&[BlockQ8K]], out: &mut [f32]) {
+    macro_rules! by_n {
+        ($T:expr) => {
+            // SAFETY (all arms): same features; N = a.len() (1..=GROUP).
+            unsafe {
+                match a.len() {
+                    1 => dot_n::<{ $T }, 1>(row, a, out),
+                    2 => dot_n::<{ $T }, 2>(row, a, out),
+                    3 => dot_n::<{ $T }, 3>(row, a, out),
+                    4 => dot_n::<{ $T }, 4>(row, a, out),
+                    5 => dot_n::<{ $T }, 5>(row, a, out),
+                    6 => dot_n::<{ $T }, 6>(row, a, out),
+                    7 => dot_n::<{ $T }, 7>(row, a, out),
+                    _ => dot_n::<{ $T }, 8>(row, a, out),
+                }
+            }
+        };
+    }
+    match t {
+        GgmlType::Q2_K => by_n!(GgmlType::Q2_K as u32),
+        GgmlType::Q3_K => by_n!(GgmlType::Q3_K as u32),
+        GgmlType::Q4_K => by_n!(GgmlType::Q4_K as u32),
+        GgmlType::Q5_K => by_n!(GgmlType::Q5_K as u32),
+        GgmlType::Q6_K => by_n!(GgmlType::Q6_K as u32),
+        _ => panic!("gemm::k_rows: {t:?} is not a k-quant"),
+    }
+}
+
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
+unsafe fn dot_n<const T: u32, const N: usize>(row: &[u8], acts: &[&[BlockQ8K]], out: &mut [f32]) {
+    let t = ty(T);
+    let idx0 = load64(as_bytes_i16(&SCALE_IDX));
+    let mut acc = [_mm512_setzero_ps(); N];
+    let mut accm = [_mm256_setzero_ps(); N];
+    for (k, b) in row.chunks_exact(t.type_size()).enumerate() {
+        let s = k_scales::<T>(b);
+        let sc = _mm512_castsi256_si512(_mm256_cvtepi8_epi16(s.sc8));
+        let q = k_chunks512::<T>(b);
+        let mut scv = [_mm512_setzero_si512(); 4];
+        for (c, v) in scv.iter_mut().enumerate() {
+            *v = _mm512_permutexvar_epi16(_mm512_add_epi16(idx0, _mm512_set1_epi16(4 * c as i16)), sc);
+        }
+        for i in 0..N {
+            let a = &acts[i][k];
+            let mut isum = _mm512_setzero_si512();
+            for c in 0..4 {
+                let y = load64(as_bytes(&a.qs[64 * c..64 * c + 64]));
+                isum = _mm512_dpwssd_epi32(isum, _mm512_maddubs_epi16(q[c], y), scv[c]);
+            }
+            // SAFETY: 32 readable bytes (16 i16 bsums).
+            let bs = unsafe { _mm256_loadu_si256(a.bsums.as_ptr() as *const __m256i) };
+            let msum = _mm256_madd_epi16(bs, s.mn);
+            acc[i] = _mm512_fmadd_ps(_mm512_set1_ps(s.d * a.d), _mm512_cvtepi32_ps(isum), acc[i]);
+            accm[i] = _mm256_fmadd_ps(_mm256_set1_ps(s.dmin * a.d), _mm256_cvtepi32_ps(msum), accm[i]);
+        }
+    }
+    for i in 0..N {
+        let s4 = _mm_add_ps(_mm256_castps256_ps128(accm[i]), _mm256_extractf128_ps(accm[i], 1));
+        let s2 = _mm_add_ps(s4, _mm_movehl_ps(s4, s4));
+        let s1 = _mm_add_ss(s2, _mm_shuffle_ps(s2, s2, 1));
+        out[i] = _mm512_reduce_add_ps(acc[i]) - _mm_cvtss_f32(s1);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::kernels::quant::quantize_q8_k;
+    use crate::kernels::scalar;
+
+    #[test]
+    fn many_rows_match_the_scalar_reference() {
+        if !supported() {
+            eprintln!("skipped: no AVX-512 VNNI");
+            return;
+        }
+        let cols = 512;
+        let n = 13; // one full group of 8 and a tail of 5
+        let mut x = vec![0f32; n * cols];
+        let mut s = 12345u32;
+        for v in x.iter_mut() {
+            s ^= s << 13;
+            s ^= s >> 17;
+            s ^= s << 5;
+            *v = (s % 2001) as f32 / 1000.0 - 1.0;
+        }
+        let acts = quantize_q8_k(&x);
+        for t in [GgmlType::Q2_K, GgmlType::Q3_K, GgmlType::Q4_K, GgmlType::Q5_K, GgmlType::Q6_K] {
+            let rows = 3;
+            let rb = cols / 256 * t.type_size();
+            let mut data = vec![0u8; rows * rb];
+            crate::synth::fill_random(t, &mut data, 9);
+            let mut out = vec![0f32; rows * n];
+            k_rows(t, &data, rb, &acts, cols / 256, n, &mut out);
+            for r in 0..rows {
+                for i in 0..n {
+                    let want = scalar::dot_k_row(t, &data[r * rb..(r + 1) * rb], &acts[i * 2..(i + 1) * 2]);
+                    let got = out[r * n + i];
+                    assert!(
+                        (got - want).abs() <= 1e-4 * want.abs().max(1e-3),
+                        "{t:?} row {r} act {i}: {got} vs {want}"
+                    );
+                }
+            }
+        }
+    }
+}

@@ -8,20 +8,22 @@
 //! diverge only at a step where the reference's top-2 logits differ by less than [`NEAR_TIE`],
 //! and every token before that step must be identical.
 //!
-//! Mode: `Precision::Fast` with an f16 KV cache, the configuration that computes as
-//! llama.cpp's CPU backend does (the fixture was made with llama.cpp, CPU, f16 KV cache, the
-//! prompt as one batch and then one token per step, the same as here). Gemma's residual
-//! stream has huge outliers, so a one-ulp difference anywhere flips an 8-bit activation
-//! rounding and grows to ~0.5 logit by the last layer: only bit-identical numerics keep all
-//! 128 tokens. The Fast path reproduces them: activations quantized to Q8_0/Q8_K with ggml's
-//! rounding, each kernel's summation order (Q4_0-family and Q6_K as `vec_dot_*`, Q4_K as the
-//! repacked `gemv/gemm_q4_K_8x8`), ggml's rope (f32 angles, fused multiply-adds), GELU table,
-//! softmax exp and f16 attention sums (`vec_dot_f16` for one token, tinyBLAS for several).
-//! Measured here: 32 + 32 + 32 + 32 tokens identical, top-1 logits equal to the reference's to
-//! the printed precision.
+//! Mode: `Precision::Fast` with an f16 KV cache and `set_llama_order(true)`, the configuration
+//! that computes as llama.cpp's CPU backend does (the fixture was made with llama.cpp, CPU, f16
+//! KV cache, the prompt as one batch and then one token per step, the same as here). Gemma's
+//! residual stream has huge outliers, so a one-ulp difference anywhere flips an 8-bit
+//! activation rounding and grows to ~0.5 logit by the last layer: only bit-identical numerics
+//! keep all 128 tokens. The Fast path reproduces them: activations quantized to Q8_0/Q8_K with
+//! ggml's rounding, ggml's rope (f32 angles, fused multiply-adds), GELU table, softmax exp and
+//! f16 attention sums (`vec_dot_f16` for one token, tinyBLAS for several), Q6_K as
+//! `vec_dot_q6_K_q8_K`; `set_llama_order` adds the kernels' summation orders that cost speed
+//! (Q4_0 family as `vec_dot_*`/tinyBLAS, Q4_K as the repacked `gemv/gemm_q4_K_8x8`, Q6_K in
+//! prefills as the tiled kernel). Measured here: 32 + 32 + 32 + 32 tokens identical and the
+//! reference's top-5 logits reproduced exactly (deviation 0).
 
 use std::path::Path;
 
+use hy_engine::kernels::quant::set_llama_order;
 use hy_engine::kernels::{set_precision, Precision};
 use hy_engine::models::common::KvDtype;
 use hy_engine::models::loader::{load, LoadOptions};
@@ -94,6 +96,7 @@ fn greedy_continuations_match_llama_cpp() {
         return;
     };
     set_precision(Precision::Fast);
+    set_llama_order(true);
     let model = load(Path::new(&path), &LoadOptions { kv_dtype: KvDtype::F16 }).unwrap();
     assert_eq!(model.info().arch, "gemma3");
     assert_eq!(model.info().vocab_size, 262144);

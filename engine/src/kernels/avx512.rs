@@ -139,33 +139,53 @@ pub unsafe fn dot_k(t: GgmlType, row: &[u8], acts: &[&[BlockQ8K]], out: &mut [f3
     // SAFETY (all arms): same features (plus VNNI when the caller says it was detected); N
     // matches acts.len() (1..=4 checked by the caller).
     unsafe {
-        if vnni {
-            dispatch!(dot_k_n_vnni, t, acts.len(), [Q2_K, Q3_K, Q4_K, Q5_K, Q6_K], (row, acts, out))
-        } else {
-            dispatch!(dot_k_n, t, acts.len(), [Q2_K, Q3_K, Q4_K, Q5_K, Q6_K], (row, acts, out))
+        match (vnni, super::quant::llama_order()) {
+            (true, false) => dispatch!(dot_k_n_vnni_f, t, acts.len(), [Q2_K, Q3_K, Q4_K, Q5_K, Q6_K], (row, acts, out)),
+            (true, true) => dispatch!(dot_k_n_vnni_x, t, acts.len(), [Q2_K, Q3_K, Q4_K, Q5_K, Q6_K], (row, acts, out)),
+            (false, false) => dispatch!(dot_k_n_f, t, acts.len(), [Q2_K, Q3_K, Q4_K, Q5_K, Q6_K], (row, acts, out)),
+            (false, true) => dispatch!(dot_k_n_x, t, acts.len(), [Q2_K, Q3_K, Q4_K, Q5_K, Q6_K], (row, acts, out)),
         }
     }
 }
 
 /// Defines a k-quant kernel `$name::<T, N>` for `$features`, with `$mac(isum, p, scales)` as
 /// the multiply-accumulate of the i16 pair sums (`madd` + `add`, or VNNI's fused `dpwssd`).
+/// `$fast`/`$exact` are the kernel without/with [`super::quant::llama_order`].
 macro_rules! k_kernel {
-    ($name:ident, $features:literal, $mac:ident) => {
+    ($name:ident, $fast:ident, $exact:ident, $features:literal, $mac:ident) => {
         #[target_feature(enable = $features)]
-        unsafe fn $name<const T: u32, const N: usize>(row: &[u8], acts: &[&[BlockQ8K]], out: &mut [f32]) {
+        unsafe fn $fast<const T: u32, const N: usize>(row: &[u8], acts: &[&[BlockQ8K]], out: &mut [f32]) {
+            // SAFETY: same features.
+            unsafe { $name::<T, N, false>(row, acts, out) }
+        }
+
+        #[target_feature(enable = $features)]
+        unsafe fn $exact<const T: u32, const N: usize>(row: &[u8], acts: &[&[BlockQ8K]], out: &mut [f32]) {
+            // SAFETY: same features.
+            unsafe { $name::<T, N, true>(row, acts, out) }
+        }
+
+        #[target_feature(enable = $features)]
+        unsafe fn $name<const T: u32, const N: usize, const E: bool>(
+            row: &[u8],
+            acts: &[&[BlockQ8K]],
+            out: &mut [f32],
+        ) {
             let t = ty(T);
             let pf = super::simd::prefetch_distance();
             let idx0 = load64(as_bytes_i16(&SCALE_IDX));
             let mut acc = [_mm512_setzero_ps(); N];
             let mut accm = [_mm256_setzero_ps(); N];
-            // Q4_K and Q6_K sum as llama.cpp's x86 kernels do (so the Fast path reproduces its
-            // numbers bit for bit): Q4_K as its repacked `gemv_q4_K_8x8_q8_K`, one f32 fused
-            // multiply-add per block of the block's whole integer sum (and one for the mins,
-            // subtracted at the end), or, for four activation rows, as `gemm_q4_K_8x8_q8_K`
-            // (the same per 64 weights); Q6_K as `vec_dot_q6_K_q8_K`, eight i32 lanes with the
-            // −32 offset subtracted as integers, one fused multiply-add per block.
+            // Q6_K sums as llama.cpp's `vec_dot_q6_K_q8_K` (eight i32 lanes, the −32 offset
+            // subtracted as integers, one fused multiply-add per block: no slower than the
+            // generic order). With E (llama.cpp's order, see `quant::set_llama_order`) Q4_K
+            // sums as its repacked `gemv_q4_K_8x8_q8_K`, one f32 fused multiply-add per block
+            // of the block's whole integer sum (and one for the mins, subtracted at the end),
+            // or, for four activation rows, as `gemm_q4_K_8x8_q8_K` (per 64 weights); Q6_K in
+            // products of ≥ 8 activation rows as its tiled kernel.
             let mut acc1 = [0f32; N];
             let mut accm1 = [0f32; N];
+            let (mut acc4, mut accm4) = (_mm_setzero_ps(), _mm_setzero_ps());
             let mut acc8 = [_mm256_setzero_ps(); N];
             for (k, b) in row.chunks_exact(t.type_size()).enumerate() {
                 prefetch_block(b, pf);
@@ -177,27 +197,32 @@ macro_rules! k_kernel {
                 for (c, v) in scv.iter_mut().enumerate() {
                     *v = _mm512_permutexvar_epi16(_mm512_add_epi16(idx0, _mm512_set1_epi16(4 * c as i16)), sc);
                 }
+                if E && t == GgmlType::Q4_K && N == 4 {
+                    // Four activation rows: llama.cpp's `gemm_q4_K_8x8_q8_K`, one fused
+                    // multiply-add per 64 weights (two sub-blocks), the four rows side by side.
+                    let (mut sums, mut mins) = ([_mm_setzero_si128(); 4], [_mm_setzero_si128(); 4]);
+                    for i in 0..4 {
+                        let a = &acts[i][k];
+                        let mut p = [_mm512_setzero_si512(); 4];
+                        for (c, pc) in p.iter_mut().enumerate() {
+                            let y = load64(as_bytes(&a.qs[64 * c..64 * c + 64]));
+                            *pc = $mac(_mm512_setzero_si512(), _mm512_maddubs_epi16(q[c], y), scv[c]);
+                        }
+                        sums[i] = hsum4_epi32(p);
+                        let m = _mm256_madd_epi16(load32(as_bytes_i16(&a.bsums)), s.mn);
+                        mins[i] = _mm_hadd_epi32(_mm256_castsi256_si128(m), _mm256_extracti128_si256::<1>(m));
+                    }
+                    let (sums, mins) = (transpose4_epi32(sums), transpose4_epi32(mins));
+                    let ad = _mm_setr_ps(acts[0][k].d, acts[1 % N][k].d, acts[2 % N][k].d, acts[3 % N][k].d);
+                    let (dd, dm) = (_mm_mul_ps(_mm_set1_ps(s.d), ad), _mm_mul_ps(_mm_set1_ps(s.dmin), ad));
+                    for c in 0..4 {
+                        acc4 = _mm_fmadd_ps(_mm_cvtepi32_ps(sums[c]), dd, acc4);
+                        accm4 = _mm_fmadd_ps(_mm_cvtepi32_ps(mins[c]), dm, accm4);
+                    }
+                    continue;
+                }
                 for i in 0..N {
                     let a = &acts[i][k];
-                    if t == GgmlType::Q4_K && N == 4 {
-                        // Four activation rows: llama.cpp's `gemm_q4_K_8x8_q8_K`, one fused
-                        // multiply-add per 64 weights (two sub-blocks).
-                        let mut ms = [0i32; 8];
-                        let msum = _mm256_madd_epi16(load32(as_bytes_i16(&a.bsums)), s.mn);
-                        _mm256_storeu_si256(ms.as_mut_ptr() as *mut __m256i, msum);
-                        let (dd, dm) = (s.d * a.d, s.dmin * a.d);
-                        for c in 0..4 {
-                            let y = load64(as_bytes(&a.qs[64 * c..64 * c + 64]));
-                            let is = _mm512_reduce_add_epi32($mac(
-                                _mm512_setzero_si512(),
-                                _mm512_maddubs_epi16(q[c], y),
-                                scv[c],
-                            ));
-                            acc1[i] = (is as f32).mul_add(dd, acc1[i]);
-                            accm1[i] = ((ms[2 * c] + ms[2 * c + 1]) as f32).mul_add(dm, accm1[i]);
-                        }
-                        continue;
-                    }
                     let mut isum = _mm512_setzero_si512();
                     for c in 0..4 {
                         let y = load64(as_bytes(&a.qs[64 * c..64 * c + 64]));
@@ -205,15 +230,15 @@ macro_rules! k_kernel {
                     }
                     let msum = _mm256_madd_epi16(load32(as_bytes_i16(&a.bsums)), s.mn);
                     match t {
-                        GgmlType::Q4_K => {
-                            let (is, ms) = (_mm512_reduce_add_epi32(isum), hsum256_epi32(msum));
-                            acc1[i] = (is as f32).mul_add(s.d * a.d, acc1[i]);
-                            accm1[i] = (ms as f32).mul_add(s.dmin * a.d, accm1[i]);
+                        GgmlType::Q4_K if E => {
+                            let (is, ms) = sum_pair(isum, msum);
+                            acc1[i] = is.mul_add(s.d * a.d, acc1[i]);
+                            accm1[i] = ms.mul_add(s.dmin * a.d, accm1[i]);
                         }
                         GgmlType::Q6_K => {
                             let hi = _mm512_extracti64x4_epi64::<1>(isum);
                             let i8 = _mm256_sub_epi32(_mm256_add_epi32(_mm512_castsi512_si256(isum), hi), msum);
-                            if a.tiled {
+                            if E && a.tiled {
                                 // llama.cpp's tiled kernel: (block sum · d) · d_act, summed.
                                 let r = hsum256_epi32(i8) as f32 * s.d;
                                 acc1[i] = r.mul_add(a.d, acc1[i]);
@@ -228,10 +253,16 @@ macro_rules! k_kernel {
                     }
                 }
             }
+            if E && t == GgmlType::Q4_K && N == 4 {
+                let mut r = [0f32; 4];
+                _mm_storeu_ps(r.as_mut_ptr(), _mm_sub_ps(acc4, accm4));
+                out[..N].copy_from_slice(&r[..N]);
+                return;
+            }
             for i in 0..N {
                 out[i] = match t {
-                    GgmlType::Q4_K => acc1[i] - accm1[i],
-                    GgmlType::Q6_K if acts[i].first().is_some_and(|a| a.tiled) => acc1[i],
+                    GgmlType::Q4_K if E => acc1[i] - accm1[i],
+                    GgmlType::Q6_K if E && acts[i].first().is_some_and(|a| a.tiled) => acc1[i],
                     GgmlType::Q6_K => hsum256(acc8[i]),
                     _ => _mm512_reduce_add_ps(acc[i]) - hsum256(accm[i]),
                 };
@@ -252,6 +283,39 @@ fn mac_vnni(acc: __m512i, p: __m512i, s: __m512i) -> __m512i {
     _mm512_dpwssd_epi32(acc, p, s)
 }
 
+/// The sums of the 16 i32 lanes of each of four vectors (exact).
+#[inline]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2,fma,f16c")]
+fn hsum4_epi32(p: [__m512i; 4]) -> __m128i {
+    let a = _mm512_add_epi32(_mm512_unpacklo_epi32(p[0], p[1]), _mm512_unpackhi_epi32(p[0], p[1]));
+    let b = _mm512_add_epi32(_mm512_unpacklo_epi32(p[2], p[3]), _mm512_unpackhi_epi32(p[2], p[3]));
+    let c = _mm512_add_epi32(_mm512_unpacklo_epi64(a, b), _mm512_unpackhi_epi64(a, b));
+    let h = _mm256_add_epi32(_mm512_castsi512_si256(c), _mm512_extracti64x4_epi64::<1>(c));
+    _mm_add_epi32(_mm256_castsi256_si128(h), _mm256_extracti128_si256::<1>(h))
+}
+
+/// Rows of a 4×4 i32 matrix to columns.
+#[inline]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2,fma,f16c")]
+fn transpose4_epi32(r: [__m128i; 4]) -> [__m128i; 4] {
+    let (t0, t1) = (_mm_unpacklo_epi32(r[0], r[1]), _mm_unpacklo_epi32(r[2], r[3]));
+    let (t2, t3) = (_mm_unpackhi_epi32(r[0], r[1]), _mm_unpackhi_epi32(r[2], r[3]));
+    [_mm_unpacklo_epi64(t0, t1), _mm_unpackhi_epi64(t0, t1), _mm_unpacklo_epi64(t2, t3), _mm_unpackhi_epi64(t2, t3)]
+}
+
+/// (Σ lanes of `a`, Σ lanes of `b`) as f32 (the exact integer sums, rounded once).
+#[inline]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2,fma,f16c")]
+fn sum_pair(a: __m512i, b: __m256i) -> (f32, f32) {
+    let fold = _mm256_add_epi32(_mm512_castsi512_si256(a), _mm512_extracti64x4_epi64::<1>(a));
+    let v = _mm512_inserti64x4::<1>(_mm512_castsi256_si512(fold), b);
+    let v = _mm512_add_epi32(v, _mm512_shuffle_epi32::<0x4E>(v));
+    let v = _mm512_add_epi32(v, _mm512_shuffle_epi32::<0xB1>(v));
+    let v = _mm512_add_epi32(v, _mm512_shuffle_i32x4::<0xB1>(v, v));
+    let f = _mm512_cvtepi32_ps(v);
+    (_mm512_cvtss_f32(f), _mm_cvtss_f32(_mm512_extractf32x4_ps::<2>(f)))
+}
+
 /// Sum of the eight i32 lanes (exact).
 #[inline]
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2,fma,f16c")]
@@ -261,8 +325,8 @@ fn hsum256_epi32(v: __m256i) -> i32 {
     _mm_cvtsi128_si32(_mm_add_epi32(s, _mm_shuffle_epi32::<1>(s)))
 }
 
-k_kernel!(dot_k_n, "avx512f,avx512bw,avx512vl,avx2,fma,f16c", mac_plain);
-k_kernel!(dot_k_n_vnni, "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c", mac_vnni);
+k_kernel!(dot_k_n, dot_k_n_f, dot_k_n_x, "avx512f,avx512bw,avx512vl,avx2,fma,f16c", mac_plain);
+k_kernel!(dot_k_n_vnni, dot_k_n_vnni_f, dot_k_n_vnni_x, "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c", mac_vnni);
 
 /// Q4_0-family row · up to 4 rows of Q8_0 activations, two blocks per step.
 ///
@@ -272,20 +336,47 @@ k_kernel!(dot_k_n_vnni, "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c", ma
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2,fma,f16c")]
 pub unsafe fn dot_s(t: GgmlType, row: &[u8], acts: &[&[BlockQ8_0]], out: &mut [f32]) {
     // SAFETY (all arms): same features; N matches acts.len() (1..=4 checked by the caller).
-    unsafe { dispatch!(dot_s_n, t, acts.len(), [Q4_0, Q4_1, Q5_0, Q5_1, Q8_0], (row, acts, out)) }
+    unsafe {
+        if super::quant::llama_order() {
+            dispatch!(dot_s_n_x, t, acts.len(), [Q4_0, Q4_1, Q5_0, Q5_1, Q8_0], (row, acts, out))
+        } else {
+            dispatch!(dot_s_n_f, t, acts.len(), [Q4_0, Q4_1, Q5_0, Q5_1, Q8_0], (row, acts, out))
+        }
+    }
 }
 
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2,fma,f16c")]
-unsafe fn dot_s_n<const T: u32, const N: usize>(row: &[u8], acts: &[&[BlockQ8_0]], out: &mut [f32]) {
+unsafe fn dot_s_n_f<const T: u32, const N: usize>(row: &[u8], acts: &[&[BlockQ8_0]], out: &mut [f32]) {
+    // SAFETY: same features.
+    unsafe { dot_s_n::<T, N, false>(row, acts, out) }
+}
+
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2,fma,f16c")]
+unsafe fn dot_s_n_x<const T: u32, const N: usize>(row: &[u8], acts: &[&[BlockQ8_0]], out: &mut [f32]) {
+    // SAFETY: same features.
+    unsafe { dot_s_n::<T, N, true>(row, acts, out) }
+}
+
+/// Two f32 scales, one per 256-bit half.
+#[inline]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2,fma,f16c")]
+fn halves(a: f32, b: f32) -> __m512 {
+    let lo = _mm512_castps_pd(_mm512_set1_ps(a));
+    _mm512_castpd_ps(_mm512_insertf64x4(lo, _mm256_castps_pd(_mm256_set1_ps(b)), 1))
+}
+
+/// With E (llama.cpp's order): eight lanes per activation row, one fused multiply-add per
+/// block in block order (ggml's `vec_dot_q*_0_q8_0` and llamafile's tinyBLAS); otherwise
+/// sixteen lanes, one fused multiply-add per two blocks.
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2,fma,f16c")]
+unsafe fn dot_s_n<const T: u32, const N: usize, const E: bool>(row: &[u8], acts: &[&[BlockQ8_0]], out: &mut [f32]) {
     let t = ty(T);
     let ts = t.type_size();
     let offset = matches!(t, GgmlType::Q4_1 | GgmlType::Q5_1);
     let pf = super::simd::prefetch_distance();
     let ones = _mm512_set1_epi16(1);
-    // Eight f32 lanes per activation row, one fused multiply-add per block in block order:
-    // the summation order of ggml's `vec_dot_q*_0_q8_0` and of llamafile's tinyBLAS, so the
-    // Fast path reproduces llama.cpp's numbers bit for bit.
-    let mut acc = [_mm256_setzero_ps(); N];
+    let mut acc8 = [_mm256_setzero_ps(); N];
+    let mut acc = [_mm512_setzero_ps(); N];
     let mut msum = [0f32; N];
     let pairs = row.len() / ts / 2;
     for (k, bb) in row.chunks_exact(2 * ts).enumerate() {
@@ -307,17 +398,31 @@ unsafe fn dot_s_n<const T: u32, const N: usize>(row: &[u8], acts: &[&[BlockQ8_0]
                 _mm512_maddubs_epi16(aq, _mm512_mask_sub_epi8(y, neg, _mm512_setzero_si512(), y))
             };
             let s = _mm512_cvtepi32_ps(_mm512_madd_epi16(p, ones));
-            let (s0, s1) = (_mm512_castps512_ps256(s), _mm512_extractf32x8_ps::<1>(s));
-            acc[i] = _mm256_fmadd_ps(_mm256_set1_ps(d0 * a0.d), s0, acc[i]);
-            acc[i] = _mm256_fmadd_ps(_mm256_set1_ps(d1 * a1.d), s1, acc[i]);
+            if E {
+                let s1 = _mm256_castpd_ps(_mm512_extractf64x4_pd::<1>(_mm512_castps_pd(s)));
+                let s0 = _mm512_castps512_ps256(s);
+                acc8[i] = _mm256_fmadd_ps(_mm256_set1_ps(d0 * a0.d), s0, acc8[i]);
+                acc8[i] = _mm256_fmadd_ps(_mm256_set1_ps(d1 * a1.d), s1, acc8[i]);
+            } else {
+                acc[i] = _mm512_fmadd_ps(halves(d0 * a0.d, d1 * a1.d), s, acc[i]);
+            }
         }
     }
-    // An odd last block continues the same accumulators.
-    // SAFETY: same CPU features as this function.
-    let tail = unsafe { avx2::dot_s_acc::<T, N>(&row[2 * pairs * ts..], acts, 2 * pairs, &mut acc) };
-    for i in 0..N {
-        out[i] = hsum256(acc[i]) + msum[i] + tail[i];
+    if E {
+        // An odd last block continues the same accumulators.
+        // SAFETY: same CPU features as this function.
+        let tail = unsafe { avx2::dot_s_acc::<T, N>(&row[2 * pairs * ts..], acts, 2 * pairs, &mut acc8) };
+        for i in 0..N {
+            out[i] = hsum256(acc8[i]) + msum[i] + tail[i];
+        }
+        return;
     }
+    for i in 0..N {
+        out[i] = _mm512_reduce_add_ps(acc[i]) + msum[i];
+    }
+    // An odd last block.
+    // SAFETY: same CPU features as this function.
+    unsafe { avx2::dot_s_n::<T, N>(&row[2 * pairs * ts..], acts, 2 * pairs, out) };
 }
 
 /// Sixteen weights of a float row as f32.

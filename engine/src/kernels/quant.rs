@@ -29,6 +29,29 @@ pub struct BlockQ8K {
 /// tiled kernel (`ggml_tiled_min_batch`).
 pub const TILED_MIN_ROWS: usize = 8;
 
+static LLAMA_ORDER: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// Whether the Fast integer kernels sum in exactly llama.cpp's x86 order (off by default).
+///
+/// The activation quantization and the Q6_K kernel follow llama.cpp in any case (at no cost);
+/// this mode also makes the AVX-512 Q4_0-family and Q4_K kernels sum as llama.cpp does — the
+/// Q4_0 family in eight lanes with one fused multiply-add per block in block order
+/// (`vec_dot_q*_0_q8_0`, tinyBLAS), Q4_K with one per block of its integer sum (the repacked
+/// `gemv_q4_K_8x8_q8_K`; per 64 weights for four activation rows, `gemm_q4_K_8x8_q8_K`), Q6_K
+/// in products of ≥ [`TILED_MIN_ROWS`] rows as the tiled kernel — so that results are
+/// bit-identical to llama.cpp's CPU backend. It is slower (longer dependency chains, more
+/// horizontal sums: ~5–10 % per kernel at one activation row, up to ~45 % for Q4_K at four),
+/// hence a mode: the Gemma 3 test against llama.cpp's greedy continuations selects it.
+pub fn set_llama_order(on: bool) {
+    LLAMA_ORDER.store(on, std::sync::atomic::Ordering::Relaxed);
+}
+
+/// See [`set_llama_order`].
+#[inline]
+pub fn llama_order() -> bool {
+    LLAMA_ORDER.load(std::sync::atomic::Ordering::Relaxed)
+}
+
 /// Symmetric scale for a block: values map to −127..=127 (never −128, which keeps the
 /// sign tricks of the SIMD kernels exact). Returns (d, id) with id = 127/amax (or 0).
 ///
@@ -157,6 +180,46 @@ mod tests {
         let mut q = [0i8; 32];
         quantize_with(&c, 1.0, &mut q);
         assert_eq!(&q[..3], &[127, 2, -4]);
+    }
+
+    #[test]
+    fn llama_order_agrees_with_the_default_order() {
+        use crate::dtype::GgmlType;
+        use crate::kernels::{matmul, QMatrix};
+        let (rows, cols) = (24, 512);
+        let mut seed = 12345u64;
+        let mut next = move || {
+            seed = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+            (seed >> 33) as u32
+        };
+        let x: Vec<f32> = (0..9 * cols).map(|_| (next() % 2001) as f32 / 1000.0 - 1.0).collect();
+        let scale = half::f16::from_f32(0.01).to_bits().to_le_bytes();
+        for (ty, size, scale_at) in [
+            (GgmlType::Q5_0, 22, vec![0]),
+            (GgmlType::Q8_0, 34, vec![0]),
+            (GgmlType::Q4_K, 144, vec![0, 2]),
+            (GgmlType::Q6_K, 210, vec![208]),
+        ] {
+            let per_row = cols / ty.block_size();
+            let mut data: Vec<u8> = (0..rows * per_row * size).map(|_| next() as u8).collect();
+            for b in data.chunks_exact_mut(size) {
+                for &at in &scale_at {
+                    b[at..at + 2].copy_from_slice(&scale);
+                }
+            }
+            let w = QMatrix::new(ty, rows, cols, &data).unwrap();
+            for n in [1, 2, 4, 9] {
+                let (mut a, mut b) = (vec![0f32; n * rows], vec![0f32; n * rows]);
+                set_llama_order(false);
+                matmul(&w, &x[..n * cols], n, &mut a);
+                set_llama_order(true);
+                matmul(&w, &x[..n * cols], n, &mut b);
+                set_llama_order(false);
+                for (u, v) in a.iter().zip(&b) {
+                    assert!((u - v).abs() <= 1e-4 * u.abs().max(1.0), "{ty:?} n={n}: {u} vs {v}");
+                }
+            }
+        }
     }
 
     #[test]

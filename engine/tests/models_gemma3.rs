@@ -97,7 +97,7 @@ fn greedy_continuations_match_llama_cpp() {
     };
     set_precision(Precision::Fast);
     set_llama_order(true);
-    let model = load(Path::new(&path), &LoadOptions { kv_dtype: KvDtype::F16 }).unwrap();
+    let model = load(Path::new(&path), &LoadOptions { kv_dtype: KvDtype::F16, ..Default::default() }).unwrap();
     assert_eq!(model.info().arch, "gemma3");
     assert_eq!(model.info().vocab_size, 262144);
     let fixture = Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures/gemma3-270m/generations.json");

@@ -317,6 +317,21 @@ impl GgufFile {
         super::prefault(&self.maps)
     }
 
+    /// Moves every shard's bytes into anonymous memory with huge pages (see
+    /// [`super::copy_to_anonymous`]); shards that cannot be copied stay mapped. Returns the
+    /// bytes copied. Tensor views taken before this call keep the file mapping.
+    pub fn load_into_memory(&mut self) -> u64 {
+        let copies = super::copy_to_anonymous(&self.maps);
+        let mut copied = 0;
+        for (m, c) in self.maps.iter_mut().zip(copies) {
+            if let Some(c) = c {
+                copied += c.len() as u64;
+                *m = c;
+            }
+        }
+        copied
+    }
+
     /// Sum of all tensor data bytes.
     pub fn tensor_data_bytes(&self) -> u64 {
         self.tensors.iter().map(|t| t.n_bytes).sum()

@@ -19,6 +19,45 @@ use crate::formats::GgufFile;
 pub struct LoadOptions {
     /// Element type of the KV cache (f32 by default: exact; f16 halves its memory).
     pub kv_dtype: KvDtype,
+    /// Where GGUF weights live while the model runs.
+    pub weights: WeightMemory,
+}
+
+/// Where a GGUF model's weights live while it runs.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum WeightMemory {
+    /// In anonymous memory with huge pages when the machine has the RAM for a copy
+    /// (available memory ≥ 1.1 × the file), else mapped. `HY_WEIGHTS=mmap|memory` overrides.
+    #[default]
+    Auto,
+    /// The file mapping (page cache, 4 KB pages; nothing copied).
+    Mapped,
+    /// Copied into anonymous memory with transparent huge pages.
+    Memory,
+}
+
+impl WeightMemory {
+    /// Whether to copy a model of `bytes` into memory.
+    fn copy(self, bytes: u64) -> bool {
+        let choice = match std::env::var("HY_WEIGHTS").as_deref() {
+            Ok("mmap") => WeightMemory::Mapped,
+            Ok("memory") => WeightMemory::Memory,
+            _ => self,
+        };
+        match choice {
+            WeightMemory::Mapped => false,
+            WeightMemory::Memory => true,
+            WeightMemory::Auto => available_memory().is_some_and(|avail| avail as f64 >= 1.1 * bytes as f64),
+        }
+    }
+}
+
+/// `MemAvailable` from /proc/meminfo, in bytes (None where it cannot be read).
+fn available_memory() -> Option<u64> {
+    let text = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let line = text.lines().find(|l| l.starts_with("MemAvailable:"))?;
+    let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kb * 1024)
 }
 
 /// Loads the model at `path` (GGUF file, HF folder, or a file inside an HF folder).
@@ -47,9 +86,14 @@ fn hf_folder(path: &Path) -> Option<PathBuf> {
 
 /// Loads a GGUF model.
 pub fn load_gguf(path: &Path, opts: &LoadOptions) -> anyhow::Result<Box<dyn Model>> {
-    let file = Arc::new(GgufFile::open(path).with_context(|| format!("opening GGUF model {}", path.display()))?);
-    // Map every weight page now, not as page faults in the middle of decode.
-    file.prefault();
+    let mut file = GgufFile::open(path).with_context(|| format!("opening GGUF model {}", path.display()))?;
+    if opts.weights.copy(file.file_bytes()) {
+        file.load_into_memory();
+    } else {
+        // Map every weight page now, not as page faults in the middle of decode.
+        file.prefault();
+    }
+    let file = Arc::new(file);
     let arch = file
         .architecture()
         .ok_or_else(|| ModelError::config("general.architecture", format!("missing in {}", path.display())))?

@@ -1,9 +1,9 @@
-//! k-quant weights × many rows of Q8_K activations (prompt prefill, large decode batches),
+//! k-quant weights × several rows of Q8_K activations (prompt prefill, decode batches),
 //! AVX-512.
 //!
 //! The row kernels (`avx512::dot_k`) unpack a weight block once for up to four activation
-//! rows. Here a block is unpacked once for eight, and every product is accumulated in vector
-//! form: per block and activation row, `acc += (d·d_a) · Σ` over sixteen i32 lanes, and one
+//! rows and, for Q4_K, sum each block horizontally (llama.cpp's order). Here a block is
+//! unpacked once for up to eight, and every product is accumulated in vector form: per block and activation row, `acc += (d·d_a) · Σ` over sixteen i32 lanes, and one
 //! horizontal sum at the end of the weight row. With many rows the work is arithmetic, not
 //! bandwidth: horizontal sums per block (which the row kernels do for Q4_K, to follow
 //! llama.cpp's order) and unpacking cost as much as the multiplies themselves.
@@ -14,7 +14,7 @@
 use std::arch::x86_64::*;
 
 use super::avx2::{as_bytes, as_bytes_i16};
-use super::avx512::{k_chunks512, k_scales, load64, SCALE_IDX};
+use super::avx512::{k_chunks512, k_scales, load64, prefetch_block, SCALE_IDX};
 use super::quant::BlockQ8K;
 use super::unpack::ty;
 use crate::dtype::GgmlType;
@@ -86,7 +86,11 @@ unsafe fn dot_n<const T: u32, const N: usize>(row: &[u8], acts: &[&[BlockQ8K]], 
     let idx0 = load64(as_bytes_i16(&SCALE_IDX));
     let mut acc = [_mm512_setzero_ps(); N];
     let mut accm = [_mm256_setzero_ps(); N];
+    // With a few activation rows (a decode batch) the weights stream from memory, as in the
+    // row kernels; prefetch as they do.
+    let pf = if N < GROUP { super::simd::prefetch_distance() } else { 0 };
     for (k, b) in row.chunks_exact(t.type_size()).enumerate() {
+        prefetch_block(b, pf);
         let s = k_scales::<T>(b);
         let sc = _mm512_castsi256_si512(_mm256_cvtepi8_epi16(s.sc8));
         let q = k_chunks512::<T>(b);

@@ -152,7 +152,7 @@ pub fn matmul_rows(isa: Isa, w: &QMatrix, p: &Prepared, rows: Range<usize>, out:
     match (&p.act, w.ty) {
         #[cfg(target_arch = "x86_64")]
         (Act::Q8K(a), WeightType::Ggml(t))
-            if p.n >= 2 && isa == Isa::Avx512Vnni && super::gemm::supported() =>
+            if p.n >= 2 && isa == Isa::Avx512Vnni && super::gemm::supported() && !super::quant::llama_order() =>
         {
             super::gemm::k_rows(t, data, rb, a, w.cols / 256, p.n, out)
         }

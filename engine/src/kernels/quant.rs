@@ -19,9 +19,9 @@ pub struct BlockQ8K {
     pub d: f32,
     pub qs: [i8; 256],
     pub bsums: [i16; 16],
-    /// Part of a product with ≥ [`TILED_MIN_ROWS`] activation rows: llama.cpp computes those
-    /// (k-quant weights it does not repack) with its tiled kernel, whose summation order the
-    /// Fast kernels then follow.
+    /// In [`llama_order`] mode, part of a product with ≥ [`TILED_MIN_ROWS`] activation rows:
+    /// llama.cpp computes those (k-quant weights it does not repack) with its tiled kernel,
+    /// whose summation order the Fast kernels then follow. Always false outside that mode.
     pub tiled: bool,
 }
 
@@ -125,7 +125,7 @@ pub fn quantize_q8_k(x: &[f32]) -> Vec<BlockQ8K> {
 /// As [`quantize_q8_k`] for `x` holding `rows` activation rows of one product (which
 /// decides the summation order the kernels reproduce, see [`BlockQ8K::tiled`]).
 pub fn quantize_q8_k_rows(x: &[f32], rows: usize) -> Vec<BlockQ8K> {
-    let tiled = rows >= TILED_MIN_ROWS;
+    let tiled = rows >= TILED_MIN_ROWS && llama_order();
     x.chunks_exact(256)
         .map(|c| {
             let (d, id) = scale_for(c, true);

@@ -40,9 +40,9 @@ pub mod bench;
 pub mod blocks;
 pub mod dequant;
 pub mod fp;
+pub mod fp8;
 #[cfg(target_arch = "x86_64")]
 pub mod gemm;
-pub mod fp8;
 pub mod matvec;
 pub mod quant;
 pub mod scalar;

@@ -220,15 +220,16 @@ fn gpu_info(g: &crate::hardware::GpuSpec, notes: &mut Vec<String>) -> GpuInfo {
     }
 }
 
-/// cores × clock × FLOP per cycle from the widest usable vector/matrix unit.
+/// cores × clock × FLOP per cycle from the widest vector unit the engine's kernels use.
+/// AMX is not counted: no kernel uses it yet, and a peak the engine cannot reach would make
+/// `cpu_compute_efficiency` (measured against this peak by `hy bench decode --save`) depend
+/// on whether the measuring box has AMX, so it would not carry over to a box without it.
 fn cpu_peak_tflops(hw: &HardwareSpec, eff: &Efficiency, notes: &mut Vec<String>) -> f64 {
     if let Some(t) = eff.cpu_tflops {
         return t;
     }
     let f = &hw.cpu.features;
-    let per_cycle = if f.amx_int8 && f.amx_tile && f.amx_permitted != Some(false) {
-        1024.0
-    } else if f.avx512_vnni || f.avx512_bf16 {
+    let per_cycle = if f.avx512_vnni || f.avx512_bf16 {
         128.0
     } else if f.avx512f {
         64.0

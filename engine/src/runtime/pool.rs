@@ -198,7 +198,7 @@ fn worker(shared: Arc<Shared>, t: usize, cpu: Option<usize>) {
             // (norms, routing, sampling): waking a parked thread costs tens of µs in a VM, and
             // a token runs dozens of jobs. Park once idle for longer than that.
             spins = spins.wrapping_add(1);
-            if spins % 64 != 0 || idle_since.elapsed() < idle {
+            if !spins.is_multiple_of(64) || idle_since.elapsed() < idle {
                 std::hint::spin_loop();
                 continue;
             }

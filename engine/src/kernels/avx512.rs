@@ -75,7 +75,7 @@ fn bits512(v: __m512i, bits: __m512i, val: i8) -> __m512i {
 /// source is broadcast to both halves and shifted by a per-half count.
 #[inline]
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2,fma,f16c")]
-pub(super) fn k_chunks512<const T: u32>(b: &[u8]) -> [__m512i; 4] {
+fn k_chunks512<const T: u32>(b: &[u8]) -> [__m512i; 4] {
     let t = ty(T);
     let m4 = _mm512_set1_epi8(0xF);
     let m3 = _mm512_set1_epi8(3);
@@ -123,6 +123,23 @@ pub(super) fn k_chunks512<const T: u32>(b: &[u8]) -> [__m512i; 4] {
         }
     }
     q
+}
+
+/// A k-quant block unpacked for the 512-bit kernels: its scales, its quants as four 64-weight
+/// chunks, and each chunk's sub-block scales spread over the chunk's i16 pair lanes (`idx0`
+/// = [`SCALE_IDX`] loaded).
+#[inline]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2,fma,f16c")]
+pub(super) fn k_block512<const T: u32>(b: &[u8], idx0: __m512i) -> (KScales, [__m512i; 4], [__m512i; 4]) {
+    let s = k_scales::<T>(b);
+    let sc = _mm512_castsi256_si512(_mm256_cvtepi8_epi16(s.sc8));
+    let q = k_chunks512::<T>(b);
+    // (Plain loops, not closures: closures would not inherit the target features.)
+    let mut scv = [_mm512_setzero_si512(); 4];
+    for (c, v) in scv.iter_mut().enumerate() {
+        *v = _mm512_permutexvar_epi16(_mm512_add_epi16(idx0, _mm512_set1_epi16(4 * c as i16)), sc);
+    }
+    (s, q, scv)
 }
 
 /// Lane i of the result = lane `base + i/8` of the 16 group scales (4 groups of 8 i16 lanes).
@@ -189,14 +206,7 @@ macro_rules! k_kernel {
             let mut acc8 = [_mm256_setzero_ps(); N];
             for (k, b) in row.chunks_exact(t.type_size()).enumerate() {
                 prefetch_block(b, pf);
-                let s = k_scales::<T>(b);
-                let sc = _mm512_castsi256_si512(_mm256_cvtepi8_epi16(s.sc8));
-                let q = k_chunks512::<T>(b);
-                // (Plain loops, not closures: closures would not inherit the target features.)
-                let mut scv = [_mm512_setzero_si512(); 4];
-                for (c, v) in scv.iter_mut().enumerate() {
-                    *v = _mm512_permutexvar_epi16(_mm512_add_epi16(idx0, _mm512_set1_epi16(4 * c as i16)), sc);
-                }
+                let (s, q, scv) = k_block512::<T>(b, idx0);
                 if E && t == GgmlType::Q4_K && N == 4 {
                     // Four activation rows: llama.cpp's `gemm_q4_K_8x8_q8_K`, one fused
                     // multiply-add per 64 weights (two sub-blocks), the four rows side by side.

@@ -14,7 +14,7 @@
 use std::arch::x86_64::*;
 
 use super::avx2::{as_bytes, as_bytes_i16};
-use super::avx512::{k_chunks512, k_scales, load64, prefetch_block, SCALE_IDX};
+use super::avx512::{k_block512, load64, prefetch_block, SCALE_IDX};
 use super::quant::BlockQ8K;
 use super::unpack::ty;
 use crate::dtype::GgmlType;
@@ -91,13 +91,7 @@ unsafe fn dot_n<const T: u32, const N: usize>(row: &[u8], acts: &[&[BlockQ8K]], 
     let pf = if N < GROUP { super::simd::prefetch_distance() } else { 0 };
     for (k, b) in row.chunks_exact(t.type_size()).enumerate() {
         prefetch_block(b, pf);
-        let s = k_scales::<T>(b);
-        let sc = _mm512_castsi256_si512(_mm256_cvtepi8_epi16(s.sc8));
-        let q = k_chunks512::<T>(b);
-        let mut scv = [_mm512_setzero_si512(); 4];
-        for (c, v) in scv.iter_mut().enumerate() {
-            *v = _mm512_permutexvar_epi16(_mm512_add_epi16(idx0, _mm512_set1_epi16(4 * c as i16)), sc);
-        }
+        let (s, q, scv) = k_block512::<T>(b, idx0);
         for i in 0..N {
             let a = &acts[i][k];
             let mut isum = _mm512_setzero_si512();

@@ -300,14 +300,19 @@ impl MoeFfn {
             self.route_rows(x, n)?
         };
         y.fill(0.0);
+        let pool = expert_pool().filter(|_| self.uniform_experts());
+        // On the pool, a shared expert with the routed experts' formats joins their pass as
+        // one more expert every token selects with weight 1: one job instead of three more,
+        // and its rows stream with the others'.
+        let fold_shared = pool.is_some() && self.shared_fits_pass();
         {
             let _p = profile::scope("moe_routed_experts");
-            match expert_pool().filter(|_| self.uniform_experts()) {
-                Some(pool) => self.routed_on_pool(&pool, &selections, x, y),
+            match &pool {
+                Some(pool) => self.routed_on_pool(pool, &selections, fold_shared, x, y),
                 None => self.routed_per_expert(&selections, x, y)?,
             }
         }
-        if let Some(shared) = &self.shared {
+        if let (Some(shared), false) = (&self.shared, fold_shared) {
             let _p = profile::scope("moe_shared_expert");
             let mut out = vec![0.0f32; n * hidden];
             shared.forward(x, n, &mut out)?;
@@ -335,17 +340,37 @@ impl MoeFfn {
         Ok(())
     }
 
-    fn routed_on_pool(&self, pool: &Mutex<Pool>, selections: &[Selection], x: &[f32], y: &mut [f32]) {
-        let mats: Vec<ExpertMats> = self
-            .experts
+    fn routed_on_pool(
+        &self,
+        pool: &Mutex<Pool>,
+        selections: &[Selection],
+        with_shared: bool,
+        x: &[f32],
+        y: &mut [f32],
+    ) {
+        fn as_mats(f: &FfnWeights) -> ExpertMats<'_> {
+            ExpertMats { gate: f.gate.qmatrix(), up: f.up.qmatrix(), down: f.down.qmatrix() }
+        }
+        let mut mats: Vec<ExpertMats> = self.experts.iter().map(as_mats).collect();
+        let shared = self.shared.as_ref().filter(|_| with_shared).map(|f| {
+            mats.push(as_mats(f));
+            mats.len() - 1
+        });
+        let routes: Vec<Vec<(usize, f32)>> = selections
             .iter()
-            .map(|f| ExpertMats { gate: f.gate.qmatrix(), up: f.up.qmatrix(), down: f.down.qmatrix() })
+            .map(|s| s.experts.iter().copied().zip(s.weights.iter().copied()).chain(shared.map(|e| (e, 1.0))).collect())
             .collect();
-        let routes: Vec<Vec<(usize, f32)>> =
-            selections.iter().map(|s| s.experts.iter().copied().zip(s.weights.iter().copied()).collect()).collect();
         // One pass at a time: the pool runs one job on all its threads.
         let pool = pool.lock().unwrap_or_else(|e| e.into_inner());
         expert_pass(&pool, &mats, x, &routes, y);
+    }
+
+    /// Whether the shared expert has the routed experts' shapes and storage types, so the
+    /// pooled pass can run it as one of them.
+    fn shared_fits_pass(&self) -> bool {
+        let (Some(sh), Some(first)) = (&self.shared, self.experts.first()) else { return false };
+        let same = |a: &Weight, b: &Weight| a.ty == b.ty && a.rows == b.rows && a.cols == b.cols;
+        same(&sh.gate, &first.gate) && same(&sh.up, &first.up) && same(&sh.down, &first.down)
     }
 
     /// The pooled pass prepares one activation format for gate and up of every expert, so it

@@ -317,3 +317,18 @@ fn long_prompts_are_chunked_consistently() {
     let last = model.forward(&mut st, &ids, Logits::Last).unwrap();
     assert!(nrmse(&last, &full[(ids.len() - 1) * v..]) < 1e-5);
 }
+
+/// Weights copied into anonymous memory (huge pages) give the same logits, bit for bit, as
+/// the file mapping.
+#[test]
+fn weights_in_memory_match_the_mapping() {
+    use hy_engine::models::loader::WeightMemory;
+    set_precision(Precision::Exact);
+    let path = gguf("Q4_K_M");
+    let ids = &prompts()[0];
+    let with = |weights| {
+        let m = load(&path, &LoadOptions { weights, ..Default::default() }).unwrap();
+        all_logits(m.as_ref(), ids)
+    };
+    assert_eq!(with(WeightMemory::Memory), with(WeightMemory::Mapped));
+}

@@ -27,7 +27,7 @@ pub struct LoadOptions {
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum WeightMemory {
     /// In anonymous memory with huge pages when the machine has the RAM for a copy
-    /// (available memory ≥ 1.1 × the file), else mapped. `HY_WEIGHTS=mmap|memory` overrides.
+    /// (available memory ≥ 1.1 × the file), else mapped; `HY_WEIGHTS=mmap|memory` decides instead.
     #[default]
     Auto,
     /// The file mapping (page cache, 4 KB pages; nothing copied).
@@ -39,9 +39,9 @@ pub enum WeightMemory {
 impl WeightMemory {
     /// Whether to copy a model of `bytes` into memory.
     fn copy(self, bytes: u64) -> bool {
-        let choice = match std::env::var("HY_WEIGHTS").as_deref() {
-            Ok("mmap") => WeightMemory::Mapped,
-            Ok("memory") => WeightMemory::Memory,
+        let choice = match (self, std::env::var("HY_WEIGHTS").as_deref()) {
+            (WeightMemory::Auto, Ok("mmap")) => WeightMemory::Mapped,
+            (WeightMemory::Auto, Ok("memory")) => WeightMemory::Memory,
             _ => self,
         };
         match choice {

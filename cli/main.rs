@@ -57,6 +57,11 @@ fn main() {
             std::process::exit(code);
         }
     };
+    // llama.cpp's exact CPU summation orders in the Fast kernels (slower; for comparing
+    // outputs with llama.cpp bit for bit), see hy_engine::kernels::quant::set_llama_order.
+    if std::env::var_os("HY_LLAMA_ORDER").is_some_and(|v| v == "1") {
+        hy_engine::kernels::quant::set_llama_order(true);
+    }
     let result = match cli.command {
         Command::Probe(a) => cmd::probe::run(a),
         Command::Profiles(a) => cmd::profiles::run(a),

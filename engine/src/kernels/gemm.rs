@@ -126,8 +126,14 @@ mod tests {
             eprintln!("skipped: no AVX-512 VNNI");
             return;
         }
+        for n in [2, 3, 13] {
+            // 13: one full group of 8 and a tail of 5.
+            check_rows(n);
+        }
+    }
+
+    fn check_rows(n: usize) {
         let cols = 512;
-        let n = 13; // one full group of 8 and a tail of 5
         let mut x = vec![0f32; n * cols];
         let mut s = 12345u32;
         for v in x.iter_mut() {

@@ -8,9 +8,6 @@
 //! bandwidth: horizontal sums per block (which the row kernels do for Q4_K, to follow
 //! llama.cpp's order) and unpacking cost as much as the multiplies themselves.
 //!
-//! Weight rows are processed in cache blocks: a block of rows and one group of eight
-//! activation rows stay in L2 while the group runs over the block.
-
 use std::arch::x86_64::*;
 
 use super::avx2::{as_bytes, as_bytes_i16};
@@ -22,32 +19,22 @@ use crate::dtype::GgmlType;
 /// Activation rows per kernel call.
 pub const GROUP: usize = 8;
 
-/// Weight bytes per cache block.
-const BLOCK_WEIGHT_BYTES: usize = 192 * 1024;
-
-/// Whether [`k_rows`] runs on this CPU (AVX-512 F/BW/VL and VNNI).
+/// Whether [`dot`] runs on this CPU (AVX-512 F/BW/VL and VNNI).
 pub fn supported() -> bool {
     super::simd::vnni_supported()
 }
 
-/// `out[r·n + i] = W[r] · act_i` for the rows of `data` (row length `rb` bytes, `per_row`
-/// blocks of type `t`) and `n` activation rows of `per_row` Q8_K blocks each.
+/// `out[i] = row · acts[i]` for one weight row of k-quant type `t` and up to [`GROUP`]
+/// activation rows (the matmul driver, `matvec::matmul_rows`, cache-blocks the calls).
 ///
 /// # Panics
-/// When [`supported`] is false or `t` is not a k-quant (callers check both).
-pub fn k_rows(t: GgmlType, data: &[u8], rb: usize, acts: &[BlockQ8K], per_row: usize, n: usize, out: &mut [f32]) {
-    assert!(supported(), "gemm::k_rows needs AVX-512 VNNI");
-    let rows: Vec<&[BlockQ8K]> = acts.chunks_exact(per_row).take(n).collect();
-    let block_rows = (BLOCK_WEIGHT_BYTES / rb.max(1)).max(1);
-    for (wb, ob) in data.chunks(block_rows * rb).zip(out.chunks_mut(block_rows * n)) {
-        for (g, a) in rows.chunks(GROUP).enumerate() {
-            let first = g * GROUP;
-            for (row, o) in wb.chunks_exact(rb).zip(ob.chunks_exact_mut(n)) {
-                // SAFETY: VNNI (and with it AVX-512 F/BW/VL; AVX2/FMA/F16C) checked above.
-                unsafe { dot_group(t, row, a, &mut o[first..first + a.len()]) };
-            }
-        }
-    }
+/// When [`supported`] is false, `t` is not a k-quant or `acts` is empty or longer than
+/// [`GROUP`] (callers check all three).
+pub fn dot(t: GgmlType, row: &[u8], acts: &[&[BlockQ8K]], out: &mut [f32]) {
+    assert!(supported(), "gemm::dot needs AVX-512 VNNI");
+    assert!((1..=GROUP).contains(&acts.len()) && out.len() >= acts.len());
+    // SAFETY: VNNI (and with it AVX-512 F/BW/VL; AVX2/FMA/F16C) checked above.
+    unsafe { dot_group(t, row, acts, out) }
 }
 
 /// One weight row · up to [`GROUP`] activation rows.
@@ -76,7 +63,7 @@ unsafe fn dot_group(t: GgmlType, row: &[u8], a: &[&[BlockQ8K]], out: &mut [f32])
         GgmlType::Q4_K => by_n!(GgmlType::Q4_K as u32),
         GgmlType::Q5_K => by_n!(GgmlType::Q5_K as u32),
         GgmlType::Q6_K => by_n!(GgmlType::Q6_K as u32),
-        _ => panic!("gemm::k_rows: {t:?} is not a k-quant"),
+        _ => panic!("gemm::dot: {t:?} is not a k-quant"),
     }
 }
 
@@ -149,7 +136,12 @@ mod tests {
             let mut data = vec![0u8; rows * rb];
             crate::synth::fill_random(t, &mut data, 9);
             let mut out = vec![0f32; rows * n];
-            k_rows(t, &data, rb, &acts, cols / 256, n, &mut out);
+            let act_rows: Vec<&[BlockQ8K]> = acts.chunks_exact(cols / 256).collect();
+            for (row, o) in data.chunks_exact(rb).zip(out.chunks_exact_mut(n)) {
+                for (a, og) in act_rows.chunks(GROUP).zip(o.chunks_mut(GROUP)) {
+                    dot(t, row, a, og);
+                }
+            }
             for r in 0..rows {
                 for i in 0..n {
                     let want = scalar::dot_k_row(t, &data[r * rb..(r + 1) * rb], &acts[i * 2..(i + 1) * 2]);

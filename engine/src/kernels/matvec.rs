@@ -154,15 +154,16 @@ pub fn matmul_rows(isa: Isa, w: &QMatrix, p: &Prepared, rows: Range<usize>, out:
         (Act::Q8K(a), WeightType::Ggml(t))
             if p.n >= 2 && isa == Isa::Avx512Vnni && super::gemm::supported() && !super::quant::llama_order() =>
         {
-            super::gemm::k_rows(t, data, rb, a, w.cols / 256, p.n, out)
+            let g = super::gemm::GROUP;
+            each_row_multi(data, rb, a, w.cols / 256, p.n, g, out, |row, a, o| super::gemm::dot(t, row, a, o));
         }
         (Act::Q8K(a), WeightType::Ggml(t)) => {
             let f = simd::k_kernel(isa, t);
-            each_row_multi(data, rb, a, w.cols / 256, p.n, out, |row, a, o| f(t, row, a, o));
+            each_row_multi(data, rb, a, w.cols / 256, p.n, simd::MAX_ACTS, out, |row, a, o| f(t, row, a, o));
         }
         (Act::Q8_0(a), WeightType::Ggml(t)) => {
             let f = simd::s_kernel(isa, t);
-            each_row_multi(data, rb, a, w.cols / 32, p.n, out, |row, a, o| f(t, row, a, o));
+            each_row_multi(data, rb, a, w.cols / 32, p.n, simd::MAX_ACTS, out, |row, a, o| f(t, row, a, o));
         }
         (Act::F32(x), WeightType::Ggml(t)) => {
             let f = simd::f_kernel(isa, t);
@@ -198,71 +199,73 @@ fn each_row<A>(
     }
 }
 
-/// Like [`each_row`] for kernels that take up to [`simd::MAX_ACTS`] activation rows per call,
-/// so each weight block is unpacked once per group rather than once per activation row.
+/// Like [`each_row`] for kernels that take up to `group` activation rows per call, so each
+/// weight block is unpacked once per group rather than once per activation row.
+#[allow(clippy::too_many_arguments)]
 fn each_row_multi<A>(
     data: &[u8],
     rb: usize,
     acts: &[A],
     per_row: usize,
     n: usize,
+    group: usize,
     out: &mut [f32],
     f: impl Fn(&[u8], &[&[A]], &mut [f32]),
 ) {
     let rows: Vec<&[A]> = acts.chunks_exact(per_row).take(n).collect();
-    if n <= simd::MAX_ACTS {
-        for (row, o) in data.chunks_exact(rb).zip(out.chunks_exact_mut(n)) {
-            f(row, &rows, o);
-        }
-        return;
-    }
-    // Many activation rows (a prefill): cache blocking. A block of weight rows and one group
-    // of activation rows both stay in L2 while the group runs over the block; otherwise every
-    // weight row would stream all n activation rows (n × the row's width) through the cache,
-    // and with all cores doing so the shared cache, not the arithmetic, sets the pace.
-    let block_rows = (BLOCK_WEIGHT_BYTES / rb.max(1)).max(1);
-    for (wb, ob) in data.chunks(block_rows * rb).zip(out.chunks_mut(block_rows * n)) {
-        for (g, a) in rows.chunks(simd::MAX_ACTS).enumerate() {
-            let first = g * simd::MAX_ACTS;
-            for (row, o) in wb.chunks_exact(rb).zip(ob.chunks_exact_mut(n)) {
-                f(row, a, &mut o[first..first + a.len()]);
+    for_blocks(data.len() / rb.max(1), rb, n, group, out, |r, a, o| f(&data[r * rb..(r + 1) * rb], &rows[a], o));
+}
+
+/// Visits every (weight row, group of at most `group` activation rows) pair of an
+/// `n_rows × n` product once, as `visit(row, activation rows, their outputs)`, with `out`
+/// row-major `n_rows × n`. With more activation rows than one group, cache blocking: a
+/// block of weight rows and one group of activation rows both stay in L2 while the group
+/// runs over the block; otherwise every weight row would stream all n activation rows
+/// through the cache, and with all cores doing so the shared cache, not the arithmetic,
+/// sets the pace.
+fn for_blocks(
+    n_rows: usize,
+    row_bytes: usize,
+    n: usize,
+    group: usize,
+    out: &mut [f32],
+    mut visit: impl FnMut(usize, Range<usize>, &mut [f32]),
+) {
+    let block_rows = if n <= group { n_rows.max(1) } else { (BLOCK_WEIGHT_BYTES / row_bytes.max(1)).max(1) };
+    for (b, ob) in out.chunks_mut(block_rows * n).enumerate() {
+        for a0 in (0..n).step_by(group.max(1)) {
+            let acts = a0..(a0 + group).min(n);
+            for (k, o) in ob.chunks_exact_mut(n).enumerate() {
+                visit(b * block_rows + k, acts.clone(), &mut o[acts.clone()]);
             }
         }
     }
 }
 
-/// Weight bytes per cache block of [`each_row_multi`] (with one activation group, well
-/// inside a 1–2 MB L2).
+/// Weight bytes per cache block of [`for_blocks`] (with one activation group, well inside a
+/// 1–2 MB L2).
 const BLOCK_WEIGHT_BYTES: usize = 192 * 1024;
 
 /// FP8 rows `rows` · `n` activation rows (f32, or bf16 prepared by `fp8::prepare_bf16`) with
-/// kernel `f`, up to [`simd::MAX_ACTS`] activation rows per call. Many activation rows are
-/// cache-blocked as in [`each_row_multi`].
+/// kernel `f`, up to [`simd::MAX_ACTS`] activation rows per call, cache-blocked as
+/// [`for_blocks`] does.
 fn fp8_rows<A>(w: &QMatrix, x: &[A], rows: Range<usize>, n: usize, out: &mut [f32], f: simd::Fp8RowFn<A>) {
     let cb = w.cols.div_ceil(128);
     let xs: Vec<&[A]> = x.chunks_exact(w.cols).take(n).collect();
     let mut scales = vec![0f32; cb];
     let mut group = usize::MAX;
-    let block_rows = if n <= simd::MAX_ACTS { rows.len().max(1) } else { (BLOCK_WEIGHT_BYTES / w.cols.max(1)).max(1) };
-    let first = rows.start;
-    for (b, ob) in out.chunks_mut(block_rows * n).enumerate() {
-        let r0 = first + b * block_rows;
-        for (g, xg) in xs.chunks(simd::MAX_ACTS).enumerate() {
-            let a0 = g * simd::MAX_ACTS;
-            for (r, o) in (r0..).zip(ob.chunks_exact_mut(n)) {
-                if r / 128 != group {
-                    // This 128-row group's block scales.
-                    group = r / 128;
-                    let s = &w.block_scales[group * cb * 4..(group + 1) * cb * 4];
-                    for (d, c) in scales.iter_mut().zip(s.chunks_exact(4)) {
-                        *d = f32::from_le_bytes([c[0], c[1], c[2], c[3]]);
-                    }
-                }
-                let row = &w.data[r * w.cols..(r + 1) * w.cols];
-                f(row, &scales, xg, &mut o[a0..a0 + xg.len()]);
+    for_blocks(rows.len(), w.cols, n, simd::MAX_ACTS, out, |k, a, o| {
+        let r = rows.start + k;
+        if r / 128 != group {
+            // This 128-row group's block scales.
+            group = r / 128;
+            let s = &w.block_scales[group * cb * 4..(group + 1) * cb * 4];
+            for (d, c) in scales.iter_mut().zip(s.chunks_exact(4)) {
+                *d = f32::from_le_bytes([c[0], c[1], c[2], c[3]]);
             }
         }
-    }
+        f(&w.data[r * w.cols..(r + 1) * w.cols], &scales, &xs[a], o);
+    });
 }
 
 /// Below this many weight bytes a product runs on the calling thread (thread hand-off would

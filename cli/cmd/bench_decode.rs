@@ -139,7 +139,7 @@ fn measure(model: &dyn Model, batch: usize, prompt: usize, gen: usize) -> anyhow
     for _ in 0..gen {
         let mut refs: Vec<&mut _> = states.iter_mut().collect();
         let logits = model.forward_batch(&mut refs, &next)?;
-        next = logits.iter().map(|l| hy_engine::models::common::argmax(l) as u32).collect();
+        next = logits.iter().map(|l| hy_engine::runtime::sampling::argmax(l)).collect();
     }
     let decode = (batch * gen) as f64 / t.elapsed().as_secs_f64();
     Ok(Measured { prefill, decode })

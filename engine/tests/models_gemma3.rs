@@ -21,6 +21,7 @@
 //! prefills as the tiled kernel). Measured here: 32 + 32 + 32 + 32 tokens identical and the
 //! reference's top-5 logits reproduced exactly (deviation 0).
 
+use hy_engine::runtime::sampling::argmax;
 use std::path::Path;
 
 use hy_engine::kernels::quant::set_llama_order;
@@ -35,16 +36,6 @@ const NEAR_TIE: f32 = 1e-3;
 
 fn ids(v: &Value) -> Vec<u32> {
     v.as_array().unwrap().iter().map(|x| x.as_u64().unwrap() as u32).collect()
-}
-
-fn argmax(x: &[f32]) -> u32 {
-    let mut best = 0;
-    for (i, &v) in x.iter().enumerate() {
-        if v > x[best] {
-            best = i;
-        }
-    }
-    best as u32
 }
 
 /// The reference's (id, logit) top-5 at one step.

@@ -4,6 +4,7 @@
 //! normalised RMS error ≤ 1e-2 for float sources, ≤ max(1e-2, 1.5 × llama.cpp's own error
 //! against the same reference) for quantized ones.
 
+use hy_engine::runtime::sampling::argmax;
 use std::path::{Path, PathBuf};
 
 use hy_engine::kernels::{set_precision, Precision};
@@ -121,16 +122,6 @@ fn incremental_greedy_decode_matches_reference() {
         }
         assert_eq!(got, want, "prompt {p}");
     }
-}
-
-fn argmax(x: &[f32]) -> u32 {
-    let mut best = 0;
-    for (i, &v) in x.iter().enumerate() {
-        if v > x[best] {
-            best = i;
-        }
-    }
-    best as u32
 }
 
 /// Prefill in one call, prefill in pieces, and batched decode of several sequences all give

@@ -132,17 +132,6 @@ pub fn add_assign(dst: &mut [f32], src: &[f32]) {
     dst.iter_mut().zip(src).for_each(|(d, &s)| *d += s);
 }
 
-/// Index of the largest value; ties go to the lowest index (as the references' greedy decoding).
-pub fn argmax(x: &[f32]) -> usize {
-    let mut best = 0;
-    for (i, &v) in x.iter().enumerate() {
-        if v > x[best] {
-            best = i;
-        }
-    }
-    best
-}
-
 // ---------------------------------------------------------------------------------------------
 // Rotary position embedding
 // ---------------------------------------------------------------------------------------------

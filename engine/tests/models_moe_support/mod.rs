@@ -3,6 +3,7 @@
 
 #![allow(dead_code)]
 
+pub use hy_engine::runtime::sampling::argmax;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -110,16 +111,6 @@ pub fn greedy(m: &dyn Model, prompt: &[u32], n: usize) -> Vec<u32> {
         logits = m.forward(&mut st, &[t], Logits::Last).unwrap();
     }
     out
-}
-
-pub fn argmax(x: &[f32]) -> u32 {
-    let mut b = 0;
-    for (i, &v) in x.iter().enumerate() {
-        if v > x[b] {
-            b = i;
-        }
-    }
-    b as u32
 }
 
 /// Tolerance on max |logit diff| against a float32 reference computed on the same weights

@@ -490,7 +490,7 @@ mod tests {
     /// load-balanced); with a dominant random selection bias every token took the same experts.
     #[test]
     fn synthetic_routing_spreads_tokens_over_experts() {
-        use crate::models::moe::{route, GroupScore, RouterConfig, Scoring};
+        use crate::models::moe::{route, RouterConfig};
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("s.gguf");
         let shape = Deepseek2Shape { n_experts: 32, n_experts_used: 4, n_group: 4, topk_group: 2, ..small_shape() };
@@ -503,16 +503,7 @@ mod tests {
         let bias = f32s("blk.1.exp_probs_b.bias");
         assert!(bias.iter().all(|&b| b == 0.0));
         let router = f32s("blk.1.ffn_gate_inp.weight"); // n_experts rows of `hidden`
-        let cfg = RouterConfig {
-            n_experts: 32,
-            top_k: 4,
-            n_group: 4,
-            topk_group: 2,
-            group_score: GroupScore::Top2Sum,
-            scoring: Scoring::Sigmoid,
-            norm_topk_prob: true,
-            routed_scaling_factor: 2.5,
-        };
+        let cfg = RouterConfig::deepseek_v3_style(32, 4, 4, 2);
         let mut rng = XorShift(99);
         let mut chosen = std::collections::BTreeSet::new();
         for _ in 0..16 {

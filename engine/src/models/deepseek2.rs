@@ -769,7 +769,7 @@ pub fn load_gguf(file: Arc<crate::formats::GgufFile>, kv_dtype: KvDtype) -> Resu
 /// Loads from an HF folder (config.json + safetensors, BF16 or DeepSeek FP8).
 pub fn load_hf(dir: &Path, cfg: &HfConfig, kv_dtype: KvDtype) -> Result<Box<dyn Model>> {
     cfg.fp8_block()?;
-    let name = dir.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| ARCH.to_string());
+    let name = crate::models::hf::model_name(dir, ARCH);
     let dc = DeepseekConfig::from_hf(cfg, &name)?;
     let src = crate::models::hf::SafetensorsSource::open(dir)?;
     Ok(Box::new(Deepseek2::load(dc, &src, kv_dtype)?))

@@ -203,6 +203,11 @@ impl RopeScaling {
     }
 }
 
+/// A model's display name from its HF folder: the folder's name, else `fallback`.
+pub fn model_name(dir: &Path, fallback: &str) -> String {
+    dir.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| fallback.to_string())
+}
+
 /// YaRN's attention-magnitude correction: `0.1 · m · ln(s) + 1` for `s > 1`, else 1.
 pub fn yarn_get_mscale(scale: f64, m: f64) -> f64 {
     if scale <= 1.0 {

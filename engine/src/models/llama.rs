@@ -119,7 +119,7 @@ fn hf_config(dir: &Path, c: &Value, kv_dtype: KvDtype) -> Result<DenseConfig, Mo
     let rope = hf_rope(c, head_dim, theta)?;
     let info = ModelInfo {
         arch,
-        name: dir.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default(),
+        name: crate::models::hf::model_name(dir, ""),
         vocab_size: 0,
         context_length: hf_usize(c, "max_position_embeddings").unwrap_or(4096),
         n_layers,

@@ -63,6 +63,22 @@ pub struct RouterConfig {
 }
 
 impl RouterConfig {
+    /// DeepSeek-V3's scheme (sigmoid scores, group-limited by the top-2 sum, normalised top-k,
+    /// scaling 2.5) at the given sizes, for tests.
+    #[cfg(test)]
+    pub(crate) fn deepseek_v3_style(n_experts: usize, top_k: usize, n_group: usize, topk_group: usize) -> Self {
+        RouterConfig {
+            n_experts,
+            top_k,
+            n_group,
+            topk_group,
+            group_score: GroupScore::Top2Sum,
+            scoring: Scoring::Sigmoid,
+            norm_topk_prob: true,
+            routed_scaling_factor: 2.5,
+        }
+    }
+
     /// Checks the invariants routing relies on, so a bad config is an error at load time.
     pub fn validate(&self) -> Result<()> {
         ensure!(self.n_experts > 0, "router: expert count is 0");
@@ -628,16 +644,7 @@ mod tests {
     use super::*;
 
     fn deepseek_cfg() -> RouterConfig {
-        RouterConfig {
-            n_experts: 16,
-            top_k: 4,
-            n_group: 4,
-            topk_group: 2,
-            group_score: GroupScore::Top2Sum,
-            scoring: Scoring::Sigmoid,
-            norm_topk_prob: true,
-            routed_scaling_factor: 2.5,
-        }
+        RouterConfig::deepseek_v3_style(16, 4, 4, 2)
     }
 
     /// Router logits that give exactly the sigmoid scores `s`.

@@ -366,7 +366,7 @@ pub fn load_gguf(file: Arc<GgufFile>, kv_dtype: KvDtype) -> Result<Box<dyn Model
 pub fn load_hf(dir: &Path, cfg: &HfConfig, kv_dtype: KvDtype) -> Result<Box<dyn Model>> {
     // Qwen's FP8 releases use the same e4m3 + 128×128 `weight_scale_inv` layout.
     cfg.fp8_block()?;
-    let name = dir.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| ARCH.to_string());
+    let name = crate::models::hf::model_name(dir, ARCH);
     let qc = Qwen3MoeConfig::from_hf(cfg, &name)?;
     let src = crate::models::hf::SafetensorsSource::open(dir)?;
     Ok(Box::new(Qwen3Moe::load(qc, &src, kv_dtype)?))

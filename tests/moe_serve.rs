@@ -2,45 +2,13 @@
 //! OpenAI API: a greedy completion of the reference prompt returns the reference's greedy
 //! continuation (transformers, float32), decoded by the model's own tokenizer.
 
-use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
 
 use hy_engine::tokenizer::Tokenizer;
+
+mod hy_server;
+use hy_server::HyServer;
 use serde_json::{json, Value};
-
-struct Server {
-    child: Child,
-    base: String,
-}
-
-impl Server {
-    fn start(model: &Path) -> Server {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_hy"))
-            .arg("run")
-            .arg(model)
-            .args(["--port", "0", "--context", "128", "--threads", "1"])
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("spawn hy run");
-        let mut line = String::new();
-        BufReader::new(child.stdout.take().expect("stdout")).read_line(&mut line).expect("ready line");
-        let base = line
-            .split_whitespace()
-            .find(|w| w.starts_with("http://"))
-            .unwrap_or_else(|| panic!("no address in the ready line: {line:?}"))
-            .to_string();
-        Server { child, base }
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
 
 fn root(model: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures").join(model)
@@ -62,7 +30,7 @@ fn greedy_completion_matches_reference(model: &str) {
     // The server adds BOS itself where the tokenizer says so; send the text after it.
     let body_ids: Vec<u32> = prompt.iter().copied().skip_while(|&t| Some(t) == tok.bos_id()).collect();
     let text = tok.decode(&body_ids);
-    let server = Server::start(&dir);
+    let server = HyServer::start(&[dir.to_str().expect("UTF-8 path"), "--context", "128", "--threads", "1"]);
     let r: Value = reqwest::blocking::Client::new()
         .post(format!("{}/completions", server.base))
         .json(&json!({"model": "hf", "prompt": text, "max_tokens": want.len(), "temperature": 0}))

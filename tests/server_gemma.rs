@@ -9,30 +9,9 @@
 //! streaming detokenization), which breaks at confident steps.
 
 use serde_json::{json, Value};
-use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, Stdio};
 
-struct Server(Child);
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn start(model: &str) -> (Server, String) {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_hy"))
-        .args(["run", model, "--port", "0", "--context", "256", "--served-model-name", "gemma"])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .expect("spawn hy run");
-    let mut line = String::new();
-    BufReader::new(child.stdout.take().expect("stdout")).read_line(&mut line).expect("ready line");
-    let base = line.split_whitespace().find(|w| w.starts_with("http://")).expect("address in ready line").to_string();
-    (Server(child), base)
-}
+mod hy_server;
+use hy_server::HyServer;
 
 fn margin(g: &Value, step: usize) -> f64 {
     let top = &g["top5_per_step"][step];
@@ -71,7 +50,8 @@ fn greedy_generations_match_llama_cpp() {
     let eog: Vec<u64> = fixture["eog_token_ids"].as_array().expect("eog").iter().filter_map(Value::as_u64).collect();
     let gguf = hy_engine::formats::GgufFile::open(std::path::Path::new(&model)).expect("open gemma");
     let tok = hy_engine::tokenizer::Tokenizer::from_gguf(&gguf).expect("gemma tokenizer");
-    let (_server, base) = start(&model);
+    let server = HyServer::start(&[&model, "--context", "256", "--served-model-name", "gemma"]);
+    let base = server.base.clone();
     let client = reqwest::blocking::Client::new();
     for g in fixture["generations"].as_array().expect("generations") {
         let input = g["user_text_or_raw_text"].as_str().expect("text");

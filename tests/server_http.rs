@@ -3,8 +3,11 @@
 //! (streamed vs. not, local chat vs. server) rather than with fixed text.
 
 use serde_json::{json, Value};
-use std::io::{BufRead, BufReader, Write};
-use std::process::{Child, Command, Stdio};
+use std::io::Write;
+use std::process::{Command, Stdio};
+
+mod hy_server;
+use hy_server::HyServer;
 
 const MODEL_ID: &str = "tiny-llama-Q8_0";
 
@@ -12,43 +15,25 @@ fn fixture() -> String {
     format!("{}/tests/fixtures/tiny-llama/gguf/tiny-llama-Q8_0.gguf", env!("CARGO_MANIFEST_DIR"))
 }
 
-/// A running `hy run`; killed on drop.
-struct Server {
-    child: Child,
-    /// e.g. `http://127.0.0.1:41234/v1`
-    base: String,
-}
+/// `hy run` on the fixture (tiny context, one thread) with `extra` arguments.
+struct Server(HyServer);
 
 impl Server {
     fn start(extra: &[&str]) -> Server {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_hy"))
-            .args(["run", &fixture(), "--port", "0", "--context", "256", "--threads", "1"])
-            .args(extra)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("spawn hy run");
-        let stdout = child.stdout.take().expect("stdout");
-        let mut line = String::new();
-        BufReader::new(stdout).read_line(&mut line).expect("read the ready line");
-        let base = line
-            .split_whitespace()
-            .find(|w| w.starts_with("http://"))
-            .unwrap_or_else(|| panic!("no address in the ready line: {line:?}"))
-            .to_string();
-        assert!(line.contains(MODEL_ID) && line.contains("context 256"), "ready line: {line}");
-        Server { child, base }
+        let model = fixture();
+        let args: Vec<&str> =
+            [model.as_str(), "--context", "256", "--threads", "1"].into_iter().chain(extra.iter().copied()).collect();
+        let s = HyServer::start(&args);
+        assert!(
+            s.ready_line.contains(MODEL_ID) && s.ready_line.contains("context 256"),
+            "ready line: {}",
+            s.ready_line
+        );
+        Server(s)
     }
 
     fn url(&self, path: &str) -> String {
-        format!("{}{path}", self.base)
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        format!("{}{path}", self.0.base)
     }
 }
 
@@ -149,7 +134,7 @@ fn api_key_guards_v1() {
 #[test]
 fn sixteen_concurrent_streams_complete() {
     let s = Server::start(&["--max-concurrency", "8"]);
-    let base = s.base.clone();
+    let base = s.0.base.clone();
     let threads: Vec<_> = (0..16)
         .map(|i| {
             let url = format!("{base}/chat/completions");
@@ -190,7 +175,7 @@ fn chat_against_server_and_in_process_agree() {
     let want = v["choices"][0]["message"]["content"].as_str().expect("content").to_string();
     assert!(!want.is_empty(), "the fixture's greedy reply to `hi` is not empty");
 
-    let (code, remote) = run_chat(&s.base, "hi\n/exit\n", &[]);
+    let (code, remote) = run_chat(&s.0.base, "hi\n/exit\n", &[]);
     assert_eq!(code, 0);
     assert!(remote.starts_with(&want), "remote chat printed {remote:?}, server said {want:?}");
 

@@ -353,6 +353,13 @@ fn fix_block(ty: GgmlType, b: &mut [u8], rng: &mut XorShift) {
             b.copy_from_slice(&v.to_le_bytes())
         }
         GgmlType::Q8_0 | GgmlType::Q4_0 | GgmlType::Q5_0 => b[0..2].copy_from_slice(&small(2e-4)),
+        GgmlType::Q4_1 | GgmlType::Q5_1 => {
+            // w = d·q + m with unsigned q: m = −d·E[q] keeps the weights zero-mean.
+            let d = half::f16::from_le_bytes(small(2e-4));
+            let mean_q = if ty == GgmlType::Q4_1 { 7.5 } else { 15.5 };
+            b[0..2].copy_from_slice(&d.to_le_bytes());
+            b[2..4].copy_from_slice(&half::f16::from_f32(-d.to_f32() * mean_q).to_le_bytes());
+        }
         GgmlType::Q4_K | GgmlType::Q5_K => {
             // Zero-mean weights, as trained ones are: a value is d·sc·q − dmin·m, so with each
             // sub-block's min equal to its scale and dmin = d·E[q] the mean is 0. (Random

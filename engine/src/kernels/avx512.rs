@@ -75,7 +75,7 @@ fn bits512(v: __m512i, bits: __m512i, val: i8) -> __m512i {
 /// source is broadcast to both halves and shifted by a per-half count.
 #[inline]
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2,fma,f16c")]
-fn k_chunks512<const T: u32>(b: &[u8]) -> [__m512i; 4] {
+pub(super) fn k_chunks512<const T: u32>(b: &[u8]) -> [__m512i; 4] {
     let t = ty(T);
     let m4 = _mm512_set1_epi8(0xF);
     let m3 = _mm512_set1_epi8(3);

@@ -103,6 +103,8 @@ impl Prepared<'_> {
             (Act::Q8K(_), WeightType::Ggml(t)) => is_k_quant(t),
             (Act::Q8_0(_), WeightType::Ggml(t)) => is_small_block(t),
             (Act::Bf16(_), WeightType::Fp8E4M3Block128) => true,
+            #[cfg(target_arch = "x86_64")]
+            (Act::Amx(_), WeightType::Ggml(t)) => super::amx::suits(t),
             _ => false,
         }
     }
@@ -114,6 +116,9 @@ enum Act<'x> {
     Q8K(Vec<BlockQ8K>),
     /// FP8 weights in Fast precision on AVX512_BF16 CPUs: bf16 of x·2^64 (see `fp8.rs`).
     Bf16(Vec<u16>),
+    /// k-quant weights in Fast precision with many rows on AMX CPUs: bf16 tiles (`amx.rs`).
+    #[cfg(target_arch = "x86_64")]
+    Amx(super::amx::Acts),
 }
 
 /// Prepares `x` (n × cols, row-major) for weights of type `ty` at the process precision.
@@ -123,7 +128,35 @@ pub fn prepare<'x>(ty: WeightType, cols: usize, x: &'x [f32], n: usize) -> Prepa
 
 /// As [`prepare`] with an explicit precision.
 pub fn prepare_with<'x>(ty: WeightType, cols: usize, x: &'x [f32], n: usize, p: Precision) -> Prepared<'x> {
+    prepare_for(Isa::best(), ty, cols, x, n, p, false)
+}
+
+/// As [`prepare`], using rayon's threads for large inputs: for callers outside parallel
+/// work whose own threads wait meanwhile.
+pub fn prepare_parallel<'x>(ty: WeightType, cols: usize, x: &'x [f32], n: usize) -> Prepared<'x> {
+    prepare_for(Isa::best(), ty, cols, x, n, precision(), true)
+}
+
+/// As [`prepare_with`] for kernels of `isa`: the AMX tiles serve only the best ISA (a test or
+/// benchmark that asks for another one gets that ISA's own activations).
+fn prepare_for<'x>(
+    isa: Isa,
+    ty: WeightType,
+    cols: usize,
+    x: &'x [f32],
+    n: usize,
+    p: Precision,
+    parallel: bool,
+) -> Prepared<'x> {
     debug_assert_eq!(x.len(), n * cols, "activations must be n × cols");
+    #[cfg(target_arch = "x86_64")]
+    if let (Precision::Fast, WeightType::Ggml(t)) = (p, ty) {
+        if use_amx(isa, t, n) {
+            return Prepared { n, cols, act: Act::Amx(super::amx::pack(x, n, cols, parallel)) };
+        }
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = (isa, parallel);
     let act = match (p, ty) {
         (Precision::Fast, WeightType::Ggml(t)) if is_k_quant(t) => Act::Q8K(quantize_q8_k_rows(x, n)),
         (Precision::Fast, WeightType::Ggml(t)) if is_small_block(t) => Act::Q8_0(quantize_q8_0(x)),
@@ -131,6 +164,18 @@ pub fn prepare_with<'x>(ty: WeightType, cols: usize, x: &'x [f32], n: usize, p: 
         _ => Act::F32(x),
     };
     Prepared { n, cols, act }
+}
+
+/// Whether a Fast product of `n` rows with k-quant weights `t` runs on the AMX tiles.
+#[cfg(target_arch = "x86_64")]
+fn use_amx(isa: Isa, t: crate::dtype::GgmlType, n: usize) -> bool {
+    use super::amx;
+    n >= amx::min_rows()
+        && isa == Isa::Avx512Vnni
+        && isa == Isa::best()
+        && amx::suits(t)
+        && !super::quant::llama_order()
+        && amx::available()
 }
 
 /// Bytes of one weight row.
@@ -171,6 +216,8 @@ pub fn matmul_rows(isa: Isa, w: &QMatrix, p: &Prepared, rows: Range<usize>, out:
         }
         (Act::F32(x), WeightType::Fp8E4M3Block128) => fp8_rows(w, x, rows, p.n, out, simd::fp8_kernel(isa)),
         (Act::Bf16(x), WeightType::Fp8E4M3Block128) => fp8_rows(w, x, rows, p.n, out, simd::fp8_bf16_kernel(isa)),
+        #[cfg(target_arch = "x86_64")]
+        (Act::Amx(a), WeightType::Ggml(t)) => super::amx::matmul_rows(t, data, rb, a, out),
         // Excluded by `suits` above.
         (_, WeightType::Fp8E4M3Block128) | (Act::Bf16(_), WeightType::Ggml(_)) => mismatched(out),
     }
@@ -316,7 +363,7 @@ pub fn matmul(w: &QMatrix, x: &[f32], n: usize, y: &mut [f32]) {
 pub fn matmul_with(isa: Isa, w: &QMatrix, x: &[f32], n: usize, y: &mut [f32]) {
     debug_assert_eq!(x.len(), n * w.cols);
     debug_assert_eq!(y.len(), n * w.rows);
-    let p = prepare(w.ty, w.cols, x, n);
+    let p = prepare_for(isa, w.ty, w.cols, x, n, precision(), true);
     if n == 1 {
         drive(isa, w, &p, y);
         return;

@@ -26,12 +26,18 @@
 //! each weight block is unpacked once for up to four activation rows and read from memory
 //! once for all n.
 //!
+//! On CPUs with AMX, Fast products of quantized weights with 16 or more activation rows run
+//! on the tiles in bf16 ([`amx`]).
+//!
 //! Environment: `HY_ISA=scalar|avx2|avx512|avx512vnni` caps the instruction set ([`Isa::best`]);
+//! `HY_AMX=0` turns the AMX path off and `HY_AMX_MIN=<rows>` moves its threshold;
 //! `HY_PREFETCH=<bytes>` sets the software prefetch distance of the quantized kernels
 //! (default 2048, 0 = off); `HY_FP8_ACT=f32` keeps Fast-mode FP8 on f32 activations (the
 //! f16-decoding kernel) instead of bf16, for comparisons. Speed: `cargo run --release -p
 //! hy-engine --example kernel_bench`.
 
+#[cfg(target_arch = "x86_64")]
+pub mod amx;
 #[cfg(target_arch = "x86_64")]
 mod avx2;
 #[cfg(target_arch = "x86_64")]
@@ -56,7 +62,7 @@ pub use dequant::{dequantize_fp8_e4m3, dequantize_row};
 pub use fp::{bf16_to_f32, f16_to_f32, fp8_e4m3_to_f32};
 pub use matvec::{
     dequantize_matrix, matmul, matmul_rows, matmul_with, matvec, matvec_rows, matvec_with, precision, prepare,
-    prepare_with, set_precision, Isa, Prepared,
+    prepare_parallel, prepare_with, set_precision, Isa, Prepared,
 };
 pub use scalar::dot_f32;
 

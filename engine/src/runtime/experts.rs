@@ -175,26 +175,37 @@ pub fn expert_pass(pool: &Pool, experts: &[ExpertMats], x: &[f32], routes: &[Vec
 pub fn pool_matmul(pool: &Pool, w: &QMatrix, x: &[f32], n: usize, y: &mut [f32]) {
     debug_assert_eq!(x.len(), n * w.cols);
     debug_assert_eq!(y.len(), n * w.rows);
-    let p = kernels::prepare(w.ty, w.cols, x, n);
+    let p = {
+        let _p = super::profile::scope("pool_matmul_prepare");
+        kernels::prepare_parallel(w.ty, w.cols, x, n)
+    };
     let isa = Isa::best();
     let threads = pool.threads();
-    // Row-major rows × n results; for n == 1 that is y itself.
-    let mut yt = if n == 1 { Vec::new() } else { vec![0f32; w.rows * n] };
-    let out = SyncPtr(if n == 1 { y.as_mut_ptr() } else { yt.as_mut_ptr() });
+    let out = SyncPtr(y.as_mut_ptr());
     pool.run(&|t| {
         let rows = share(w.rows, threads, t);
-        // SAFETY: thread t writes only its own rows' n results, inside the buffer, which
-        // outlives the job.
-        let slice = unsafe { std::slice::from_raw_parts_mut(out.ptr().add(rows.start * n), rows.len() * n) };
-        kernels::matmul_rows(isa, w, &p, rows, slice);
-    });
-    if n > 1 {
-        for (r, row) in yt.chunks_exact(n).enumerate() {
-            for (i, &v) in row.iter().enumerate() {
-                y[i * w.rows + r] = v;
-            }
+        if n == 1 {
+            // SAFETY: thread t writes only its own rows of y, which outlives the job.
+            let slice = unsafe { std::slice::from_raw_parts_mut(out.ptr().add(rows.start), rows.len()) };
+            kernels::matmul_rows(isa, w, &p, rows, slice);
+            return;
         }
-    }
+        // The kernels give rows × n (one weight row's n results together); each thread
+        // turns its own rows into y's n × rows layout (a serial transpose afterwards took
+        // as long as an AMX product for a 256-token prompt).
+        SCRATCH.with(|s| {
+            let (yt, _) = &mut *s.borrow_mut();
+            yt.resize(rows.len() * n, 0.0);
+            kernels::matmul_rows(isa, w, &p, rows.clone(), yt);
+            for i in 0..n {
+                // SAFETY: row i of y at columns `rows` belongs to this thread only.
+                let dst = unsafe { std::slice::from_raw_parts_mut(out.ptr().add(i * w.rows + rows.start), rows.len()) };
+                for (d, src) in dst.iter_mut().zip(yt.chunks_exact(n)) {
+                    *d = src[i];
+                }
+            }
+        });
+    });
 }
 
 fn silu(x: f32) -> f32 {

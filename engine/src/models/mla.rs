@@ -111,9 +111,20 @@ impl HeadPass<'_> {
         // Latent contexts [head][row][lora].
         let mut ctx = vec![0f32; hc * n * d.lora];
         let mut scratch = Scratch::default();
+        // A sequence with several rows here (a prompt) has its latents converted to f32 once
+        // for all of them, when that copy is small; otherwise `attend` converts as it goes.
+        let mut converted: Vec<Option<Vec<f32>>> = vec![None; self.latents.len()];
+        for (seq, c) in converted.iter_mut().enumerate() {
+            let mine = self.rows.iter().filter(|r| r.0 == seq);
+            let (count, longest) = mine.fold((0, 0), |(c, l), r| (c + 1, l.max(r.1 + 1)));
+            if count >= 2 && longest * width <= CONVERT_MAX_VALUES {
+                *c = Some(to_f32(self.latents[seq], longest * width));
+            }
+        }
         for (i, &(seq, pos)) in self.rows.iter().enumerate() {
             let qs: Vec<&[f32]> = (0..hc).map(|k| &qq[(k * n + i) * width..][..width]).collect();
-            attend(self.latents[seq], pos + 1, width, d.lora, self.scale, &qs, &mut scratch);
+            let lat = converted[seq].as_deref().map_or(self.latents[seq], Latents::F32);
+            attend(lat, pos + 1, width, d.lora, self.scale, &qs, &mut scratch);
             for (k, c) in scratch.ctx.chunks_exact(d.lora).enumerate() {
                 ctx[(k * n + i) * d.lora..][..d.lora].copy_from_slice(c);
             }
@@ -142,21 +153,76 @@ struct Scratch {
     ctx: Vec<f32>,
 }
 
+/// Latent values converted to f32 per thread at most (16 MB) for a prompt's rows to share.
+const CONVERT_MAX_VALUES: usize = 4 << 20;
+
+/// Latent rows converted per step when the cache is f16 (≈ 147 KB of f32 at width 576).
+const CHUNK_ROWS: usize = 64;
+
 /// Softmax attention of the queries `qs` (one per head, `width` long) over the first `len`
 /// latent rows; the value of a row is its first `lora` values. Leaves `qs.len() × lora`
-/// contexts in `s.ctx`. Each latent row is converted to f32 once per pass for all heads.
+/// contexts in `s.ctx`. Scores are computed four queries × four latent rows at a time (each
+/// loaded vector feeds four products), contexts sum four latent rows per pass over a
+/// head's context; f16 latents are converted in chunks of [`CHUNK_ROWS`] rows.
 fn attend(lat: Latents, len: usize, width: usize, lora: usize, scale: f32, qs: &[&[f32]], s: &mut Scratch) {
     let h = qs.len();
-    s.row.resize(width, 0.0);
     s.scores.clear();
     s.scores.resize(h * len, 0.0);
-    for j in 0..len {
-        latent_row(lat, j, width, &mut s.row);
-        for (k, q) in qs.iter().enumerate() {
-            s.scores[k * len + j] = dot(q, &s.row) * scale;
+    for j0 in (0..len).step_by(CHUNK_ROWS) {
+        let rows = chunk(lat, j0, CHUNK_ROWS.min(len - j0), width, &mut s.row);
+        score_chunk(rows, width, scale, qs, &mut s.scores, len, j0);
+    }
+    softmax_rows(&mut s.scores, len);
+    s.ctx.clear();
+    s.ctx.resize(h * lora, 0.0);
+    for j0 in (0..len).step_by(CHUNK_ROWS) {
+        let m = CHUNK_ROWS.min(len - j0);
+        let rows = chunk(lat, j0, m, width, &mut s.row);
+        for (k, c) in s.ctx.chunks_exact_mut(lora).enumerate() {
+            let p = &s.scores[k * len + j0..][..m];
+            for i0 in (0..m).step_by(4) {
+                let w: [f32; 4] = std::array::from_fn(|i| if i0 + i < m { p[i0 + i] } else { 0.0 });
+                let x: [&[f32]; 4] = std::array::from_fn(|i| &rows[(i0 + i).min(m - 1) * width..][..lora]);
+                axpy4(w, x, c);
+            }
         }
     }
-    for sc in s.scores.chunks_exact_mut(len) {
+}
+
+/// Latent rows `j0..j0 + m` as f32: a slice of an f32 cache, or converted into `buf`.
+fn chunk<'a>(lat: Latents<'a>, j0: usize, m: usize, width: usize, buf: &'a mut Vec<f32>) -> &'a [f32] {
+    match lat {
+        Latents::F32(c) => &c[j0 * width..(j0 + m) * width],
+        Latents::F16(c) => {
+            use half::slice::HalfFloatSliceExt;
+            buf.resize(m * width, 0.0);
+            c[j0 * width..(j0 + m) * width].convert_to_f32_slice(buf);
+            buf
+        }
+    }
+}
+
+/// Scores of every query against the latent rows `rows` (rows `j0..` of `len`), into
+/// `scores[k · len + j]`.
+fn score_chunk(rows: &[f32], width: usize, scale: f32, qs: &[&[f32]], scores: &mut [f32], len: usize, j0: usize) {
+    let (h, m) = (qs.len(), rows.len() / width);
+    for i0 in (0..m).step_by(4) {
+        let r4: [&[f32]; 4] = std::array::from_fn(|c| &rows[(i0 + c).min(m - 1) * width..][..width]);
+        for k0 in (0..h).step_by(4) {
+            let q4: [&[f32]; 4] = std::array::from_fn(|c| qs[(k0 + c).min(h - 1)]);
+            let d = dots4x4(q4, r4);
+            for (a, dk) in d.iter().enumerate().take(h - k0) {
+                for (c, &v) in dk.iter().enumerate().take(m - i0) {
+                    scores[(k0 + a) * len + j0 + i0 + c] = v * scale;
+                }
+            }
+        }
+    }
+}
+
+/// Each row of `scores` (rows of `len`) replaced by its softmax.
+fn softmax_rows(scores: &mut [f32], len: usize) {
+    for sc in scores.chunks_exact_mut(len) {
         let max = sc.iter().copied().fold(f32::NEG_INFINITY, f32::max);
         let mut sum = 0f32;
         for v in sc.iter_mut() {
@@ -166,26 +232,41 @@ fn attend(lat: Latents, len: usize, width: usize, lora: usize, scale: f32, qs: &
         let inv = if sum > 0.0 { 1.0 / sum } else { 0.0 };
         sc.iter_mut().for_each(|v| *v *= inv);
     }
-    s.ctx.clear();
-    s.ctx.resize(h * lora, 0.0);
-    for j in 0..len {
-        latent_row(lat, j, width, &mut s.row[..lora]);
-        for (k, c) in s.ctx.chunks_exact_mut(lora).enumerate() {
-            axpy(s.scores[k * len + j], &s.row[..lora], c);
-        }
+}
+
+/// `out[a][b] = q[a] · l[b]` over the common length.
+fn dots4x4(q: [&[f32]; 4], l: [&[f32]; 4]) -> [[f32; 4]; 4] {
+    #[cfg(target_arch = "x86_64")]
+    if matches!(Isa::best(), Isa::Avx512 | Isa::Avx512Vnni) {
+        // SAFETY: AVX-512F checked just above.
+        return unsafe { x86::dots4x4(q, l) };
+    }
+    std::array::from_fn(|a| std::array::from_fn(|b| q[a].iter().zip(l[b]).map(|(x, y)| x * y).sum()))
+}
+
+/// `y += Σ_i w[i] · x[i]` over the length of `y`.
+fn axpy4(w: [f32; 4], x: [&[f32]; 4], y: &mut [f32]) {
+    #[cfg(target_arch = "x86_64")]
+    if matches!(Isa::best(), Isa::Avx512 | Isa::Avx512Vnni) {
+        // SAFETY: AVX-512F checked just above.
+        return unsafe { x86::axpy4(w, x, y) };
+    }
+    for (c, v) in y.iter_mut().enumerate() {
+        *v += w[0] * x[0][c] + w[1] * x[1][c] + w[2] * x[2][c] + w[3] * x[3][c];
     }
 }
 
-/// The first `out.len()` values of latent row `j` (rows of `width`) as f32.
-fn latent_row(lat: Latents, j: usize, width: usize, out: &mut [f32]) {
-    let start = j * width;
+/// The first `len` values of `lat` as f32.
+fn to_f32(lat: Latents, len: usize) -> Vec<f32> {
+    let mut out = vec![0f32; len];
     match lat {
-        Latents::F32(c) => out.copy_from_slice(&c[start..start + out.len()]),
+        Latents::F32(c) => out.copy_from_slice(&c[..len]),
         Latents::F16(c) => {
             use half::slice::HalfFloatSliceExt;
-            c[start..start + out.len()].convert_to_f32_slice(out);
+            c[..len].convert_to_f32_slice(&mut out);
         }
     }
+    out
 }
 
 /// `a · b` over the shorter length.
@@ -238,6 +319,56 @@ mod x86 {
     }
 
     #[target_feature(enable = "avx512f")]
+    pub unsafe fn dots4x4(q: [&[f32]; 4], l: [&[f32]; 4]) -> [[f32; 4]; 4] {
+        let n = q.iter().chain(&l).map(|v| v.len()).min().unwrap_or(0);
+        let mut acc = [[_mm512_setzero_ps(); 4]; 4];
+        let mut i = 0;
+        while i + 16 <= n {
+            // SAFETY: i + 16 <= n, within every slice.
+            let (qv, lv): ([__m512; 4], [__m512; 4]) = unsafe {
+                (
+                    std::array::from_fn(|a| _mm512_loadu_ps(q[a].as_ptr().add(i))),
+                    std::array::from_fn(|b| _mm512_loadu_ps(l[b].as_ptr().add(i))),
+                )
+            };
+            for a in 0..4 {
+                for b in 0..4 {
+                    acc[a][b] = _mm512_fmadd_ps(qv[a], lv[b], acc[a][b]);
+                }
+            }
+            i += 16;
+        }
+        std::array::from_fn(|a| {
+            std::array::from_fn(|b| {
+                let tail: f32 = q[a][i..n].iter().zip(&l[b][i..n]).map(|(x, y)| x * y).sum();
+                _mm512_reduce_add_ps(acc[a][b]) + tail
+            })
+        })
+    }
+
+    #[target_feature(enable = "avx512f")]
+    pub unsafe fn axpy4(w: [f32; 4], x: [&[f32]; 4], y: &mut [f32]) {
+        let n = x.iter().map(|v| v.len()).min().unwrap_or(0).min(y.len());
+        let wv: [__m512; 4] = std::array::from_fn(|i| _mm512_set1_ps(w[i]));
+        let mut i = 0;
+        while i + 16 <= n {
+            // SAFETY: i + 16 <= n, within every slice.
+            unsafe {
+                let p = y.as_mut_ptr().add(i);
+                let mut v = _mm512_loadu_ps(p);
+                for r in 0..4 {
+                    v = _mm512_fmadd_ps(wv[r], _mm512_loadu_ps(x[r].as_ptr().add(i)), v);
+                }
+                _mm512_storeu_ps(p, v);
+            }
+            i += 16;
+        }
+        for c in i..n {
+            y[c] += w[0] * x[0][c] + w[1] * x[1][c] + w[2] * x[2][c] + w[3] * x[3][c];
+        }
+    }
+
+    #[target_feature(enable = "avx512f")]
     pub unsafe fn axpy(a: f32, x: &[f32], y: &mut [f32]) {
         let n = x.len().min(y.len());
         let av = _mm512_set1_ps(a);
@@ -283,7 +414,13 @@ mod tests {
 
     #[test]
     fn attend_matches_naive_softmax_for_f32_and_f16_latents() {
-        let (width, lora, len, heads) = (40, 33, 7, 3);
+        // 150 rows: three conversion chunks, the last one partial.
+        for (len, heads) in [(7, 3), (150, 6)] {
+            attend_case(40, 33, len, heads);
+        }
+    }
+
+    fn attend_case(width: usize, lora: usize, len: usize, heads: usize) {
         let lat = pseudo(len * width, 1);
         let lat16: Vec<f16> = lat.iter().map(|&v| f16::from_f32(v)).collect();
         let lat16_f32: Vec<f32> = lat16.iter().map(|v| v.to_f32()).collect();

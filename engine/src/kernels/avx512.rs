@@ -355,6 +355,41 @@ pub unsafe fn dot_s(t: GgmlType, row: &[u8], acts: &[&[BlockQ8_0]], out: &mut [f
     }
 }
 
+/// Every row of `data` (rows of `rb` bytes, type `t` of the Q4_0 family) · one activation
+/// row, into `out`: [`dot_s`] with its dispatch hoisted out of the row loop. For matrices
+/// of many short rows (MLA's per-head `attn_k_b`: 512 rows of four blocks) the per-row
+/// dispatch and call cost as much as the dot products.
+///
+/// # Safety
+/// The CPU must support AVX-512 F/BW/VL, AVX2, FMA and F16C; `t` must be a small-block type.
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2,fma,f16c")]
+pub unsafe fn dot_s_rows(t: GgmlType, data: &[u8], rb: usize, act: &[BlockQ8_0], out: &mut [f32]) {
+    macro_rules! go {
+        ($T:ident) => {
+            // SAFETY: same features.
+            unsafe { s_rows::<{ GgmlType::$T as u32 }>(data, rb, act, out) }
+        };
+    }
+    match t {
+        GgmlType::Q4_0 => go!(Q4_0),
+        GgmlType::Q4_1 => go!(Q4_1),
+        GgmlType::Q5_0 => go!(Q5_0),
+        GgmlType::Q5_1 => go!(Q5_1),
+        _ => go!(Q8_0),
+    }
+}
+
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2,fma,f16c")]
+unsafe fn s_rows<const T: u32>(data: &[u8], rb: usize, act: &[BlockQ8_0], out: &mut [f32]) {
+    let a = [act];
+    for (row, o) in data.chunks_exact(rb).zip(out.iter_mut()) {
+        let mut r = [0f32; 1];
+        // SAFETY: same features; one activation row.
+        unsafe { dot_s_n::<T, 1, false>(row, &a, &mut r) };
+        *o = r[0];
+    }
+}
+
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2,fma,f16c")]
 unsafe fn dot_s_n_f<const T: u32, const N: usize>(row: &[u8], acts: &[&[BlockQ8_0]], out: &mut [f32]) {
     // SAFETY: same features.

@@ -17,7 +17,7 @@ use super::{fp8, scalar, simd, Precision, QMatrix, WeightType};
 
 /// Instruction set a kernel runs with. Variants other than `Scalar` are only run when the
 /// CPU has them ([`Isa::supported`]); asking for an unsupported one falls back to scalar.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum Isa {
     Scalar,
     /// AVX2 + FMA + F16C.
@@ -206,6 +206,13 @@ pub fn matmul_rows(isa: Isa, w: &QMatrix, p: &Prepared, rows: Range<usize>, out:
             let f = simd::k_kernel(isa, t);
             each_row_multi(data, rb, a, w.cols / 256, p.n, simd::MAX_ACTS, out, |row, a, o| f(t, row, a, o));
         }
+        #[cfg(target_arch = "x86_64")]
+        (Act::Q8_0(a), WeightType::Ggml(t))
+            if p.n == 1 && w.cols <= SHORT_ROW_COLS && isa >= Isa::Avx512 && !super::quant::llama_order() =>
+        {
+            // SAFETY: AVX-512 F/BW/VL (with AVX2/FMA/F16C) is what `isa` says this CPU has.
+            unsafe { super::avx512::dot_s_rows(t, data, rb, &a[..w.cols / 32], out) }
+        }
         (Act::Q8_0(a), WeightType::Ggml(t)) => {
             let f = simd::s_kernel(isa, t);
             each_row_multi(data, rb, a, w.cols / 32, p.n, simd::MAX_ACTS, out, |row, a, o| f(t, row, a, o));
@@ -223,6 +230,9 @@ pub fn matmul_rows(isa: Isa, w: &QMatrix, p: &Prepared, rows: Range<usize>, out:
     }
 }
 
+/// Rows up to this long go through one kernel call for all rows with one activation row.
+const SHORT_ROW_COLS: usize = 1024;
+
 /// Activations quantized for another weight family (e.g. Q8_K for a Q8_0 matrix): a bug in
 /// the caller. NaN makes it visible instead of a plausible wrong number.
 fn mismatched(out: &mut [f32]) {
@@ -239,12 +249,19 @@ fn each_row<A>(
     out: &mut [f32],
     f: impl Fn(&[u8], &[A]) -> f32,
 ) {
-    for (row, o) in data.chunks_exact(rb).zip(out.chunks_exact_mut(n)) {
-        for (i, oi) in o.iter_mut().enumerate() {
+    // Cache-blocked like the multi-row kernels: f32 activation rows are as long as the weight
+    // rows (a router's 256 × 7168 f32 against a 256-token prompt streamed 7 MB of
+    // activations from L3 per weight row without it).
+    for_blocks(data.len() / rb.max(1), rb, n, F32_GROUP, out, |r, a, o| {
+        let row = &data[r * rb..(r + 1) * rb];
+        for (i, oi) in a.zip(o) {
             *oi = f(row, &acts[i * per_row..(i + 1) * per_row]);
         }
-    }
+    });
 }
+
+/// f32 activation rows per cache block of [`each_row`].
+const F32_GROUP: usize = 8;
 
 /// Like [`each_row`] for kernels that take up to `group` activation rows per call, so each
 /// weight block is unpacked once per group rather than once per activation row.

@@ -220,10 +220,11 @@ fn gpu_info(g: &crate::hardware::GpuSpec, notes: &mut Vec<String>) -> GpuInfo {
     }
 }
 
-/// cores × clock × FLOP per cycle from the widest vector unit the engine's kernels use.
-/// AMX is not counted: no kernel uses it yet, and a peak the engine cannot reach would make
-/// `cpu_compute_efficiency` (measured against this peak by `hy bench decode --save`) depend
-/// on whether the measuring box has AMX, so it would not carry over to a box without it.
+/// cores × clock × FLOP per cycle of the widest vector unit (AVX-512 VNNI at most). AMX is
+/// not counted, although the engine's prefill uses it: `cpu_compute_efficiency` (measured
+/// against this peak by `hy bench decode --save`) then carries an AMX box's tile speed-up,
+/// which over-predicts prefill for a box without AMX; counted, it would under-predict the
+/// other way round, and most profiles' CPUs (EPYC) have none.
 fn cpu_peak_tflops(hw: &HardwareSpec, eff: &Efficiency, notes: &mut Vec<String>) -> f64 {
     if let Some(t) = eff.cpu_tflops {
         return t;

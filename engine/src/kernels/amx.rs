@@ -78,11 +78,18 @@ fn cpu_has_amx() -> bool {
 
 /// Linux hands out the 8 KB tile register state only on request (`ARCH_REQ_XCOMP_PERM`);
 /// without it the first tile instruction is a SIGILL.
+/// (Other systems: the tiles are not used.)
+#[cfg(target_os = "linux")]
 fn request_tile_state() -> bool {
     const ARCH_REQ_XCOMP_PERM: libc::c_long = 0x1023;
     const XFEATURE_XTILEDATA: libc::c_long = 18;
     // SAFETY: arch_prctl with these arguments only changes this process's permission bits.
     unsafe { libc::syscall(libc::SYS_arch_prctl, ARCH_REQ_XCOMP_PERM, XFEATURE_XTILEDATA) == 0 }
+}
+
+#[cfg(not(target_os = "linux"))]
+fn request_tile_state() -> bool {
+    false
 }
 
 /// Whether the tile path computes products of quantized type `t` (the k-quants Q2_K … Q6_K

@@ -5,7 +5,8 @@
 //!         [--types Q4_K,Q6_K,Q8_0,...] [--batch 1,4,16] [--iters 10] [--cols 7168]
 //!
 //! Weights are random blocks with sane scales (the speed does not depend on the values).
-//! Prints one line per (type, ISA, batch): best and median time, GB/s of weights read, the
+//! Prints one line per (type, ISA, batch; `amx` where the AMX tiles run the product, which
+//! `HY_AMX=0` turns off): best and median time, GB/s of weights read, the
 //! read loop's GB/s over the same bytes (measured just before) and the ratio of the two.
 
 use std::time::Instant;
@@ -202,7 +203,7 @@ fn bench_type(o: &Opts, name: &str, target: usize) {
             println!(
                 "{:<6} {:<7} {:>5} {:>9.2} {:>9.2} {:>8.1} {:>8.1} {:>6.2}",
                 name,
-                isa.name(),
+                label(isa, &w, n),
                 n,
                 b * 1e3,
                 m * 1e3,
@@ -212,4 +213,19 @@ fn bench_type(o: &Opts, name: &str, target: usize) {
             );
         }
     }
+}
+
+/// The ISA's name, or `amx` where the product of `n` rows runs on the AMX tiles.
+fn label(isa: Isa, w: &QMatrix, n: usize) -> &'static str {
+    #[cfg(target_arch = "x86_64")]
+    {
+        use hy_engine::kernels::amx;
+        let quantized = matches!(w.ty, WeightType::Ggml(t) if amx::suits(t));
+        let fast = hy_engine::kernels::precision() == hy_engine::kernels::Precision::Fast;
+        if isa == Isa::best() && quantized && fast && n >= amx::min_rows() && amx::available() {
+            return "amx";
+        }
+    }
+    let _ = (w, n);
+    isa.name()
 }

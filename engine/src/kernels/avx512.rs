@@ -379,6 +379,56 @@ pub unsafe fn dot_s_rows(t: GgmlType, data: &[u8], rb: usize, act: &[BlockQ8_0],
     }
 }
 
+/// As [`dot_s_rows`] for k-quant rows (MLA's per-head `attn_v_b`: 128 rows of two blocks).
+///
+/// # Safety
+/// The CPU must support AVX-512 F/BW/VL, AVX2, FMA and F16C, and VNNI if `vnni`; `t` must
+/// be a k-quant type.
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2,fma,f16c")]
+pub unsafe fn dot_k_rows(t: GgmlType, data: &[u8], rb: usize, act: &[BlockQ8K], out: &mut [f32], vnni: bool) {
+    macro_rules! go {
+        ($T:ident) => {
+            // SAFETY: same features, VNNI when the caller says so.
+            unsafe {
+                if vnni {
+                    k_rows_vnni::<{ GgmlType::$T as u32 }>(data, rb, act, out)
+                } else {
+                    k_rows::<{ GgmlType::$T as u32 }>(data, rb, act, out)
+                }
+            }
+        };
+    }
+    match t {
+        GgmlType::Q2_K => go!(Q2_K),
+        GgmlType::Q3_K => go!(Q3_K),
+        GgmlType::Q4_K => go!(Q4_K),
+        GgmlType::Q5_K => go!(Q5_K),
+        _ => go!(Q6_K),
+    }
+}
+
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2,fma,f16c")]
+unsafe fn k_rows<const T: u32>(data: &[u8], rb: usize, act: &[BlockQ8K], out: &mut [f32]) {
+    let a = [act];
+    for (row, o) in data.chunks_exact(rb).zip(out.iter_mut()) {
+        let mut r = [0f32; 1];
+        // SAFETY: same features; one activation row.
+        unsafe { dot_k_n_f::<T, 1>(row, &a, &mut r) };
+        *o = r[0];
+    }
+}
+
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
+unsafe fn k_rows_vnni<const T: u32>(data: &[u8], rb: usize, act: &[BlockQ8K], out: &mut [f32]) {
+    let a = [act];
+    for (row, o) in data.chunks_exact(rb).zip(out.iter_mut()) {
+        let mut r = [0f32; 1];
+        // SAFETY: same features; one activation row.
+        unsafe { dot_k_n_vnni_f::<T, 1>(row, &a, &mut r) };
+        *o = r[0];
+    }
+}
+
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2,fma,f16c")]
 unsafe fn s_rows<const T: u32>(data: &[u8], rb: usize, act: &[BlockQ8_0], out: &mut [f32]) {
     let a = [act];

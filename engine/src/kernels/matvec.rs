@@ -202,6 +202,15 @@ pub fn matmul_rows(isa: Isa, w: &QMatrix, p: &Prepared, rows: Range<usize>, out:
             let g = super::gemm::GROUP;
             each_row_multi(data, rb, a, w.cols / 256, p.n, g, out, |row, a, o| super::gemm::dot(t, row, a, o));
         }
+        #[cfg(target_arch = "x86_64")]
+        (Act::Q8K(a), WeightType::Ggml(t))
+            if p.n == 1 && w.cols <= SHORT_ROW_COLS && isa >= Isa::Avx512 && !super::quant::llama_order() =>
+        {
+            let vnni = isa == Isa::Avx512Vnni;
+            // SAFETY: AVX-512 F/BW/VL (with AVX2/FMA/F16C, and VNNI when `vnni`) is what `isa`
+            // says this CPU has.
+            unsafe { super::avx512::dot_k_rows(t, data, rb, &a[..w.cols / 256], out, vnni) }
+        }
         (Act::Q8K(a), WeightType::Ggml(t)) => {
             let f = simd::k_kernel(isa, t);
             each_row_multi(data, rb, a, w.cols / 256, p.n, simd::MAX_ACTS, out, |row, a, o| f(t, row, a, o));
@@ -230,7 +239,7 @@ pub fn matmul_rows(isa: Isa, w: &QMatrix, p: &Prepared, rows: Range<usize>, out:
     }
 }
 
-/// Rows up to this long go through one kernel call for all rows with one activation row.
+/// Rows up to this long (with one activation row) go through one kernel call for all rows.
 const SHORT_ROW_COLS: usize = 1024;
 
 /// Activations quantized for another weight family (e.g. Q8_K for a Q8_0 matrix): a bug in

@@ -116,7 +116,7 @@ enum Act<'x> {
     Q8K(Vec<BlockQ8K>),
     /// FP8 weights in Fast precision on AVX512_BF16 CPUs: bf16 of x·2^64 (see `fp8.rs`).
     Bf16(Vec<u16>),
-    /// k-quant weights in Fast precision with many rows on AMX CPUs: bf16 tiles (`amx.rs`).
+    /// Quantized weights in Fast precision with many rows on AMX CPUs: bf16 tiles (`amx.rs`).
     #[cfg(target_arch = "x86_64")]
     Amx(super::amx::Acts),
 }
@@ -166,7 +166,7 @@ fn prepare_for<'x>(
     Prepared { n, cols, act }
 }
 
-/// Whether a Fast product of `n` rows with k-quant weights `t` runs on the AMX tiles.
+/// Whether a Fast product of `n` rows with quantized weights `t` runs on the AMX tiles.
 #[cfg(target_arch = "x86_64")]
 fn use_amx(isa: Isa, t: crate::dtype::GgmlType, n: usize) -> bool {
     use super::amx;

@@ -269,54 +269,9 @@ fn to_f32(lat: Latents, len: usize) -> Vec<f32> {
     out
 }
 
-/// `a · b` over the shorter length.
-pub fn dot(a: &[f32], b: &[f32]) -> f32 {
-    #[cfg(target_arch = "x86_64")]
-    if matches!(Isa::best(), Isa::Avx512 | Isa::Avx512Vnni) {
-        // SAFETY: AVX-512F checked just above.
-        return unsafe { x86::dot(a, b) };
-    }
-    a.iter().zip(b).map(|(x, y)| x * y).sum()
-}
-
-/// `y += a · x` over the shorter length.
-pub fn axpy(a: f32, x: &[f32], y: &mut [f32]) {
-    #[cfg(target_arch = "x86_64")]
-    if matches!(Isa::best(), Isa::Avx512 | Isa::Avx512Vnni) {
-        // SAFETY: AVX-512F checked just above.
-        return unsafe { x86::axpy(a, x, y) };
-    }
-    y.iter_mut().zip(x).for_each(|(v, &u)| *v += a * u);
-}
-
 #[cfg(target_arch = "x86_64")]
 mod x86 {
     use std::arch::x86_64::*;
-
-    #[target_feature(enable = "avx512f")]
-    pub unsafe fn dot(a: &[f32], b: &[f32]) -> f32 {
-        let n = a.len().min(b.len());
-        let (mut a0, mut a1) = (_mm512_setzero_ps(), _mm512_setzero_ps());
-        let mut i = 0;
-        // SAFETY (loads): i + 32 <= n, or i + 16 <= n below, within both slices.
-        while i + 32 <= n {
-            unsafe {
-                a0 = _mm512_fmadd_ps(_mm512_loadu_ps(a.as_ptr().add(i)), _mm512_loadu_ps(b.as_ptr().add(i)), a0);
-                a1 = _mm512_fmadd_ps(
-                    _mm512_loadu_ps(a.as_ptr().add(i + 16)),
-                    _mm512_loadu_ps(b.as_ptr().add(i + 16)),
-                    a1,
-                );
-            }
-            i += 32;
-        }
-        while i + 16 <= n {
-            unsafe { a0 = _mm512_fmadd_ps(_mm512_loadu_ps(a.as_ptr().add(i)), _mm512_loadu_ps(b.as_ptr().add(i)), a0) };
-            i += 16;
-        }
-        let tail: f32 = a[i..n].iter().zip(&b[i..n]).map(|(x, y)| x * y).sum();
-        _mm512_reduce_add_ps(_mm512_add_ps(a0, a1)) + tail
-    }
 
     #[target_feature(enable = "avx512f")]
     pub unsafe fn dots4x4(q: [&[f32]; 4], l: [&[f32]; 4]) -> [[f32; 4]; 4] {
@@ -366,22 +321,6 @@ mod x86 {
         for c in i..n {
             y[c] += w[0] * x[0][c] + w[1] * x[1][c] + w[2] * x[2][c] + w[3] * x[3][c];
         }
-    }
-
-    #[target_feature(enable = "avx512f")]
-    pub unsafe fn axpy(a: f32, x: &[f32], y: &mut [f32]) {
-        let n = x.len().min(y.len());
-        let av = _mm512_set1_ps(a);
-        let mut i = 0;
-        while i + 16 <= n {
-            // SAFETY: i + 16 <= n, within both slices.
-            unsafe {
-                let p = y.as_mut_ptr().add(i);
-                _mm512_storeu_ps(p, _mm512_fmadd_ps(av, _mm512_loadu_ps(x.as_ptr().add(i)), _mm512_loadu_ps(p)));
-            }
-            i += 16;
-        }
-        y[i..n].iter_mut().zip(&x[i..n]).for_each(|(v, &u)| *v += a * u);
     }
 }
 
@@ -439,15 +378,24 @@ mod tests {
     }
 
     #[test]
-    fn dot_and_axpy_handle_tails() {
+    fn blocked_dots_and_axpy_handle_tails() {
         for n in [0, 1, 15, 16, 17, 33, 64, 100] {
-            let (a, b) = (pseudo(n, 3), pseudo(n, 4));
-            let want: f32 = a.iter().zip(&b).map(|(x, y)| x * y).sum();
-            assert!((dot(&a, &b) - want).abs() < 1e-4, "n {n}");
-            let mut y = b.clone();
-            axpy(0.5, &a, &mut y);
-            for i in 0..n {
-                assert!((y[i] - (b[i] + 0.5 * a[i])).abs() < 1e-6);
+            let q: Vec<Vec<f32>> = (0..4).map(|i| pseudo(n, 3 + i)).collect();
+            let l: Vec<Vec<f32>> = (0..4).map(|i| pseudo(n, 30 + i)).collect();
+            let d = dots4x4(std::array::from_fn(|i| q[i].as_slice()), std::array::from_fn(|i| l[i].as_slice()));
+            for a in 0..4 {
+                for b in 0..4 {
+                    let want: f32 = q[a].iter().zip(&l[b]).map(|(x, y)| x * y).sum();
+                    assert!((d[a][b] - want).abs() < 1e-4, "n {n} dot {a}·{b}");
+                }
+            }
+            let y0 = pseudo(n, 9);
+            let mut y = y0.clone();
+            let w = [0.5, -0.25, 2.0, 0.0];
+            axpy4(w, std::array::from_fn(|i| l[i].as_slice()), &mut y);
+            for c in 0..n {
+                let want = y0[c] + (0..4).map(|i| w[i] * l[i][c]).sum::<f32>();
+                assert!((y[c] - want).abs() < 1e-5, "n {n} axpy lane {c}");
             }
         }
     }

@@ -472,25 +472,11 @@ pub fn attention(q: &[f32], kv: &LayerKv, pos0: usize, p: &AttnParams, out: &mut
             Some(w) if w > 0 => (pos + 1).saturating_sub(w),
             _ => 0,
         };
-        attend_one(qh, kv, kvh, first, pos, p, o, flavour);
+        match (&kv.k, &kv.v) {
+            (KvBuf::F16(kc), KvBuf::F16(vc)) => attend_f16(qh, (kc, vc), kv, kvh, first, pos, p, o, flavour),
+            _ => attend_online(qh, kv, kvh, first, pos, p, o),
+        }
     });
-}
-
-#[allow(clippy::too_many_arguments)]
-fn attend_one(
-    q: &[f32],
-    kv: &LayerKv,
-    kvh: usize,
-    first: usize,
-    last: usize,
-    p: &AttnParams,
-    o: &mut [f32],
-    flavour: F16Dot,
-) {
-    match kv.k {
-        KvBuf::F32(_) => attend_online(q, kv, kvh, first, last, p, o),
-        KvBuf::F16(_) => attend_f16(q, kv, kvh, first, last, p, o, flavour),
-    }
 }
 
 /// f32 cache: exact, one pass with a running max and sum (online softmax).
@@ -668,9 +654,11 @@ fn expf_ggml(x: f32) -> f32 {
 /// weighted sum of values is again an f16 dot product over the positions (position j in
 /// lane j % lanes). The summation order is the one llama.cpp uses for one token (`VecDot`)
 /// or for several (`TinyBlas`).
+/// `(kc, vc)` are `kv`'s f16 key and value rows.
 #[allow(clippy::too_many_arguments)]
 fn attend_f16(
     q: &[f32],
+    (kc, vc): (&[f16], &[f16]),
     kv: &LayerKv,
     kvh: usize,
     first: usize,
@@ -679,9 +667,6 @@ fn attend_f16(
     o: &mut [f32],
     flavour: F16Dot,
 ) {
-    let (KvBuf::F16(kc), KvBuf::F16(vc)) = (&kv.k, &kv.v) else {
-        return attend_online(q, kv, kvh, first, last, p, o);
-    };
     F16_SCRATCH.with(|cell| {
         let [q16, row, probs, acc] = &mut *cell.borrow_mut();
         q16.clear();

@@ -407,38 +407,26 @@ pub unsafe fn dot_k_rows(t: GgmlType, data: &[u8], rb: usize, act: &[BlockQ8K], 
     }
 }
 
-#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2,fma,f16c")]
-unsafe fn k_rows<const T: u32>(data: &[u8], rb: usize, act: &[BlockQ8K], out: &mut [f32]) {
-    let a = [act];
-    for (row, o) in data.chunks_exact(rb).zip(out.iter_mut()) {
-        let mut r = [0f32; 1];
-        // SAFETY: same features; one activation row.
-        unsafe { dot_k_n_f::<T, 1>(row, &a, &mut r) };
-        *o = r[0];
-    }
+/// Defines `$name::<T>(data, rb, act, out)`: every row of `data` (rows of `rb` bytes) · one
+/// activation row with `$kernel::<T, 1>`, compiled for `$features` so the kernel inlines.
+macro_rules! rows_fn {
+    ($name:ident, $features:literal, $act:ty, $kernel:ident) => {
+        #[target_feature(enable = $features)]
+        unsafe fn $name<const T: u32>(data: &[u8], rb: usize, act: &[$act], out: &mut [f32]) {
+            let a = [act];
+            for (row, o) in data.chunks_exact(rb).zip(out.iter_mut()) {
+                let mut r = [0f32; 1];
+                // SAFETY: same features; one activation row.
+                unsafe { $kernel::<T, 1>(row, &a, &mut r) };
+                *o = r[0];
+            }
+        }
+    };
 }
 
-#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
-unsafe fn k_rows_vnni<const T: u32>(data: &[u8], rb: usize, act: &[BlockQ8K], out: &mut [f32]) {
-    let a = [act];
-    for (row, o) in data.chunks_exact(rb).zip(out.iter_mut()) {
-        let mut r = [0f32; 1];
-        // SAFETY: same features; one activation row.
-        unsafe { dot_k_n_vnni_f::<T, 1>(row, &a, &mut r) };
-        *o = r[0];
-    }
-}
-
-#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2,fma,f16c")]
-unsafe fn s_rows<const T: u32>(data: &[u8], rb: usize, act: &[BlockQ8_0], out: &mut [f32]) {
-    let a = [act];
-    for (row, o) in data.chunks_exact(rb).zip(out.iter_mut()) {
-        let mut r = [0f32; 1];
-        // SAFETY: same features; one activation row.
-        unsafe { dot_s_n::<T, 1, false>(row, &a, &mut r) };
-        *o = r[0];
-    }
-}
+rows_fn!(k_rows, "avx512f,avx512bw,avx512vl,avx2,fma,f16c", BlockQ8K, dot_k_n_f);
+rows_fn!(k_rows_vnni, "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c", BlockQ8K, dot_k_n_vnni_f);
+rows_fn!(s_rows, "avx512f,avx512bw,avx512vl,avx2,fma,f16c", BlockQ8_0, dot_s_n_f);
 
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2,fma,f16c")]
 unsafe fn dot_s_n_f<const T: u32, const N: usize>(row: &[u8], acts: &[&[BlockQ8_0]], out: &mut [f32]) {

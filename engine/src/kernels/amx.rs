@@ -589,6 +589,7 @@ impl Tiles for Hw {
 mod tests {
     use super::*;
     use crate::kernels::fp::bf16_to_f32;
+    use crate::kernels::tests::uniform;
 
     /// A software model of the tile instructions (f32 sums of bf16 products), so the driver
     /// and the layouts are tested on CPUs without AMX.
@@ -653,18 +654,6 @@ mod tests {
         unsafe fn release(&mut self) {}
     }
 
-    fn random_x(n: usize, cols: usize, seed: u32) -> Vec<f32> {
-        let mut s = seed;
-        (0..n * cols)
-            .map(|_| {
-                s ^= s << 13;
-                s ^= s >> 17;
-                s ^= s << 5;
-                (s % 2001) as f32 / 1000.0 - 1.0
-            })
-            .collect()
-    }
-
     /// f32 reference: weights dequantized in f32, activations in f32, f64 sums.
     fn reference(t: GgmlType, data: &[u8], rows: usize, cols: usize, x: &[f32], n: usize) -> Vec<f64> {
         let rb = data.len() / rows;
@@ -683,7 +672,7 @@ mod tests {
         let rb = cols / t.block_size() * t.type_size();
         let mut data = vec![0u8; rows * rb];
         crate::synth::fill_random(t, &mut data, 7);
-        let x = random_x(n, cols, 99);
+        let x = uniform(n * cols, 99);
         let acts = pack(&x, n, cols, false);
         let mut out = vec![f32::NAN; rows * n];
         if hw {
@@ -726,12 +715,14 @@ mod tests {
         GgmlType::Q8_0,
     ];
 
-    fn shapes(t: GgmlType) -> Vec<(usize, usize, usize)> {
-        let mut v = SHAPES.to_vec();
-        if is_small_block(t) {
-            v.extend(SMALL_SHAPES);
+    /// Every type at every shape (the 32-weight block types also at short rows).
+    fn check_all(hw: bool) {
+        for t in ALL_TYPES {
+            let small = if is_small_block(t) { &SMALL_SHAPES[..] } else { &[] };
+            for &(rows, cols, n) in SHAPES.iter().chain(small) {
+                check(t, rows, cols, n, hw);
+            }
         }
-        v
     }
 
     #[test]
@@ -740,11 +731,7 @@ mod tests {
             eprintln!("skipped: no AVX512_BF16 for the bf16 decode");
             return;
         }
-        for t in ALL_TYPES {
-            for (rows, cols, n) in shapes(t) {
-                check(t, rows, cols, n, false);
-            }
-        }
+        check_all(false);
     }
 
     #[test]
@@ -753,11 +740,7 @@ mod tests {
             eprintln!("skipped: no AMX here");
             return;
         }
-        for t in ALL_TYPES {
-            for (rows, cols, n) in shapes(t) {
-                check(t, rows, cols, n, true);
-            }
-        }
+        check_all(true);
     }
 
     #[test]
@@ -800,7 +783,7 @@ mod tests {
             return;
         }
         let (n, cols) = (21, 512);
-        let x = random_x(n, cols, 5);
+        let x = uniform(n * cols, 5);
         let v = pack(&x, n, cols, false);
         let mut s = vec![0u16; 2 * v.tiles.len()];
         for (t, row) in x.chunks_exact(cols).enumerate() {

@@ -121,14 +121,7 @@ mod tests {
 
     fn check_rows(n: usize) {
         let cols = 512;
-        let mut x = vec![0f32; n * cols];
-        let mut s = 12345u32;
-        for v in x.iter_mut() {
-            s ^= s << 13;
-            s ^= s >> 17;
-            s ^= s << 5;
-            *v = (s % 2001) as f32 / 1000.0 - 1.0;
-        }
+        let x = crate::kernels::tests::uniform(n * cols, 12345);
         let acts = quantize_q8_k(&x);
         for t in [GgmlType::Q2_K, GgmlType::Q3_K, GgmlType::Q4_K, GgmlType::Q5_K, GgmlType::Q6_K] {
             let rows = 3;

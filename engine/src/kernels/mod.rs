@@ -157,4 +157,4 @@ pub fn axpy(a: f32, x: &[f32], y: &mut [f32]) {
 }
 
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;

@@ -60,6 +60,20 @@ pub(super) fn random_row(ty: GgmlType, cols: usize, rng: &mut StdRng) -> Vec<u8>
     b
 }
 
+/// `n` deterministic values in [−1, 1] (xorshift from `seed`): test inputs for kernels and
+/// models that need no RNG state.
+pub(crate) fn uniform(n: usize, seed: u32) -> Vec<f32> {
+    let mut x = seed.wrapping_mul(2654435761).max(1);
+    (0..n)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 17;
+            x ^= x << 5;
+            (x % 2001) as f32 / 1000.0 - 1.0
+        })
+        .collect()
+}
+
 fn random_x(n: usize, rng: &mut StdRng) -> Vec<f32> {
     (0..n).map(|_| rng.gen_range(-2.0f32..2.0)).collect()
 }

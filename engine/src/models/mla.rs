@@ -327,6 +327,7 @@ mod x86 {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::kernels::tests::uniform;
 
     /// Naive reference: per head, scores over all rows, softmax, weighted sum.
     fn naive(lat: &[f32], len: usize, width: usize, lora: usize, scale: f32, q: &[f32]) -> Vec<f32> {
@@ -339,18 +340,6 @@ mod tests {
         (0..lora).map(|c| (0..len).map(|j| e[j] * lat[j * width + c]).sum::<f32>() / z).collect()
     }
 
-    fn pseudo(n: usize, seed: u32) -> Vec<f32> {
-        let mut x = seed.wrapping_mul(2654435761).max(1);
-        (0..n)
-            .map(|_| {
-                x ^= x << 13;
-                x ^= x >> 17;
-                x ^= x << 5;
-                (x % 2001) as f32 / 1000.0 - 1.0
-            })
-            .collect()
-    }
-
     #[test]
     fn attend_matches_naive_softmax_for_f32_and_f16_latents() {
         // 150 rows: three conversion chunks, the last one partial.
@@ -360,10 +349,10 @@ mod tests {
     }
 
     fn attend_case(width: usize, lora: usize, len: usize, heads: usize) {
-        let lat = pseudo(len * width, 1);
+        let lat = uniform(len * width, 1);
         let lat16: Vec<f16> = lat.iter().map(|&v| f16::from_f32(v)).collect();
         let lat16_f32: Vec<f32> = lat16.iter().map(|v| v.to_f32()).collect();
-        let qs: Vec<Vec<f32>> = (0..heads).map(|h| pseudo(width, 10 + h as u32)).collect();
+        let qs: Vec<Vec<f32>> = (0..heads).map(|h| uniform(width, 10 + h as u32)).collect();
         let refs: Vec<&[f32]> = qs.iter().map(|q| q.as_slice()).collect();
         for (lat_view, values) in [(Latents::F32(&lat), &lat), (Latents::F16(&lat16), &lat16_f32)] {
             let mut s = Scratch::default();
@@ -380,8 +369,8 @@ mod tests {
     #[test]
     fn blocked_dots_and_axpy_handle_tails() {
         for n in [0, 1, 15, 16, 17, 33, 64, 100] {
-            let q: Vec<Vec<f32>> = (0..4).map(|i| pseudo(n, 3 + i)).collect();
-            let l: Vec<Vec<f32>> = (0..4).map(|i| pseudo(n, 30 + i)).collect();
+            let q: Vec<Vec<f32>> = (0..4).map(|i| uniform(n, 3 + i)).collect();
+            let l: Vec<Vec<f32>> = (0..4).map(|i| uniform(n, 30 + i)).collect();
             let d = dots4x4(std::array::from_fn(|i| q[i].as_slice()), std::array::from_fn(|i| l[i].as_slice()));
             for a in 0..4 {
                 for b in 0..4 {
@@ -389,7 +378,7 @@ mod tests {
                     assert!((d[a][b] - want).abs() < 1e-4, "n {n} dot {a}·{b}");
                 }
             }
-            let y0 = pseudo(n, 9);
+            let y0 = uniform(n, 9);
             let mut y = y0.clone();
             let w = [0.5, -0.25, 2.0, 0.0];
             axpy4(w, std::array::from_fn(|i| l[i].as_slice()), &mut y);

@@ -12,7 +12,7 @@
 use std::time::Instant;
 
 use hy_engine::kernels::bench::read_stream;
-use hy_engine::kernels::{matmul_with, matvec_with, Isa, QMatrix, WeightType};
+use hy_engine::kernels::{matmul_with, matvec_with, runs_on_amx, Isa, QMatrix, WeightType};
 use hy_engine::GgmlType;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
@@ -217,15 +217,9 @@ fn bench_type(o: &Opts, name: &str, target: usize) {
 
 /// The ISA's name, or `amx` where the product of `n` rows runs on the AMX tiles.
 fn label(isa: Isa, w: &QMatrix, n: usize) -> &'static str {
-    #[cfg(target_arch = "x86_64")]
-    {
-        use hy_engine::kernels::amx;
-        let quantized = matches!(w.ty, WeightType::Ggml(t) if amx::suits(t));
-        let fast = hy_engine::kernels::precision() == hy_engine::kernels::Precision::Fast;
-        if isa == Isa::best() && quantized && fast && n >= amx::min_rows() && amx::available() {
-            return "amx";
-        }
+    if runs_on_amx(isa, w.ty, n) {
+        "amx"
+    } else {
+        isa.name()
     }
-    let _ = (w, n);
-    isa.name()
 }

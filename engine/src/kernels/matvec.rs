@@ -17,6 +17,7 @@ use super::{fp8, scalar, simd, Precision, QMatrix, WeightType};
 
 /// Instruction set a kernel runs with. Variants other than `Scalar` are only run when the
 /// CPU has them ([`Isa::supported`]); asking for an unsupported one falls back to scalar.
+/// Ordered by what they include (`isa >= Isa::Avx512`: AVX-512 F/BW/VL available).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum Isa {
     Scalar,
@@ -150,13 +151,11 @@ fn prepare_for<'x>(
 ) -> Prepared<'x> {
     debug_assert_eq!(x.len(), n * cols, "activations must be n × cols");
     #[cfg(target_arch = "x86_64")]
-    if let (Precision::Fast, WeightType::Ggml(t)) = (p, ty) {
-        if use_amx(isa, t, n) {
-            return Prepared { n, cols, act: Act::Amx(super::amx::pack(x, n, cols, parallel)) };
-        }
+    if use_amx(isa, ty, n, p) {
+        return Prepared { n, cols, act: Act::Amx(super::amx::pack(x, n, cols, parallel)) };
     }
     #[cfg(not(target_arch = "x86_64"))]
-    let _ = (isa, parallel);
+    let _ = parallel;
     let act = match (p, ty) {
         (Precision::Fast, WeightType::Ggml(t)) if is_k_quant(t) => Act::Q8K(quantize_q8_k_rows(x, n)),
         (Precision::Fast, WeightType::Ggml(t)) if is_small_block(t) => Act::Q8_0(quantize_q8_0(x)),
@@ -166,16 +165,39 @@ fn prepare_for<'x>(
     Prepared { n, cols, act }
 }
 
-/// Whether a Fast product of `n` rows with quantized weights `t` runs on the AMX tiles.
+/// Whether a product of `n` activation rows with weights `ty`, on kernels of `isa` at the
+/// process precision, runs on the AMX tiles (benchmarks label their rows with it).
+pub fn runs_on_amx(isa: Isa, ty: WeightType, n: usize) -> bool {
+    use_amx(isa, ty, n, precision())
+}
+
+/// [`runs_on_amx`] at precision `p`: Fast products of quantized weights with at least
+/// `amx::min_rows()` rows, on the best ISA, outside llama.cpp-order mode.
+fn use_amx(isa: Isa, ty: WeightType, n: usize, p: Precision) -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        use super::amx;
+        let WeightType::Ggml(t) = ty else { return false };
+        p == Precision::Fast
+            && n >= amx::min_rows()
+            && isa == Isa::Avx512Vnni
+            && isa == Isa::best()
+            && amx::suits(t)
+            && !super::quant::llama_order()
+            && amx::available()
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        let _ = (isa, ty, n, p);
+        false
+    }
+}
+
+/// Whether a product of one activation row with short rows of `w` runs as one kernel call
+/// over all rows (`avx512::dot_k_rows` / `dot_s_rows`).
 #[cfg(target_arch = "x86_64")]
-fn use_amx(isa: Isa, t: crate::dtype::GgmlType, n: usize) -> bool {
-    use super::amx;
-    n >= amx::min_rows()
-        && isa == Isa::Avx512Vnni
-        && isa == Isa::best()
-        && amx::suits(t)
-        && !super::quant::llama_order()
-        && amx::available()
+fn one_call_for_rows(isa: Isa, w: &QMatrix, p: &Prepared) -> bool {
+    p.n == 1 && w.cols <= SHORT_ROW_COLS && isa >= Isa::Avx512 && !super::quant::llama_order()
 }
 
 /// Bytes of one weight row.
@@ -203,9 +225,7 @@ pub fn matmul_rows(isa: Isa, w: &QMatrix, p: &Prepared, rows: Range<usize>, out:
             each_row_multi(data, rb, a, w.cols / 256, p.n, g, out, |row, a, o| super::gemm::dot(t, row, a, o));
         }
         #[cfg(target_arch = "x86_64")]
-        (Act::Q8K(a), WeightType::Ggml(t))
-            if p.n == 1 && w.cols <= SHORT_ROW_COLS && isa >= Isa::Avx512 && !super::quant::llama_order() =>
-        {
+        (Act::Q8K(a), WeightType::Ggml(t)) if one_call_for_rows(isa, w, p) => {
             let vnni = isa == Isa::Avx512Vnni;
             // SAFETY: AVX-512 F/BW/VL (with AVX2/FMA/F16C, and VNNI when `vnni`) is what `isa`
             // says this CPU has.
@@ -216,9 +236,7 @@ pub fn matmul_rows(isa: Isa, w: &QMatrix, p: &Prepared, rows: Range<usize>, out:
             each_row_multi(data, rb, a, w.cols / 256, p.n, simd::MAX_ACTS, out, |row, a, o| f(t, row, a, o));
         }
         #[cfg(target_arch = "x86_64")]
-        (Act::Q8_0(a), WeightType::Ggml(t))
-            if p.n == 1 && w.cols <= SHORT_ROW_COLS && isa >= Isa::Avx512 && !super::quant::llama_order() =>
-        {
+        (Act::Q8_0(a), WeightType::Ggml(t)) if one_call_for_rows(isa, w, p) => {
             // SAFETY: AVX-512 F/BW/VL (with AVX2/FMA/F16C) is what `isa` says this CPU has.
             unsafe { super::avx512::dot_s_rows(t, data, rb, &a[..w.cols / 32], out) }
         }
@@ -240,6 +258,7 @@ pub fn matmul_rows(isa: Isa, w: &QMatrix, p: &Prepared, rows: Range<usize>, out:
 }
 
 /// Rows up to this long (with one activation row) go through one kernel call for all rows.
+#[cfg(target_arch = "x86_64")]
 const SHORT_ROW_COLS: usize = 1024;
 
 /// Activations quantized for another weight family (e.g. Q8_K for a Q8_0 matrix): a bug in

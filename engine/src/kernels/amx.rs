@@ -49,8 +49,8 @@ const TILE: usize = 16;
 const TILE_COLS: usize = 32;
 /// u16 values per B tile.
 const B_TILE: usize = TILE * TILE_COLS;
-/// C tiles held at once (tmm0..3).
-const MAX_GROUPS: usize = 4;
+/// 16-row strips per weight-row block: one C tile each (tmm0..3).
+const STRIPS: usize = 4;
 /// Weights per k-quant block (columns the decode buffer holds per weight row).
 const BLOCK: usize = 256;
 
@@ -64,7 +64,7 @@ pub fn available() -> bool {
     })
 }
 
-/// Activation rows from which k-quant products use the tiles (`HY_AMX_MIN`, default 16).
+/// Activation rows from which quantized products use the tiles (`HY_AMX_MIN`, default 16).
 pub fn min_rows() -> usize {
     static MIN: OnceLock<usize> = OnceLock::new();
     *MIN.get_or_init(|| std::env::var("HY_AMX_MIN").ok().and_then(|v| v.parse().ok()).unwrap_or(16).max(1))
@@ -216,13 +216,9 @@ fn transpose16(r: [__m512i; 16]) -> [__m512i; 16] {
     out
 }
 
-/// f32 → bf16, round to nearest even (the rounding of `vcvtne2ps2bf16`).
+/// f32 → bf16 bits, round to nearest even (the rounding of `vcvtne2ps2bf16`).
 fn bf16(x: f32) -> u16 {
-    let b = x.to_bits();
-    if x.is_nan() {
-        return ((b >> 16) | 0x40) as u16;
-    }
-    ((b + 0x7FFF + ((b >> 16) & 1)) >> 16) as u16
+    half::bf16::from_f32(x).to_bits()
 }
 
 /// `out[r·n + i] = W[r] · x[i]` for the weight rows in `data` (rows of `row_bytes` bytes,
@@ -255,7 +251,7 @@ trait Tiles {
 }
 
 /// Weight rows per row block: one C tile per 16 of them.
-const BLOCK_ROWS: usize = MAX_GROUPS * TILE;
+const BLOCK_ROWS: usize = STRIPS * TILE;
 
 /// The driver. Per block of 64 weight rows and per 256 columns, the rows are decoded to bf16
 /// once (32 KB, in L1), then every 16 activation rows run over them: each B tile is loaded
@@ -272,7 +268,7 @@ unsafe fn run<H: Tiles>(hw: &mut H, t: GgmlType, data: &[u8], rb: usize, acts: &
     let (n, groups) = (acts.n, acts.groups);
     assert!(out.len() >= rows * n);
     let mut a = Aligned([0u16; BLOCK_ROWS * BLOCK]);
-    let mut acc = vec![0f32; MAX_GROUPS * groups * TILE * TILE];
+    let mut acc = vec![0f32; STRIPS * groups * TILE * TILE];
     let resident = groups == 1;
     // SAFETY (all tile calls): the caller guarantees the instructions exist; every pointer
     // handed over addresses a whole tile inside `a`, `acc` or `acts.tiles`.
@@ -596,12 +592,12 @@ mod tests {
     struct Model {
         a: [[[f32; TILE_COLS]; TILE]; 2],
         b: [[u16; B_TILE]; 2],
-        c: [[[f32; TILE]; TILE]; MAX_GROUPS],
+        c: [[[f32; TILE]; TILE]; STRIPS],
     }
 
     impl Model {
         fn new() -> Self {
-            Model { a: [[[0.0; TILE_COLS]; TILE]; 2], b: [[0; B_TILE]; 2], c: [[[0.0; TILE]; TILE]; MAX_GROUPS] }
+            Model { a: [[[0.0; TILE_COLS]; TILE]; 2], b: [[0; B_TILE]; 2], c: [[[0.0; TILE]; TILE]; STRIPS] }
         }
     }
 

@@ -212,14 +212,30 @@ fn silu(x: f32) -> f32 {
     x / (1.0 + (-x).exp())
 }
 
-/// Reads `bytes` through the pool: thread `t` sums the `t`-th share of every buffer with a
+/// Reads `buffers` through the pool: thread `t` sums the `t`-th share of every buffer with a
 /// plain vectorizable loop. The ceiling an expert pass over the same memory can reach.
 pub fn read_all(pool: &Pool, buffers: &[&[u8]]) -> u64 {
+    read_all_with(pool, buffers, 0)
+}
+
+/// [`read_all`] with the widest loads and a software prefetch `dist` bytes ahead
+/// (`kernels::bench::read_stream_with`): the higher ceiling on CPUs whose cores stream
+/// faster with prefetches, as the kernels do.
+pub fn read_all_prefetched(pool: &Pool, buffers: &[&[u8]], dist: usize) -> u64 {
+    read_all_with(pool, buffers, dist.max(1))
+}
+
+fn read_all_with(pool: &Pool, buffers: &[&[u8]], dist: usize) -> u64 {
     let sums: Vec<std::sync::atomic::AtomicU64> =
         (0..pool.threads()).map(|_| std::sync::atomic::AtomicU64::new(0)).collect();
     pool.run(&|t| {
         let mut acc = [0u64; 8];
         for b in buffers {
+            if dist > 0 {
+                let r = share(b.len() / 64, pool.threads(), t);
+                acc[0] = acc[0].wrapping_add(kernels::bench::read_stream_with(&b[r.start * 64..r.end * 64], dist));
+                continue;
+            }
             // SAFETY: every bit pattern is a valid u64; `align_to` only yields aligned words.
             let (_, words, _) = unsafe { b.align_to::<u64>() };
             let r = share(words.len() / 8, pool.threads(), t);

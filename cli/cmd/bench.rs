@@ -3,7 +3,8 @@
 //! - `memory`: read and triad bandwidth per NUMA node and in total (the probe's benchmark).
 //! - `moe`: the routed-expert pass of a DeepSeek-V3-shape layer (synthetic weights in RAM,
 //!   placed on the NUMA node of the threads that read them), timed per layer and per token,
-//!   next to a plain read of the same memory by the same threads, measured in the same run.
+//!   next to a plain read of the same memory by the same threads, measured in the same run,
+//!   and the same read with the kernels' software prefetch (a higher ceiling on some CPUs).
 
 use std::time::Instant;
 
@@ -31,7 +32,8 @@ pub enum What {
     /// Read and triad bandwidth per NUMA node and for the whole machine (pinned threads).
     Memory(MemoryArgs),
     /// Time the routed-expert (MoE) pass per layer and per token against the read bandwidth
-    /// of the same threads, on synthetic weights with a real model's shapes.
+    /// of the same threads (plain, and with the kernels' software prefetch), on synthetic
+    /// weights with a real model's shapes.
     Moe(MoeArgs),
     /// End-to-end prefill and decode tok/s of a model (batch 1 and N) next to the planner's
     /// prediction for this box; `--save` writes a calibration file for `hy plan`.

@@ -39,7 +39,7 @@ use std::sync::OnceLock;
 
 use super::avx512::k_chunks512;
 use super::blocks::{is_k_quant, is_small_block};
-use super::fp::f16_at;
+use super::fp::{f16_at, f32_to_bf16};
 use super::unpack::ty;
 use crate::dtype::GgmlType;
 
@@ -147,7 +147,7 @@ pub fn pack(x: &[f32], n: usize, cols: usize, parallel: bool) -> Acts {
             for (c, v) in row.chunks_exact(TILE_COLS).enumerate() {
                 let tile = &mut tiles[(c * groups + t / TILE) * B_TILE / 2..][..B_TILE / 2];
                 for (p, pair) in v.chunks_exact(2).enumerate() {
-                    tile[p * TILE + t % TILE] = bf16(pair[0]) as u32 | (bf16(pair[1]) as u32) << 16;
+                    tile[p * TILE + t % TILE] = f32_to_bf16(pair[0]) as u32 | (f32_to_bf16(pair[1]) as u32) << 16;
                 }
             }
         }
@@ -214,11 +214,6 @@ fn transpose16(r: [__m512i; 16]) -> [__m512i; 16] {
         out[12 + j] = _mm512_shuffle_i32x4::<0xDD>(e1, e3);
     }
     out
-}
-
-/// f32 → bf16 bits, round to nearest even (the rounding of `vcvtne2ps2bf16`).
-fn bf16(x: f32) -> u16 {
-    half::bf16::from_f32(x).to_bits()
 }
 
 /// `out[r·n + i] = W[r] · x[i]` for the weight rows in `data` (rows of `row_bytes` bytes,
@@ -344,6 +339,17 @@ fn decode_unit(t: GgmlType, b: &[u8], out: &mut [u16]) {
     }
 }
 
+/// A k-quant block's quants (four 64-weight chunks, weight order) and its 16 group factors
+/// as f32: `d·sc` and `dmin·m` (the implicit offsets of Q6_K/Q3_K included), lane g = group g.
+#[inline]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512bf16,avx2,fma,f16c")]
+fn quants_and_factors<const T: u32>(b: &[u8]) -> ([__m512i; 4], __m512, __m512) {
+    let s = super::avx512::k_scales::<T>(b);
+    let sc = _mm512_mul_ps(_mm512_set1_ps(s.d), _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(s.sc8)));
+    let mn = _mm512_mul_ps(_mm512_set1_ps(s.dmin), _mm512_cvtepi32_ps(_mm512_cvtepi16_epi32(s.mn)));
+    (k_chunks512::<T>(b), sc, mn)
+}
+
 /// One k-quant block as bf16, `w = d·sc·q − dmin·m` per 16-weight group. The group factors
 /// stay in registers and are broadcast by permutes: written to the stack and read back as
 /// scalars, they wait on store forwarding (about 2× slower on Sapphire Rapids).
@@ -351,10 +357,7 @@ fn decode_unit(t: GgmlType, b: &[u8], out: &mut [u16]) {
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512bf16,avx2,fma,f16c")]
 fn decode<const T: u32>(b: &[u8], out: &mut [u16]) {
     assert!(b.len() == ty(T).type_size() && out.len() == BLOCK);
-    let s = super::avx512::k_scales::<T>(b);
-    let q = k_chunks512::<T>(b);
-    let sc = _mm512_mul_ps(_mm512_set1_ps(s.d), _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(s.sc8)));
-    let mn = _mm512_mul_ps(_mm512_set1_ps(s.dmin), _mm512_cvtepi32_ps(_mm512_cvtepi16_epi32(s.mn)));
+    let (q, sc, mn) = quants_and_factors::<T>(b);
     let group = |v: __m128i, g: i32| {
         let qf = _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(v));
         let i = _mm512_set1_epi32(g);
@@ -422,10 +425,7 @@ fn nibbles(qs: &[u8], qh: u32, offset: i8) -> __m256i {
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512bf16,avx2,fma,f16c")]
 fn decode_lut<const T: u32>(b: &[u8], out: &mut [u16]) {
     assert!(b.len() == ty(T).type_size() && out.len() == BLOCK);
-    let s = super::avx512::k_scales::<T>(b);
-    let q = k_chunks512::<T>(b);
-    let sc = _mm512_mul_ps(_mm512_set1_ps(s.d), _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(s.sc8)));
-    let mn = _mm512_mul_ps(_mm512_set1_ps(s.dmin), _mm512_cvtepi32_ps(_mm512_cvtepi16_epi32(s.mn)));
+    let (q, sc, mn) = quants_and_factors::<T>(b);
     let iota_lo = _mm512_setr_ps(0., 1., 2., 3., 4., 5., 6., 7., 8., 9., 10., 11., 12., 13., 14., 15.);
     let iota_hi = _mm512_add_ps(iota_lo, _mm512_set1_ps(16.0));
     let q5 = ty(T) == GgmlType::Q5_K;
@@ -446,7 +446,7 @@ fn decode_lut<const T: u32>(b: &[u8], out: &mut [u16]) {
     }
 }
 
-/// The AMX instructions. Tile registers: C groups in tmm0..3, A in tmm4, B in tmm5..7.
+/// The AMX instructions. Tile registers: C in tmm0..3, A in tmm4..5, B in tmm6..7.
 struct Hw;
 
 /// `ldtilecfg` operand: palette 1, every tile 16 rows × 64 bytes.
@@ -785,7 +785,8 @@ mod tests {
         for (t, row) in x.chunks_exact(cols).enumerate() {
             for (c, w) in row.chunks_exact(TILE_COLS).enumerate() {
                 for p in 0..2 * TILE {
-                    s[(c * v.groups + t / TILE) * B_TILE + (p / 2) * 2 * TILE + 2 * (t % TILE) + p % 2] = bf16(w[p]);
+                    s[(c * v.groups + t / TILE) * B_TILE + (p / 2) * 2 * TILE + 2 * (t % TILE) + p % 2] =
+                        f32_to_bf16(w[p]);
                 }
             }
         }
@@ -802,8 +803,8 @@ mod tests {
         // Row 17 = group 1, lane 1; column 71 = chunk 2, pair 3, second of the pair.
         // SAFETY: tile() points inside `a.tiles`.
         let tile = unsafe { std::slice::from_raw_parts(a.tile(2, 1), B_TILE) };
-        assert_eq!(bf16_to_f32(tile[3 * 32 + 2 + 1]), bf16_to_f32(bf16((17 * cols + 71) as f32)));
-        assert_eq!(bf16_to_f32(tile[3 * 32 + 2]), bf16_to_f32(bf16((17 * cols + 70) as f32)));
+        assert_eq!(bf16_to_f32(tile[3 * 32 + 2 + 1]), bf16_to_f32(f32_to_bf16((17 * cols + 71) as f32)));
+        assert_eq!(bf16_to_f32(tile[3 * 32 + 2]), bf16_to_f32(f32_to_bf16((17 * cols + 70) as f32)));
         // Rows past n are zero.
         assert_eq!(tile[3 * 32 + 2 * 5], 0);
     }

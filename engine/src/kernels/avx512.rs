@@ -6,7 +6,7 @@ use std::arch::x86_64::*;
 
 use super::avx2::{self, as_bytes, as_bytes_i16, KScales};
 use super::blocks::{k4_scale_min_bytes, q3k_scale_bytes};
-use super::unpack::{dispatch, ty, unpack_fns};
+use super::unpack::{dispatch, dispatch_rows, dispatch_type, ty, unpack_fns};
 
 unpack_fns!("avx512f,avx512bw,avx512vl,avx2,fma,f16c");
 
@@ -364,19 +364,8 @@ pub unsafe fn dot_s(t: GgmlType, row: &[u8], acts: &[&[BlockQ8_0]], out: &mut [f
 /// The CPU must support AVX-512 F/BW/VL, AVX2, FMA and F16C; `t` must be a small-block type.
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2,fma,f16c")]
 pub unsafe fn dot_s_rows(t: GgmlType, data: &[u8], rb: usize, act: &[BlockQ8_0], out: &mut [f32]) {
-    macro_rules! go {
-        ($T:ident) => {
-            // SAFETY: same features.
-            unsafe { s_rows::<{ GgmlType::$T as u32 }>(data, rb, act, out) }
-        };
-    }
-    match t {
-        GgmlType::Q4_0 => go!(Q4_0),
-        GgmlType::Q4_1 => go!(Q4_1),
-        GgmlType::Q5_0 => go!(Q5_0),
-        GgmlType::Q5_1 => go!(Q5_1),
-        _ => go!(Q8_0),
-    }
+    // SAFETY: same features.
+    unsafe { dispatch_type!(s_rows, t, [Q4_0, Q4_1, Q5_0, Q5_1, Q8_0], (data, rb, act, out)) }
 }
 
 /// As [`dot_s_rows`] for k-quant rows (MLA's per-head `attn_v_b`: 128 rows of two blocks).
@@ -386,24 +375,13 @@ pub unsafe fn dot_s_rows(t: GgmlType, data: &[u8], rb: usize, act: &[BlockQ8_0],
 /// be a k-quant type.
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2,fma,f16c")]
 pub unsafe fn dot_k_rows(t: GgmlType, data: &[u8], rb: usize, act: &[BlockQ8K], out: &mut [f32], vnni: bool) {
-    macro_rules! go {
-        ($T:ident) => {
-            // SAFETY: same features, VNNI when the caller says so.
-            unsafe {
-                if vnni {
-                    k_rows_vnni::<{ GgmlType::$T as u32 }>(data, rb, act, out)
-                } else {
-                    k_rows::<{ GgmlType::$T as u32 }>(data, rb, act, out)
-                }
-            }
-        };
-    }
-    match t {
-        GgmlType::Q2_K => go!(Q2_K),
-        GgmlType::Q3_K => go!(Q3_K),
-        GgmlType::Q4_K => go!(Q4_K),
-        GgmlType::Q5_K => go!(Q5_K),
-        _ => go!(Q6_K),
+    // SAFETY: same features, VNNI when the caller says so.
+    unsafe {
+        if vnni {
+            dispatch_type!(k_rows_vnni, t, [Q2_K, Q3_K, Q4_K, Q5_K, Q6_K], (data, rb, act, out))
+        } else {
+            dispatch_type!(k_rows, t, [Q2_K, Q3_K, Q4_K, Q5_K, Q6_K], (data, rb, act, out))
+        }
     }
 }
 
@@ -563,14 +541,7 @@ fn fp8x32(b: &[u8]) -> (__m512, __m512) {
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2,fma,f16c")]
 pub unsafe fn dot_fp8(row: &[u8], scales: &[f32], xs: &[&[f32]], out: &mut [f32]) {
     // SAFETY (all arms): same features; N matches xs.len().
-    unsafe {
-        match xs.len() {
-            1 => dot_fp8_n::<1>(row, scales, xs, out),
-            2 => dot_fp8_n::<2>(row, scales, xs, out),
-            3 => dot_fp8_n::<3>(row, scales, xs, out),
-            _ => dot_fp8_n::<4>(row, scales, xs, out),
-        }
-    }
+    unsafe { dispatch_rows!(dot_fp8_n, xs.len(), (row, scales, xs, out)) }
 }
 
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2,fma,f16c")]

@@ -1,4 +1,5 @@
-//! Scalar conversions of the small float formats (f16, bf16, float8 e4m3) to f32.
+//! Scalar conversions of the small float formats (f16, bf16, float8 e4m3) to f32, and f32 to
+//! bf16.
 
 /// IEEE half (binary16) bits to f32.
 #[inline]
@@ -10,6 +11,12 @@ pub fn f16_to_f32(bits: u16) -> f32 {
 #[inline]
 pub fn bf16_to_f32(bits: u16) -> f32 {
     f32::from_bits((bits as u32) << 16)
+}
+
+/// f32 to bfloat16 bits, rounded to nearest even (the rounding of `vcvtne2ps2bf16`).
+#[inline]
+pub fn f32_to_bf16(x: f32) -> u16 {
+    half::bf16::from_f32(x).to_bits()
 }
 
 /// float8 e4m3 "fn" (OCP FP8, as in DeepSeek's FP8 release) to f32: 1 sign bit, 4 exponent

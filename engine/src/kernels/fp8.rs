@@ -32,7 +32,7 @@
 //! dropped subnormals and f32 summation (tests/`fp8_bf16_kernel_matches_f32_reference`).
 //! [`dot_row_ref`] is the scalar model of the same arithmetic, for ISAs without the kernel.
 
-use super::fp::{bf16_to_f32, fp8_e4m3_to_f32};
+use super::fp::{bf16_to_f32, f32_to_bf16, fp8_e4m3_to_f32};
 
 /// 2^e as f32 (−126 ≤ e ≤ 127).
 const fn pow2(e: i32) -> f32 {
@@ -56,8 +56,7 @@ pub fn is_subnormal(b: u8) -> bool {
 /// bf16 bits of `x · 2^64`, rounded to nearest even (NaN is not expected).
 #[inline]
 pub fn act_bf16(x: f32) -> u16 {
-    let b = (x * ACT_SCALE).to_bits();
-    ((b + 0x7FFF + ((b >> 16) & 1)) >> 16) as u16
+    f32_to_bf16(x * ACT_SCALE)
 }
 
 /// Prepares `x` (any number of rows, row-major) as scaled bf16 activations.
@@ -86,6 +85,7 @@ pub fn dot_row_ref(row: &[u8], scales: &[f32], x: &[u16]) -> f32 {
 pub(crate) mod x86 {
     use std::arch::x86_64::*;
 
+    use super::super::unpack::dispatch_rows;
     use super::UNSCALE;
 
     /// 32 e4m3 bytes at `p` as 32 bf16 of value·2^−120 (module comment); `mask` selects the
@@ -121,14 +121,7 @@ pub(crate) mod x86 {
         assert!((1..=4).contains(&xs.len()) && out.len() >= xs.len());
         assert!(xs.iter().all(|x| x.len() >= row.len()) && scales.len() >= row.len().div_ceil(128));
         // SAFETY (all arms): same features; lengths checked above; N matches xs.len().
-        unsafe {
-            match xs.len() {
-                1 => dot_n::<1>(row, scales, xs, out),
-                2 => dot_n::<2>(row, scales, xs, out),
-                3 => dot_n::<3>(row, scales, xs, out),
-                _ => dot_n::<4>(row, scales, xs, out),
-            }
-        }
+        unsafe { dispatch_rows!(dot_n, xs.len(), (row, scales, xs, out)) }
     }
 
     /// # Safety

@@ -277,4 +277,26 @@ macro_rules! dispatch {
     };
 }
 
-pub(crate) use dispatch;
+/// Calls `$f::<T>($args)` for the runtime type `$t` (one of `$types`).
+macro_rules! dispatch_type {
+    ($f:ident, $t:expr, [$($ty:ident),*], $args:tt) => {
+        match $t {
+            $(GgmlType::$ty => $f::<{ GgmlType::$ty as u32 }>$args,)*
+            _ => {}
+        }
+    };
+}
+
+/// Calls `$f::<N>($args)` for `N` = `$n` (1..=4).
+macro_rules! dispatch_rows {
+    ($f:ident, $n:expr, $args:tt) => {
+        match $n {
+            1 => $f::<1>$args,
+            2 => $f::<2>$args,
+            3 => $f::<3>$args,
+            _ => $f::<4>$args,
+        }
+    };
+}
+
+pub(crate) use {dispatch, dispatch_rows, dispatch_type};

@@ -12,6 +12,7 @@
 use std::ops::Range;
 
 use half::f16;
+use half::slice::HalfFloatSliceExt;
 use rayon::prelude::*;
 
 use crate::kernels::{self, Isa, QMatrix};
@@ -111,14 +112,18 @@ impl HeadPass<'_> {
         // Latent contexts [head][row][lora].
         let mut ctx = vec![0f32; hc * n * d.lora];
         let mut scratch = Scratch::default();
-        // A sequence with several rows here (a prompt) has its latents converted to f32 once
-        // for all of them, when that copy is small; otherwise `attend` converts as it goes.
+        // A sequence with several rows here (a prompt) has its f16 latents converted to f32
+        // once for all of them, when that copy is small; otherwise `attend` converts as it
+        // goes. (f32 latents are used in place.)
         let mut converted: Vec<Option<Vec<f32>>> = vec![None; self.latents.len()];
         for (seq, c) in converted.iter_mut().enumerate() {
+            let Latents::F16(lat) = self.latents[seq] else { continue };
             let mine = self.rows.iter().filter(|r| r.0 == seq);
             let (count, longest) = mine.fold((0, 0), |(c, l), r| (c + 1, l.max(r.1 + 1)));
             if count >= 2 && longest * width <= CONVERT_MAX_VALUES {
-                *c = Some(to_f32(self.latents[seq], longest * width));
+                let mut f = vec![0f32; longest * width];
+                lat[..f.len()].convert_to_f32_slice(&mut f);
+                *c = Some(f);
             }
         }
         for (i, &(seq, pos)) in self.rows.iter().enumerate() {
@@ -194,7 +199,6 @@ fn chunk<'a>(lat: Latents<'a>, j0: usize, m: usize, width: usize, buf: &'a mut V
     match lat {
         Latents::F32(c) => &c[j0 * width..(j0 + m) * width],
         Latents::F16(c) => {
-            use half::slice::HalfFloatSliceExt;
             buf.resize(m * width, 0.0);
             c[j0 * width..(j0 + m) * width].convert_to_f32_slice(buf);
             buf
@@ -254,19 +258,6 @@ fn axpy4(w: [f32; 4], x: [&[f32]; 4], y: &mut [f32]) {
     for (c, v) in y.iter_mut().enumerate() {
         *v += w[0] * x[0][c] + w[1] * x[1][c] + w[2] * x[2][c] + w[3] * x[3][c];
     }
-}
-
-/// The first `len` values of `lat` as f32.
-fn to_f32(lat: Latents, len: usize) -> Vec<f32> {
-    let mut out = vec![0f32; len];
-    match lat {
-        Latents::F32(c) => out.copy_from_slice(&c[..len]),
-        Latents::F16(c) => {
-            use half::slice::HalfFloatSliceExt;
-            c[..len].convert_to_f32_slice(&mut out);
-        }
-    }
-    out
 }
 
 #[cfg(target_arch = "x86_64")]

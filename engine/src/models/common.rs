@@ -279,21 +279,31 @@ impl Rope {
     }
 }
 
-/// `x0·cos − x1·sin`, `x0·sin + x1·cos` with ggml's contraction, for every head of a row.
-fn rotate_ggml(style: RopeStyle, row: &mut [f32], head_dim: usize, cs: &[(f32, f32)]) {
-    #[cfg(target_arch = "x86_64")]
-    if crate::kernels::simd::avx2_supported() {
-        // SAFETY: AVX2/FMA/F16C detected.
-        return unsafe { rotate_ggml_fma(style, row, head_dim, cs) };
-    }
-    rotate_ggml_generic(style, row, head_dim, cs)
+/// Defines `$name(args)`: `$body` (an `#[inline(always)]` fn of the same arguments) compiled
+/// with FMA where the CPU has it, so its `mul_add`s are single instructions and its loops
+/// vectorize, else as is (`mul_add` is then a library call, with the same result).
+macro_rules! with_fma {
+    ($(#[$doc:meta])* fn $name:ident($($a:ident: $t:ty),*) => $body:ident) => {
+        $(#[$doc])*
+        fn $name($($a: $t),*) {
+            #[cfg(target_arch = "x86_64")]
+            if crate::kernels::simd::avx2_supported() {
+                #[target_feature(enable = "avx2,fma,f16c")]
+                unsafe fn fma($($a: $t),*) {
+                    $body($($a),*)
+                }
+                // SAFETY: AVX2/FMA/F16C detected.
+                return unsafe { fma($($a),*) };
+            }
+            $body($($a),*)
+        }
+    };
 }
 
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn rotate_ggml_fma(style: RopeStyle, row: &mut [f32], head_dim: usize, cs: &[(f32, f32)]) {
-    rotate_ggml_generic(style, row, head_dim, cs)
-}
+with_fma!(
+    /// `x0·cos − x1·sin`, `x0·sin + x1·cos` with ggml's contraction, for every head of a row.
+    fn rotate_ggml(style: RopeStyle, row: &mut [f32], head_dim: usize, cs: &[(f32, f32)]) => rotate_ggml_generic
+);
 
 #[inline(always)]
 fn rotate_ggml_generic(style: RopeStyle, row: &mut [f32], head_dim: usize, cs: &[(f32, f32)]) {
@@ -564,15 +574,10 @@ fn reduce_lanes(acc: &[f32]) -> f32 {
     reduce16(&x)
 }
 
-/// `acc[i % lanes] = fma(a[i], b[i], acc[i % lanes])` over whole groups of `acc.len()`.
-fn fma_lanes(acc: &mut [f32], a: &[f32], b: &[f32]) {
-    #[cfg(target_arch = "x86_64")]
-    if crate::kernels::simd::avx2_supported() {
-        // SAFETY: AVX2/FMA/F16C detected.
-        return unsafe { fma_lanes_fma(acc, a, b) };
-    }
-    fma_lanes_generic(acc, a, b)
-}
+with_fma!(
+    /// `acc[i % lanes] = fma(a[i], b[i], acc[i % lanes])` over whole groups of `acc.len()`.
+    fn fma_lanes(acc: &mut [f32], a: &[f32], b: &[f32]) => fma_lanes_generic
+);
 
 #[inline(always)]
 fn fma_lanes_generic(acc: &mut [f32], a: &[f32], b: &[f32]) {
@@ -584,33 +589,16 @@ fn fma_lanes_generic(acc: &mut [f32], a: &[f32], b: &[f32]) {
     }
 }
 
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn fma_lanes_fma(acc: &mut [f32], a: &[f32], b: &[f32]) {
-    fma_lanes_generic(acc, a, b)
-}
-
-/// `acc[d] = fma(v[d], w, acc[d])`.
-fn axpy_fma(acc: &mut [f32], w: f32, v: &[f32]) {
-    #[cfg(target_arch = "x86_64")]
-    if crate::kernels::simd::avx2_supported() {
-        // SAFETY: AVX2/FMA/F16C detected.
-        return unsafe { axpy_fma_fma(acc, w, v) };
-    }
-    axpy_fma_generic(acc, w, v)
-}
+with_fma!(
+    /// `acc[d] = fma(v[d], w, acc[d])`.
+    fn axpy_fma(acc: &mut [f32], w: f32, v: &[f32]) => axpy_fma_generic
+);
 
 #[inline(always)]
 fn axpy_fma_generic(acc: &mut [f32], w: f32, v: &[f32]) {
     for (s, &x) in acc.iter_mut().zip(v) {
         *s = x.mul_add(w, *s);
     }
-}
-
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn axpy_fma_fma(acc: &mut [f32], w: f32, v: &[f32]) {
-    axpy_fma_generic(acc, w, v)
 }
 
 /// ggml's f16 dot product of `a` and `b` (f16 values held as f32), in `flavour`'s order.

@@ -263,7 +263,7 @@ impl DenseModel {
         let rope = &self.cfg.ropes[rope_idx];
         let scale = if self.cfg.prescale_q { 1.0 } else { self.cfg.attn_scale };
         // Fast means "as llama.cpp", whose rope computes its angles in f32.
-        let ggml = kernels::precision() == Precision::Fast;
+        let apply_rope = if kernels::precision() == Precision::Fast { Rope::apply_rows_ggml } else { Rope::apply_rows };
         let params = AttnParams {
             n_heads: self.cfg.n_heads,
             n_kv_heads: self.cfg.n_kv_heads,
@@ -276,13 +276,8 @@ impl DenseModel {
         let att = &mut s.att[..n * qd];
         for seg in segs.iter_mut() {
             let (a, b) = (seg.start, seg.start + seg.n);
-            if ggml {
-                rope.apply_rows_ggml(&mut q[a * qd..b * qd], qd, seg.pos0, hd);
-                rope.apply_rows_ggml(&mut k[a * kvd..b * kvd], kvd, seg.pos0, hd);
-            } else {
-                rope.apply_rows(&mut q[a * qd..b * qd], qd, seg.pos0, hd);
-                rope.apply_rows(&mut k[a * kvd..b * kvd], kvd, seg.pos0, hd);
-            }
+            apply_rope(rope, &mut q[a * qd..b * qd], qd, seg.pos0, hd);
+            apply_rope(rope, &mut k[a * kvd..b * kvd], kvd, seg.pos0, hd);
         }
         if self.cfg.prescale_q {
             // After the rope, as llama.cpp does (the same maths; it matters for the rounding).

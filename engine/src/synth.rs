@@ -344,14 +344,9 @@ pub fn fill_fp8_serial(buf: &mut [u8], seed: u64) {
 fn fix_block(ty: GgmlType, b: &mut [u8], rng: &mut XorShift) {
     let mut small = |scale: f32| half::f16::from_f32(scale * (0.5 + (rng.next() % 1000) as f32 / 1000.0)).to_le_bytes();
     match ty {
-        GgmlType::F32 => b.copy_from_slice(&(0.02 * ((rng.next() % 2001) as f32 / 1000.0 - 1.0)).to_le_bytes()),
-        GgmlType::F16 => {
-            b.copy_from_slice(&half::f16::from_f32(0.02 * ((rng.next() % 2001) as f32 / 1000.0 - 1.0)).to_le_bytes())
-        }
-        GgmlType::BF16 => {
-            let v = half::bf16::from_f32(0.02 * ((rng.next() % 2001) as f32 / 1000.0 - 1.0));
-            b.copy_from_slice(&v.to_le_bytes())
-        }
+        GgmlType::F32 => b.copy_from_slice(&(0.02 * rng.unit()).to_le_bytes()),
+        GgmlType::F16 => b.copy_from_slice(&half::f16::from_f32(0.02 * rng.unit()).to_le_bytes()),
+        GgmlType::BF16 => b.copy_from_slice(&half::bf16::from_f32(0.02 * rng.unit()).to_le_bytes()),
         GgmlType::Q8_0 | GgmlType::Q4_0 | GgmlType::Q5_0 => b[0..2].copy_from_slice(&small(2e-4)),
         GgmlType::Q4_1 | GgmlType::Q5_1 => {
             // w = d·q + m with unsigned q: m = −d·E[q] keeps the weights zero-mean.
@@ -401,6 +396,11 @@ impl XorShift {
         x ^= x << 17;
         self.0 = x;
         x
+    }
+
+    /// A value in [−1, 1] (steps of 0.001).
+    fn unit(&mut self) -> f32 {
+        (self.next() % 2001) as f32 / 1000.0 - 1.0
     }
 }
 
@@ -515,7 +515,7 @@ mod tests {
         let mut chosen = std::collections::BTreeSet::new();
         for _ in 0..16 {
             // An RMS-normalised input, as the router sees after ffn_norm.
-            let x: Vec<f32> = (0..shape.hidden as usize).map(|_| (rng.next() % 2001) as f32 / 1000.0 - 1.0).collect();
+            let x: Vec<f32> = (0..shape.hidden as usize).map(|_| rng.unit()).collect();
             let rms = (x.iter().map(|v| v * v).sum::<f32>() / x.len() as f32).sqrt();
             let logits: Vec<f32> = router
                 .chunks_exact(shape.hidden as usize)

@@ -236,7 +236,7 @@ fn moe(args: MoeArgs) -> anyhow::Result<i32> {
             .fold(0.0, f64::max)
     };
     let read_gbps = best_of_3(&|| experts::read_all(&pool, &buffers));
-    let pf = hy_engine::kernels::simd::prefetch_distance().max(64);
+    let pf = hy_engine::kernels::simd::prefetch_distance();
     let prefetched_read_gbps = best_of_3(&|| experts::read_all_prefetched(&pool, &buffers, pf));
 
     let n_moe_layers = (shape.n_layers - shape.n_dense_layers) as f64;

@@ -6,8 +6,8 @@
 //!
 //! Weights are random blocks with sane scales (the speed does not depend on the values).
 //! Batches time the kernels alone (activations prepared beforehand, as the engine prepares
-//! them once per layer). Prints one line per (type, ISA, batch; `amx` where the AMX tiles run the product, which
-//! `HY_AMX=0` turns off): best and median time, GB/s of weights read, the
+//! them once per layer). Prints one line per (type, ISA, batch; `amx` where the AMX tiles run
+//! the product, which `HY_AMX=0` turns off): best and median time, GB/s of weights read, the
 //! read loop's GB/s over the same bytes (measured just before) and the ratio of the two.
 
 use std::time::Instant;

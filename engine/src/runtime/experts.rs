@@ -215,39 +215,44 @@ fn silu(x: f32) -> f32 {
 /// Reads `buffers` through the pool: thread `t` sums the `t`-th share of every buffer with a
 /// plain vectorizable loop. The ceiling an expert pass over the same memory can reach.
 pub fn read_all(pool: &Pool, buffers: &[&[u8]]) -> u64 {
-    read_all_with(pool, buffers, 0)
+    read_shares(pool, buffers, sum_words)
 }
 
-/// [`read_all`] with the widest loads and a software prefetch `dist` bytes ahead
-/// (`kernels::bench::read_stream_with`): the higher ceiling on CPUs whose cores stream
-/// faster with prefetches, as the kernels do.
+/// [`read_all`] with the widest loads and a software prefetch `dist` bytes ahead (0 = none;
+/// `kernels::bench::read_stream_with`): the higher ceiling on CPUs whose cores stream faster
+/// with prefetches, as the kernels do.
 pub fn read_all_prefetched(pool: &Pool, buffers: &[&[u8]], dist: usize) -> u64 {
-    read_all_with(pool, buffers, dist.max(1))
+    read_shares(pool, buffers, |b| kernels::bench::read_stream_with(b, dist))
 }
 
-fn read_all_with(pool: &Pool, buffers: &[&[u8]], dist: usize) -> u64 {
-    let sums: Vec<std::sync::atomic::AtomicU64> =
-        (0..pool.threads()).map(|_| std::sync::atomic::AtomicU64::new(0)).collect();
+/// Thread `t` applies `read` to its share (whole 64-byte lines) of every buffer; the result
+/// only defeats dead-code elimination.
+fn read_shares(pool: &Pool, buffers: &[&[u8]], read: impl Fn(&[u8]) -> u64 + Sync) -> u64 {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    let sums: Vec<AtomicU64> = (0..pool.threads()).map(|_| AtomicU64::new(0)).collect();
     pool.run(&|t| {
-        let mut acc = [0u64; 8];
+        let mut acc = 0u64;
         for b in buffers {
-            if dist > 0 {
-                let r = share(b.len() / 64, pool.threads(), t);
-                acc[0] = acc[0].wrapping_add(kernels::bench::read_stream_with(&b[r.start * 64..r.end * 64], dist));
-                continue;
-            }
-            // SAFETY: every bit pattern is a valid u64; `align_to` only yields aligned words.
-            let (_, words, _) = unsafe { b.align_to::<u64>() };
-            let r = share(words.len() / 8, pool.threads(), t);
-            for line in words[r.start * 8..r.end * 8].chunks_exact(8) {
-                for (a, &w) in acc.iter_mut().zip(line) {
-                    *a = a.wrapping_add(w);
-                }
-            }
+            let r = share(b.len() / 64, pool.threads(), t);
+            acc = acc.wrapping_add(read(&b[r.start * 64..r.end * 64]));
         }
-        sums[t].store(acc.iter().fold(0, |x, &y| x ^ y), std::sync::atomic::Ordering::Relaxed);
+        sums[t].store(acc, Ordering::Relaxed);
     });
-    sums.iter().fold(0, |x, s| x ^ s.load(std::sync::atomic::Ordering::Relaxed))
+    sums.iter().fold(0, |x, s| x ^ s.load(Ordering::Relaxed))
+}
+
+/// Wrapping sums of the aligned u64 words of `b` in eight lanes, folded (a plain loop the
+/// compiler vectorizes).
+fn sum_words(b: &[u8]) -> u64 {
+    // SAFETY: every bit pattern is a valid u64; `align_to` only yields aligned words.
+    let (_, words, _) = unsafe { b.align_to::<u64>() };
+    let mut acc = [0u64; 8];
+    for line in words.chunks_exact(8) {
+        for (a, &w) in acc.iter_mut().zip(line) {
+            *a = a.wrapping_add(w);
+        }
+    }
+    acc.iter().fold(0, |x, &y| x ^ y)
 }
 
 #[cfg(test)]

@@ -4,14 +4,15 @@
 //! the experts chosen by any sequence in the batch are gathered, and every sequence routed to
 //! an expert is computed from the same read of its rows.
 //!
-//! Work split: thread `t` of `T` owns the same contiguous row range of every expert's matrices
-//! (rows `share(n_ff, T, t)` of gate and up, rows `share(hidden, T, t)` of down). Its reads are
-//! long sequential streams, no rows move between threads, and when a placement step first
-//! touches those rows from the same thread they sit on that thread's NUMA node. Phases:
+//! Work split: threads claim contiguous row ranges from a [`RowQueue`] (large first, smaller
+//! toward the end, only from their NUMA node's part of every matrix), so a slow thread holds
+//! the others up by one small claim, not by a whole equal share. Phases:
 //!
-//! 1. gate and up rows → `silu(gate) · up` for the owned rows (fused; no gate/up round trip);
+//! 1. gate and up rows → `silu(gate) · up` for the claimed rows of each active expert (fused;
+//!    no gate/up round trip);
 //! 2. barrier; each expert's hidden activations are quantized once (threads split experts);
-//! 3. barrier; down rows → weighted sum into the owned output rows (no write conflicts).
+//! 3. barrier; down rows of every active expert → weighted sum into the claimed output rows
+//!    (no write conflicts).
 //!
 //! Activations entering the layer are quantized once per expert before the pass, shared by all
 //! threads.
@@ -22,6 +23,7 @@ use std::sync::OnceLock;
 use crate::kernels::{self, Isa, Prepared, QMatrix};
 
 use super::pool::{share, Pool, SyncPtr};
+use super::queue::{RowQueue, MIN_CLAIM_BYTES};
 
 /// One expert's matrices: gate and up are `n_ff × hidden`, down is `hidden × n_ff`.
 #[derive(Clone, Copy, Debug)]
@@ -107,6 +109,12 @@ pub fn expert_pass(pool: &Pool, experts: &[ExpertMats], x: &[f32], routes: &[Vec
     let h_len = h.len();
     let threads = pool.threads();
     let isa = Isa::best();
+    let arrivals = Arrivals::new(threads);
+    // Claims of ~64 KB per matrix or more (gate and up are read together; down once per
+    // active expert for the claimed output rows).
+    let gate_up = RowQueue::segmented(pool, active.len(), n_ff, MIN_CLAIM_BYTES / first.gate.data.len().div_ceil(n_ff));
+    let down_row_bytes = first.down.data.len().div_ceil(hidden) * active.len();
+    let down = RowQueue::new(pool, hidden, MIN_CLAIM_BYTES / down_row_bytes.max(1));
 
     pool.run(&|t| {
         // Phase 0: quantize the inputs, experts split across threads.
@@ -116,11 +124,11 @@ pub fn expert_pass(pool: &Pool, experts: &[ExpertMats], x: &[f32], routes: &[Vec
             let _ = x_prep[j].set(kernels::prepare(first.gate.ty, hidden, rows, n));
         }
         pool.barrier();
-        // Phase 1: fused gate/up + SiLU on the owned rows of every active expert.
-        let rows = share(n_ff, threads, t);
+        // Phase 1: fused gate/up + SiLU, on the rows of every active expert this thread claims.
         SCRATCH.with(|s| {
             let (g, u) = &mut *s.borrow_mut();
-            for (j, a) in active.iter().enumerate() {
+            for (j, rows) in gate_up.claims(t) {
+                let a = &active[j];
                 let n = a.tokens.len();
                 let p = x_prep[j].get().expect("prepared in phase 0");
                 let e = &experts[a.expert];
@@ -128,15 +136,17 @@ pub fn expert_pass(pool: &Pool, experts: &[ExpertMats], x: &[f32], routes: &[Vec
                 u.resize(rows.len() * n, 0.0);
                 kernels::matmul_rows(isa, &e.gate, p, rows.clone(), g);
                 kernels::matmul_rows(isa, &e.up, p, rows.clone(), u);
-                for (ri, r) in rows.clone().enumerate() {
+                for (ri, r) in rows.enumerate() {
                     for i in 0..n {
                         let v = silu(g[ri * n + i]) * u[ri * n + i];
-                        // SAFETY: row r belongs to this thread only; index inside `h`.
+                        // SAFETY: the queue hands row r of expert j to this claim only; the
+                        // index is inside `h`.
                         unsafe { *h_ptr.ptr().add((offsets[j] + i) * n_ff + r) = v };
                     }
                 }
             }
         });
+        arrivals.mark(0, t);
         pool.barrier();
         // Phase 2: quantize each expert's hidden activations once.
         // SAFETY: phase 1 (all writes to `h`) ended at the barrier above; from here to the end
@@ -148,30 +158,71 @@ pub fn expert_pass(pool: &Pool, experts: &[ExpertMats], x: &[f32], routes: &[Vec
             let _ = h_prep[j].set(kernels::prepare(first.down.ty, n_ff, rows, n));
         }
         pool.barrier();
-        // Phase 3: down projection on the owned output rows, weighted into `out`.
-        let rows = share(hidden, threads, t);
+        // Phase 3: down projection of every active expert on the output rows this thread
+        // claims, weighted into `out`.
         SCRATCH.with(|s| {
             let (d, _) = &mut *s.borrow_mut();
-            for (j, a) in active.iter().enumerate() {
-                let n = a.tokens.len();
-                let p = h_prep[j].get().expect("prepared in phase 2");
-                d.resize(rows.len() * n, 0.0);
-                kernels::matmul_rows(isa, &experts[a.expert].down, p, rows.clone(), d);
-                for (ri, r) in rows.clone().enumerate() {
-                    for (i, (&tok, &w)) in a.tokens.iter().zip(&a.weights).enumerate() {
-                        // SAFETY: output row r of every token belongs to this thread only.
-                        unsafe { *out_ptr.ptr().add(tok * hidden + r) += w * d[ri * n + i] };
+            for (_, rows) in down.claims(t) {
+                for (j, a) in active.iter().enumerate() {
+                    let n = a.tokens.len();
+                    let p = h_prep[j].get().expect("prepared in phase 2");
+                    d.resize(rows.len() * n, 0.0);
+                    kernels::matmul_rows(isa, &experts[a.expert].down, p, rows.clone(), d);
+                    for (ri, r) in rows.clone().enumerate() {
+                        for (i, (&tok, &w)) in a.tokens.iter().zip(&a.weights).enumerate() {
+                            // SAFETY: the queue hands output row r to this claim only.
+                            unsafe { *out_ptr.ptr().add(tok * hidden + r) += w * d[ri * n + i] };
+                        }
                     }
                 }
             }
         });
+        arrivals.mark(1, t);
     });
+    arrivals.report();
     drop(h);
 }
 
-/// `Y = X · Wᵀ` (X is n × cols) on the pool: thread t computes weight rows
-/// `share(rows, T, t)` for all n inputs, so each row is read once, by the same thread every
-/// call. The inputs are quantized once, before the job.
+/// With `HY_PROFILE` on, when each thread finished the gate/up phase and the down phase of an
+/// expert pass: the last thread's lag behind the mean is time the others spent waiting.
+struct Arrivals {
+    t0: Option<std::time::Instant>,
+    at: Vec<[std::sync::atomic::AtomicU64; 2]>,
+}
+
+impl Arrivals {
+    fn new(threads: usize) -> Self {
+        let on = super::profile::enabled();
+        Arrivals {
+            t0: on.then(std::time::Instant::now),
+            at: (0..if on { threads } else { 0 }).map(|_| Default::default()).collect(),
+        }
+    }
+
+    fn mark(&self, phase: usize, t: usize) {
+        if let Some(t0) = self.t0 {
+            self.at[t][phase].store(t0.elapsed().as_nanos() as u64, std::sync::atomic::Ordering::Relaxed);
+        }
+    }
+
+    fn report(&self) {
+        if self.t0.is_none() || self.at.is_empty() {
+            return;
+        }
+        for (phase, label) in [(0, "experts.gate_up_lag"), (1, "experts.down_lag")] {
+            let v: Vec<u64> = self.at.iter().map(|a| a[phase].load(std::sync::atomic::Ordering::Relaxed)).collect();
+            let mean = v.iter().sum::<u64>() / v.len() as u64;
+            let max = v.iter().copied().max().unwrap_or(0);
+            super::profile::add(label, std::time::Duration::from_nanos(max - mean.min(max)));
+        }
+        let done = self.at.iter().map(|a| a[0].load(std::sync::atomic::Ordering::Relaxed)).max().unwrap_or(0);
+        super::profile::add("experts.gate_up_phase", std::time::Duration::from_nanos(done));
+    }
+}
+
+/// `Y = X · Wᵀ` (X is n × cols) on the pool: threads claim row ranges of W from a
+/// [`RowQueue`] and compute them for all n inputs, so each row is read once. The inputs are
+/// quantized once, before the job.
 pub fn pool_matmul(pool: &Pool, w: &QMatrix, x: &[f32], n: usize, y: &mut [f32]) {
     debug_assert_eq!(x.len(), n * w.cols);
     debug_assert_eq!(y.len(), n * w.rows);
@@ -180,31 +231,34 @@ pub fn pool_matmul(pool: &Pool, w: &QMatrix, x: &[f32], n: usize, y: &mut [f32])
         kernels::prepare_parallel(w.ty, w.cols, x, n)
     };
     let isa = Isa::best();
-    let threads = pool.threads();
     let out = SyncPtr(y.as_mut_ptr());
+    let row_bytes = w.data.len() / w.rows.max(1);
+    let queue = RowQueue::new(pool, w.rows, MIN_CLAIM_BYTES / row_bytes.max(1));
     pool.run(&|t| {
-        let rows = share(w.rows, threads, t);
-        if n == 1 {
-            // SAFETY: thread t writes only its own rows of y, which outlives the job.
-            let slice = unsafe { std::slice::from_raw_parts_mut(out.ptr().add(rows.start), rows.len()) };
-            kernels::matmul_rows(isa, w, &p, rows, slice);
-            return;
-        }
-        // The kernels give rows × n (one weight row's n results together); each thread
-        // turns its own rows into y's n × rows layout (a serial transpose afterwards took
-        // as long as an AMX product for a 256-token prompt).
-        SCRATCH.with(|s| {
-            let (yt, _) = &mut *s.borrow_mut();
-            yt.resize(rows.len() * n, 0.0);
-            kernels::matmul_rows(isa, w, &p, rows.clone(), yt);
-            for i in 0..n {
-                // SAFETY: row i of y at columns `rows` belongs to this thread only.
-                let dst = unsafe { std::slice::from_raw_parts_mut(out.ptr().add(i * w.rows + rows.start), rows.len()) };
-                for (d, src) in dst.iter_mut().zip(yt.chunks_exact(n)) {
-                    *d = src[i];
-                }
+        for (_, rows) in queue.claims(t) {
+            if n == 1 {
+                // SAFETY: the queue hands each row to one claim only; y outlives the job.
+                let slice = unsafe { std::slice::from_raw_parts_mut(out.ptr().add(rows.start), rows.len()) };
+                kernels::matmul_rows(isa, w, &p, rows, slice);
+                continue;
             }
-        });
+            // The kernels give rows × n (one weight row's n results together); each thread
+            // turns its own rows into y's n × rows layout (a serial transpose afterwards took
+            // as long as an AMX product for a 256-token prompt).
+            SCRATCH.with(|s| {
+                let (yt, _) = &mut *s.borrow_mut();
+                yt.resize(rows.len() * n, 0.0);
+                kernels::matmul_rows(isa, w, &p, rows.clone(), yt);
+                for i in 0..n {
+                    // SAFETY: row i of y at columns `rows` belongs to this claim only.
+                    let dst =
+                        unsafe { std::slice::from_raw_parts_mut(out.ptr().add(i * w.rows + rows.start), rows.len()) };
+                    for (d, src) in dst.iter_mut().zip(yt.chunks_exact(n)) {
+                        *d = src[i];
+                    }
+                }
+            });
+        }
     });
 }
 

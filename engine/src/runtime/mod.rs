@@ -6,6 +6,7 @@ pub mod experts;
 pub mod generate;
 pub mod pool;
 pub mod profile;
+pub mod queue;
 pub mod sampling;
 pub mod scheduler;
 #[cfg(test)]

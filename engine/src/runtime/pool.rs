@@ -137,6 +137,40 @@ impl Pool {
             f(0);
             return;
         }
+        if super::profile::enabled() {
+            return self.run_timed(f);
+        }
+        self.dispatch(f);
+    }
+
+    /// [`Pool::run`] with `HY_PROFILE` on: besides running the job, adds to the profile its
+    /// wall time, how late the last thread started, and the mean and longest time a thread
+    /// spent in the job (wall − mean busy = what the job lost to starting and waiting).
+    fn run_timed(&self, f: &(dyn Fn(usize) + Sync)) {
+        use std::time::{Duration, Instant};
+        let n = self.threads();
+        let t0 = Instant::now();
+        let spans: Vec<(AtomicU64, AtomicU64)> = (0..n).map(|_| (AtomicU64::new(0), AtomicU64::new(0))).collect();
+        self.dispatch(&|t| {
+            let start = t0.elapsed().as_nanos() as u64;
+            f(t);
+            spans[t].0.store(start, Ordering::Relaxed);
+            spans[t].1.store(t0.elapsed().as_nanos() as u64, Ordering::Relaxed);
+        });
+        let wall = t0.elapsed();
+        let spans: Vec<(u64, u64)> =
+            spans.iter().map(|(s, e)| (s.load(Ordering::Relaxed), e.load(Ordering::Relaxed))).collect();
+        let busy = spans.iter().map(|&(s, e)| e.saturating_sub(s));
+        let ns = Duration::from_nanos;
+        let op = super::profile::current();
+        super::profile::add(format!("{op} pool.wall"), wall);
+        super::profile::add(format!("{op} pool.start_lag_max"), ns(spans.iter().map(|s| s.0).max().unwrap_or(0)));
+        super::profile::add(format!("{op} pool.busy_mean"), ns(busy.clone().sum::<u64>() / n as u64));
+        super::profile::add(format!("{op} pool.busy_max"), ns(busy.max().unwrap_or(0)));
+    }
+
+    fn dispatch(&self, f: &(dyn Fn(usize) + Sync)) {
+        let n = self.threads();
         // SAFETY: the reference is only used by workers between the generation bump below and
         // `remaining` reaching zero, and this function does not return before that, so `f`
         // outlives every use. The slot is cleared before returning.

@@ -8,7 +8,17 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 static STATE: AtomicU8 = AtomicU8::new(0); // 0 unknown, 1 off, 2 on
-static TOTALS: Mutex<BTreeMap<&'static str, (Duration, u64)>> = Mutex::new(BTreeMap::new());
+static TOTALS: Mutex<BTreeMap<String, (Duration, u64)>> = Mutex::new(BTreeMap::new());
+
+thread_local! {
+    /// The labels of this thread's open scopes, innermost last.
+    static OPEN: std::cell::RefCell<Vec<&'static str>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// The innermost open scope on this thread ("-" outside any).
+pub fn current() -> &'static str {
+    OPEN.with(|o| o.borrow().last().copied().unwrap_or("-"))
+}
 
 /// Whether `HY_PROFILE` is on.
 pub fn enabled() -> bool {
@@ -29,17 +39,30 @@ pub struct Scope {
 }
 
 pub fn scope(label: &'static str) -> Scope {
-    Scope { label, start: enabled().then(Instant::now) }
+    let on = enabled();
+    if on {
+        OPEN.with(|o| o.borrow_mut().push(label));
+    }
+    Scope { label, start: on.then(Instant::now) }
 }
 
 impl Drop for Scope {
     fn drop(&mut self) {
         if let Some(t) = self.start {
-            let mut m = TOTALS.lock().unwrap_or_else(|e| e.into_inner());
-            let e = m.entry(self.label).or_default();
-            e.0 += t.elapsed();
-            e.1 += 1;
+            OPEN.with(|o| o.borrow_mut().pop());
+            add(self.label, t.elapsed());
         }
+    }
+}
+
+/// Adds `d` to `label`'s total as one call (when profiling is on): for times measured
+/// elsewhere than in a scope, such as a pool job's per-thread spread.
+pub fn add(label: impl Into<String>, d: Duration) {
+    if enabled() {
+        let mut m = TOTALS.lock().unwrap_or_else(|e| e.into_inner());
+        let e = m.entry(label.into()).or_default();
+        e.0 += d;
+        e.1 += 1;
     }
 }
 
@@ -53,7 +76,7 @@ pub fn report() {
     eprintln!("profile (HY_PROFILE): label, total ms, calls, share of the listed total");
     for (k, (d, n)) in m.iter() {
         eprintln!(
-            "  {k:<24} {:>10.1} {:>8} {:>6.1}%",
+            "  {k:<40} {:>10.1} {:>8} {:>6.1}%",
             d.as_secs_f64() * 1e3,
             n,
             100.0 * d.as_secs_f64() / total.as_secs_f64().max(1e-12)

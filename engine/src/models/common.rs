@@ -5,6 +5,7 @@
 //! Everything here works on f32 activations laid out row-major, one row per token. Weight
 //! matrices go through `kernels` (see `weights::Weight::linear`); nothing here reads weights.
 
+use crate::runtime::pool::par_chunks_mut;
 use half::f16;
 use rayon::prelude::*;
 
@@ -21,13 +22,20 @@ pub fn rms_norm_rows(x: &mut [f32], w: &[f32], eps: f32) {
     if d == 0 {
         return;
     }
-    for row in x.chunks_exact_mut(d) {
-        let scale = rms_scale(row, eps);
-        for (v, &g) in row.iter_mut().zip(w) {
-            *v = *v * scale * g;
+    par_chunks_mut(x, d, PAR_MIN_ROWS, &|_, rows| {
+        for row in rows.chunks_exact_mut(d) {
+            let scale = rms_scale(row, eps);
+            for (v, &g) in row.iter_mut().zip(w) {
+                *v = *v * scale * g;
+            }
         }
-    }
+    });
 }
+
+/// Rows from which the row-wise steps (norms, activations) of a prompt run on the pool.
+const PAR_MIN_ROWS: usize = 16;
+/// Values of an element-wise activation from which it runs on the pool.
+const PAR_MIN_VALUES: usize = 1 << 18;
 
 /// `out ← x / rms(x) · w` row by row, leaving `x` untouched (pre-norm of a residual stream).
 pub fn rms_norm_rows_into(x: &[f32], w: &[f32], eps: f32, out: &mut [f32]) {
@@ -35,12 +43,14 @@ pub fn rms_norm_rows_into(x: &[f32], w: &[f32], eps: f32, out: &mut [f32]) {
     if d == 0 {
         return;
     }
-    for (row, o) in x.chunks_exact(d).zip(out.chunks_exact_mut(d)) {
-        let scale = rms_scale(row, eps);
-        for ((o, &v), &g) in o.iter_mut().zip(row).zip(w) {
-            *o = v * scale * g;
+    par_chunks_mut(out, d, PAR_MIN_ROWS, &|first, out| {
+        for (row, o) in x[first * d..].chunks_exact(d).zip(out.chunks_exact_mut(d)) {
+            let scale = rms_scale(row, eps);
+            for ((o, &v), &g) in o.iter_mut().zip(row).zip(w) {
+                *o = v * scale * g;
+            }
         }
-    }
+    });
 }
 
 fn rms_scale(row: &[f32], eps: f32) -> f32 {
@@ -75,10 +85,14 @@ pub enum Activation {
 
 /// `gate ← act(gate) · up`, element-wise.
 pub fn gated_activation(act: Activation, gate: &mut [f32], up: &[f32]) {
-    match act {
-        Activation::Silu => gate.iter_mut().zip(up).for_each(|(g, &u)| *g = silu(*g) * u),
-        Activation::GeluTanh => gate.iter_mut().zip(up).for_each(|(g, &u)| *g = gelu_tanh(*g) * u),
-    }
+    const UNIT: usize = 4096;
+    par_chunks_mut(gate, UNIT, PAR_MIN_VALUES / UNIT, &|first, gate| {
+        let up = &up[first * UNIT..];
+        match act {
+            Activation::Silu => gate.iter_mut().zip(up).for_each(|(g, &u)| *g = silu(*g) * u),
+            Activation::GeluTanh => gate.iter_mut().zip(up).for_each(|(g, &u)| *g = gelu_tanh(*g) * u),
+        }
+    });
 }
 
 /// As [`gated_activation`], with GELU computed as ggml's CPU backend does (a table indexed by

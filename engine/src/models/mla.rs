@@ -3,11 +3,10 @@
 //! Every head's no-rope query is projected into the latent space (`W_UKᵀ q_nope`), attends
 //! over the cached latents that all heads share, and its latent context is projected out
 //! (`W_UV ctx`). The matrices are small (per head 512 × 128) and the work per head is short,
-//! so the heads are split into one contiguous chunk per thread and each thread runs absorb,
-//! softmax and output projection for its chunk in one go: one parallel region per layer,
-//! no allocation per head, and each cached latent converted once per thread and pass. On
-//! the runtime's pinned pool when it is free (its threads are then the only ones running,
-//! as for the layer's large products), else on rayon.
+//! so threads take contiguous runs of heads (from a work queue on the runtime's pinned pool,
+//! when it is free; else one equal run per rayon thread) and run absorb, softmax and output
+//! projection for a run in one go: one parallel region per layer, no allocation per head,
+//! and each cached latent converted once per run.
 
 use std::ops::Range;
 
@@ -17,6 +16,7 @@ use rayon::prelude::*;
 
 use crate::kernels::{self, Isa, QMatrix};
 use crate::runtime::pool::{share, SyncPtr};
+use crate::runtime::queue::RowQueue;
 
 /// One sequence's cached latents for one layer: rows of `lora + rope` values.
 #[derive(Clone, Copy)]
@@ -71,8 +71,9 @@ impl HeadPass<'_> {
         let guard = pool.as_ref().and_then(|p| p.try_lock().ok());
         match guard {
             Some(pool) => {
-                let parts = pool.threads();
-                pool.run(&|t| self.heads(share(d.n_heads, parts, t), ptr));
+                // Heads claimed one or a few at a time: threads do not run equally fast.
+                let queue = RowQueue::new(&pool, d.n_heads, 1).aligned(1);
+                pool.run(&|t| queue.claims(t).for_each(|(_, heads)| self.heads(heads, ptr)));
             }
             None => {
                 let parts = rayon::current_num_threads().min(d.n_heads).max(1);

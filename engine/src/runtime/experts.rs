@@ -85,7 +85,10 @@ pub fn expert_pass(pool: &Pool, experts: &[ExpertMats], x: &[f32], routes: &[Vec
     debug_assert_eq!(x.len(), routes.len() * hidden);
     debug_assert_eq!(out.len(), routes.len() * hidden);
 
-    // Gather each expert's input rows once; quantized below, once per expert.
+    // Each expert's input rows are gathered (in phase 0, by the thread that quantizes them)
+    // into one buffer, and its hidden activations written to another; both are kept by the
+    // calling thread between passes, so a prompt's tens of MB are not page-faulted in again
+    // for every layer.
     let offsets: Vec<usize> = active
         .iter()
         .scan(0, |acc, a| {
@@ -95,13 +98,44 @@ pub fn expert_pass(pool: &Pool, experts: &[ExpertMats], x: &[f32], routes: &[Vec
         })
         .collect();
     let total_rows: usize = active.iter().map(|a| a.tokens.len()).sum();
-    let mut xs = vec![0f32; total_rows * hidden];
-    for (a, &o) in active.iter().zip(&offsets) {
-        for (i, &t) in a.tokens.iter().enumerate() {
-            xs[(o + i) * hidden..(o + i + 1) * hidden].copy_from_slice(&x[t * hidden..(t + 1) * hidden]);
-        }
+    PASS_BUFFERS.with(|b| {
+        let (xs, h) = &mut *b.borrow_mut();
+        let xs = grown(xs, total_rows * hidden);
+        let h = grown(h, total_rows * n_ff);
+        run_pass(pool, experts, &active, &offsets, x, xs, h, out);
+    });
+}
+
+thread_local! {
+    /// The gathered inputs and the hidden activations of [`expert_pass`] on this thread.
+    static PASS_BUFFERS: RefCell<(Vec<f32>, Vec<f32>)> = const { RefCell::new((Vec::new(), Vec::new())) };
+}
+
+/// The first `len` values of `v`, grown (zeroed) when shorter; old values stay (callers
+/// overwrite all `len`).
+fn grown(v: &mut Vec<f32>, len: usize) -> &mut [f32] {
+    if v.len() < len {
+        v.resize(len, 0.0);
     }
-    let mut h = vec![0f32; total_rows * n_ff];
+    &mut v[..len]
+}
+
+/// [`expert_pass`] for the grouped `active` experts; `xs` and `h` are scratch of
+/// `Σ tokens × hidden` and `Σ tokens × n_ff` values.
+#[allow(clippy::too_many_arguments)]
+fn run_pass(
+    pool: &Pool,
+    experts: &[ExpertMats],
+    active: &[Active],
+    offsets: &[usize],
+    x: &[f32],
+    xs: &mut [f32],
+    h: &mut [f32],
+    out: &mut [f32],
+) {
+    let first = experts[active[0].expert];
+    let (hidden, n_ff) = (first.gate.cols, first.gate.rows);
+    let xs_ptr = SyncPtr(xs.as_mut_ptr());
     let h_ptr = SyncPtr(h.as_mut_ptr());
     let out_ptr = SyncPtr(out.as_mut_ptr());
     let x_prep: Vec<OnceLock<Prepared>> = active.iter().map(|_| OnceLock::new()).collect();
@@ -117,10 +151,15 @@ pub fn expert_pass(pool: &Pool, experts: &[ExpertMats], x: &[f32], routes: &[Vec
     let down = RowQueue::new(pool, hidden, MIN_CLAIM_BYTES / down_row_bytes.max(1));
 
     pool.run(&|t| {
-        // Phase 0: quantize the inputs, experts split across threads.
+        // Phase 0: gather and quantize the inputs, experts split across threads.
         for j in (t..active.len()).step_by(threads) {
             let n = active[j].tokens.len();
-            let rows = &xs[offsets[j] * hidden..(offsets[j] + n) * hidden];
+            // SAFETY: expert j's rows of `xs` are written by this thread only (experts are
+            // split across threads) and read only through this slice; `xs` outlives the job.
+            let rows = unsafe { std::slice::from_raw_parts_mut(xs_ptr.ptr().add(offsets[j] * hidden), n * hidden) };
+            for (dst, &tok) in rows.chunks_exact_mut(hidden).zip(&active[j].tokens) {
+                dst.copy_from_slice(&x[tok * hidden..(tok + 1) * hidden]);
+            }
             let _ = x_prep[j].set(kernels::prepare(first.gate.ty, hidden, rows, n));
         }
         pool.barrier();
@@ -180,7 +219,6 @@ pub fn expert_pass(pool: &Pool, experts: &[ExpertMats], x: &[f32], routes: &[Vec
         arrivals.mark(1, t);
     });
     arrivals.report();
-    drop(h);
 }
 
 /// With `HY_PROFILE` on, when each thread finished the gate/up phase and the down phase of an

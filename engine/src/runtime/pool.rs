@@ -303,11 +303,44 @@ pub fn global() -> Option<Arc<Mutex<Pool>>> {
     GLOBAL.read().unwrap_or_else(|e| e.into_inner()).clone()
 }
 
+/// `f(first_unit, chunk)` over `data` split into contiguous chunks of whole `unit`s, one per
+/// thread of the process-wide pool when one is installed and free and `data` holds at least
+/// `min_units` units; else `f(0, data)` on the calling thread. For the element-wise work of a
+/// prompt (norms, activations: milliseconds per layer on one thread) between the pool's
+/// matrix products; results do not depend on the split.
+pub fn par_chunks_mut<T: Send>(data: &mut [T], unit: usize, min_units: usize, f: &(dyn Fn(usize, &mut [T]) + Sync)) {
+    let units = data.len() / unit.max(1);
+    let pool = if units >= min_units.max(2) { global() } else { None };
+    let Some(Ok(pool)) = pool.as_ref().map(|p| p.try_lock()) else { return f(0, data) };
+    let threads = pool.threads();
+    if threads == 1 {
+        return f(0, data);
+    }
+    let base = SyncPtr(data.as_mut_ptr());
+    let len = data.len();
+    pool.run(&|t| {
+        let r = share(units, threads, t);
+        let start = r.start * unit;
+        // The last part also takes a tail shorter than one unit.
+        let end = if r.end == units { len } else { r.end * unit };
+        // SAFETY: the parts of `share` are disjoint and inside `data`, which outlives the job.
+        let chunk = unsafe { std::slice::from_raw_parts_mut(base.ptr().add(start), end - start) };
+        f(r.start, chunk);
+    });
+}
+
 /// A raw pointer that the threads of one [`Pool::run`] job write through at disjoint indices
 /// (each thread its own rows). Whoever creates it states, at the write, why the ranges are
 /// disjoint and the buffer outlives the job.
-#[derive(Clone, Copy)]
 pub struct SyncPtr<T>(pub *mut T);
+
+// By hand: derived impls would require `T: Copy`; copying the pointer never copies a `T`.
+impl<T> Clone for SyncPtr<T> {
+    fn clone(&self) -> Self {
+        *self
+    }
+}
+impl<T> Copy for SyncPtr<T> {}
 
 // SAFETY: the pointer is only dereferenced for disjoint writes inside a pool job while the
 // owner of the buffer waits for the job (see the type's contract).
@@ -373,6 +406,20 @@ mod tests {
                 });
             }
             assert!(hits.iter().all(|h| h.load(Ordering::Relaxed) == 50));
+        }
+    }
+
+    #[test]
+    fn par_chunks_mut_visits_every_element_once_at_its_index() {
+        // Serial (no pool installed in this test binary, or tiny inputs) and split alike.
+        for (len, unit, min) in [(1000, 7, 2), (5, 2, 2), (64, 8, 100)] {
+            let mut v = vec![0usize; len];
+            par_chunks_mut(&mut v, unit, min, &|first, chunk| {
+                for (i, x) in chunk.iter_mut().enumerate() {
+                    *x += first * unit + i + 1;
+                }
+            });
+            assert!(v.iter().enumerate().all(|(i, &x)| x == i + 1));
         }
     }
 

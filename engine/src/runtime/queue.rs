@@ -21,7 +21,8 @@ use std::sync::OnceLock;
 
 use super::pool::{share, Pool};
 
-/// Claims are whole multiples of this many rows (but a segment's last): an AMX tile's rows.
+/// Claims are whole multiples of this many rows by default (but a segment's last): an AMX
+/// tile's rows.
 const ALIGN: usize = 16;
 
 /// Claims of about this many weight bytes or more: each is one stream through the weights,
@@ -51,6 +52,7 @@ pub struct RowQueue {
     segments: usize,
     len: usize,
     min: usize,
+    align: usize,
     fixed: bool,
 }
 
@@ -75,7 +77,13 @@ impl RowQueue {
                 NodePart { next: AtomicUsize::new(0), rows, threads: mine.len() }
             })
             .collect();
-        RowQueue { parts, node_of, segments, len, min: min.max(1), fixed: static_schedule() }
+        RowQueue { parts, node_of, segments, len, min: min.max(1), align: ALIGN, fixed: static_schedule() }
+    }
+
+    /// Claims in multiples of `align` rows instead of [`ALIGN`] (1: any count, e.g. heads).
+    pub fn aligned(mut self, align: usize) -> Self {
+        self.align = align.max(1);
+        self
     }
 
     /// Thread `t`'s claims, in order, until its node's part is done.
@@ -94,7 +102,7 @@ impl RowQueue {
             }
             let guided = (total - cur) / (2 * part.threads.max(1));
             let seg_end = (cur / width + 1) * width;
-            let end = (cur + guided.max(self.min).next_multiple_of(ALIGN)).min(seg_end);
+            let end = (cur + guided.max(self.min).next_multiple_of(self.align)).min(seg_end);
             match part.next.compare_exchange_weak(cur, end, Ordering::Relaxed, Ordering::Relaxed) {
                 Ok(_) => {
                     let (seg, r0) = (cur / width, part.rows.start + cur % width);

@@ -14,6 +14,7 @@ use rayon::prelude::*;
 use super::blocks::{is_k_quant, is_small_block};
 use super::quant::{quantize_q8_0, quantize_q8_k_rows, BlockQ8K, BlockQ8_0};
 use super::{fp8, scalar, simd, Precision, QMatrix, WeightType};
+use crate::GgmlType;
 
 /// Instruction set a kernel runs with. Variants other than `Scalar` are only run when the
 /// CPU has them ([`Isa::supported`]); asking for an unsupported one falls back to scalar.
@@ -106,6 +107,8 @@ impl Prepared<'_> {
             (Act::Bf16(_), WeightType::Fp8E4M3Block128) => true,
             #[cfg(target_arch = "x86_64")]
             (Act::Amx(_), WeightType::Ggml(t)) => super::amx::suits(t),
+            #[cfg(target_arch = "x86_64")]
+            (Act::AmxI8(_), WeightType::Ggml(t)) => t == GgmlType::Q4_K,
             _ => false,
         }
     }
@@ -120,6 +123,9 @@ enum Act<'x> {
     /// Quantized weights in Fast precision with many rows on AMX CPUs: bf16 tiles (`amx.rs`).
     #[cfg(target_arch = "x86_64")]
     Amx(super::amx::Acts),
+    /// Q4_K weights in Fast precision with several rows on AMX-INT8 CPUs (`amx_q4k.rs`).
+    #[cfg(target_arch = "x86_64")]
+    AmxI8(super::amx_q4k::ActsI8),
 }
 
 /// Prepares `x` (n × cols, row-major) for weights of type `ty` at the process precision.
@@ -151,6 +157,11 @@ fn prepare_for<'x>(
 ) -> Prepared<'x> {
     debug_assert_eq!(x.len(), n * cols, "activations must be n × cols");
     #[cfg(target_arch = "x86_64")]
+    if use_amx_q4k(isa, ty, n, p) {
+        let q = quantize_q8_k_rows(x, n);
+        return Prepared { n, cols, act: Act::AmxI8(super::amx_q4k::pack(&q, n, cols)) };
+    }
+    #[cfg(target_arch = "x86_64")]
     if use_amx(isa, ty, n, p) {
         return Prepared { n, cols, act: Act::Amx(super::amx::pack(x, n, cols, parallel)) };
     }
@@ -168,6 +179,10 @@ fn prepare_for<'x>(
 /// Whether a product of `n` activation rows with weights `ty`, on kernels of `isa` at the
 /// process precision, runs on the AMX tiles (benchmarks label their rows with it).
 pub fn runs_on_amx(isa: Isa, ty: WeightType, n: usize) -> bool {
+    #[cfg(target_arch = "x86_64")]
+    if use_amx_q4k(isa, ty, n, precision()) {
+        return true;
+    }
     use_amx(isa, ty, n, precision())
 }
 
@@ -191,6 +206,19 @@ fn use_amx(isa: Isa, ty: WeightType, n: usize, p: Precision) -> bool {
         let _ = (isa, ty, n, p);
         false
     }
+}
+
+/// Whether Q4_K weights meet these activations on the AMX int8 tiles (`amx_q4k.rs`).
+#[cfg(target_arch = "x86_64")]
+fn use_amx_q4k(isa: Isa, ty: WeightType, n: usize, p: Precision) -> bool {
+    use super::amx_q4k;
+    p == Precision::Fast
+        && ty == WeightType::Ggml(GgmlType::Q4_K)
+        && amx_q4k::rows().contains(&n)
+        && isa == Isa::Avx512Vnni
+        && isa == Isa::best()
+        && !super::quant::llama_order()
+        && amx_q4k::available()
 }
 
 /// Whether a product of one activation row with short rows of `w` runs as one kernel call
@@ -252,6 +280,8 @@ pub fn matmul_rows(isa: Isa, w: &QMatrix, p: &Prepared, rows: Range<usize>, out:
         (Act::Bf16(x), WeightType::Fp8E4M3Block128) => fp8_rows(w, x, rows, p.n, out, simd::fp8_bf16_kernel(isa)),
         #[cfg(target_arch = "x86_64")]
         (Act::Amx(a), WeightType::Ggml(t)) => super::amx::matmul_rows(t, data, rb, a, out),
+        #[cfg(target_arch = "x86_64")]
+        (Act::AmxI8(a), WeightType::Ggml(_)) => super::amx_q4k::matmul_rows(data, rb, a, out),
         // Excluded by `suits` above.
         (_, WeightType::Fp8E4M3Block128) | (Act::Bf16(_), WeightType::Ggml(_)) => mismatched(out),
     }

@@ -515,22 +515,27 @@ impl Deepseek2 {
         let mut kv = linear_new(&w.kv_a, xn, n)?;
         drop(p_proj);
         let width = c.latent_width();
-        let mut q_pe = vec![0f32; nh * rope];
         for (r, (seq, pos)) in segs.rows().enumerate() {
             let latent = &mut kv[r * width..(r + 1) * width];
             rms_norm_rows(&mut latent[..lora], &w.kv_a_norm, c.rms_eps);
             self.rope.apply(&mut latent[lora..], pos, rope);
             caches[seq].store(l, pos, latent);
-            // All heads' rope parts in one call: sin/cos are computed once per row.
-            let row = &mut q[r * nh * q_head..(r + 1) * nh * q_head];
-            for (dst, head) in q_pe.chunks_exact_mut(rope).zip(row.chunks_exact(q_head)) {
-                dst.copy_from_slice(&head[nope..]);
-            }
-            self.rope.apply(&mut q_pe, pos, rope);
-            for (src, head) in q_pe.chunks_exact(rope).zip(row.chunks_exact_mut(q_head)) {
-                head[nope..].copy_from_slice(src);
-            }
         }
+        // The queries' rope parts, rows in parallel for a prompt.
+        let positions: Vec<usize> = segs.rows().map(|(_, pos)| pos).collect();
+        crate::runtime::pool::par_chunks_mut(&mut q, nh * q_head, 16, &|first, rows| {
+            let mut q_pe = vec![0f32; nh * rope];
+            for (row, &pos) in rows.chunks_exact_mut(nh * q_head).zip(&positions[first..]) {
+                // All heads' rope parts in one call: sin/cos are computed once per row.
+                for (dst, head) in q_pe.chunks_exact_mut(rope).zip(row.chunks_exact(q_head)) {
+                    dst.copy_from_slice(&head[nope..]);
+                }
+                self.rope.apply(&mut q_pe, pos, rope);
+                for (src, head) in q_pe.chunks_exact(rope).zip(row.chunks_exact_mut(q_head)) {
+                    head[nope..].copy_from_slice(src);
+                }
+            }
+        });
         let o_in = {
             let _p = profile::scope("attn_heads");
             let rows: Vec<(usize, usize)> = segs.rows().collect();

@@ -301,7 +301,14 @@ impl MoeFfn {
         let ne = self.router_cfg.n_experts;
         let mut logits = vec![0.0f32; n * ne];
         self.router.linear(x, n, &mut logits)?;
-        Ok(logits.chunks(ne).map(|l| route(&self.router_cfg, l, self.bias.as_deref())).collect())
+        // A prompt's tokens are routed on the pool (sorting 256 scores per token adds up).
+        let mut out = vec![Selection { experts: Vec::new(), weights: Vec::new() }; n];
+        crate::runtime::pool::par_chunks_mut(&mut out, 1, 16, &|first, sel| {
+            for (i, s) in sel.iter_mut().enumerate() {
+                *s = route(&self.router_cfg, &logits[(first + i) * ne..(first + i + 1) * ne], self.bias.as_deref());
+            }
+        });
+        Ok(out)
     }
 
     /// The MoE output for `n` rows of `x` (`n × hidden`) into `y` (`n × hidden`, overwritten).

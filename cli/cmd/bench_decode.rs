@@ -52,7 +52,7 @@ pub fn run(args: DecodeArgs) -> anyhow::Result<i32> {
     // Measure before the expert pool exists: its pinned workers would compete with the benchmark.
     let hw = measured_cpu_box(threads)?;
     if !args.no_expert_pool {
-        // Routed experts run on pinned threads that own fixed row ranges (runtime::experts).
+        // Routed experts run on pinned threads that claim row ranges of their node (runtime::experts).
         let layout = super::bench::thread_layout(Some(threads), None);
         hy_engine::models::moe::set_expert_pool(Some(hy_engine::runtime::pool::Pool::new(layout)));
     }
@@ -116,9 +116,15 @@ fn tokens(n: usize, vocab: usize, salt: usize) -> Vec<u32> {
     (0..n).map(|i| ((i * 7919 + salt * 104_729 + 13) % vocab.max(1)) as u32).collect()
 }
 
-/// Prefill of the first sequence (timed), the others untimed, then `gen` batched decode steps.
+/// An untimed warm-up prefill (first use of the engine's scratch buffers and of its threads'
+/// stacks, as llama-bench warms up before it times), the prefill of the first sequence
+/// (timed), the others untimed, then `gen` batched decode steps.
 fn measure(model: &dyn Model, batch: usize, prompt: usize, gen: usize) -> anyhow::Result<Measured> {
     let vocab = model.info().vocab_size;
+    let mut warm = model.new_state(prompt + 1);
+    model.forward(&mut warm, &tokens(prompt, vocab, batch + 7), Logits::Last)?;
+    drop(warm);
+    hy_engine::runtime::profile::reset();
     let mut states: Vec<_> = (0..batch).map(|_| model.new_state(prompt + gen + 1)).collect();
     let mut prefill = 0.0;
     for (i, s) in states.iter_mut().enumerate() {

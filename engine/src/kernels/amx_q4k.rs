@@ -44,17 +44,17 @@ pub fn available() -> bool {
 }
 
 /// The activation row counts for which Q4_K products take this path: `HY_AMX_I8_MIN` (default
-/// 10) up to `HY_AMX_I8_MAX` (default 48, excluded). Measured on the 16-core Xeon
-/// (`kernel_bench --types Q4_K`, 16 threads, 512 MB): 19.8 ms flat from 4 to 16 rows, against
-/// 11.1 / 16.5 / 21.3 ms for the VNNI kernel at 4 / 6 / 8 rows, 29.9 ms for the bf16 tiles at
-/// 16 rows, and at 64 rows 45.4 ms against 42.7 on the bf16 tiles.
+/// 8) up to `HY_AMX_I8_MAX` (default 48, excluded). Measured on the 16-core Xeon
+/// (`kernel_bench --types Q4_K --mb 512`, 16 threads): 15.6 / 15.4 / 16.3 / 26.1 / 42.3 ms at
+/// 8 / 12 / 16 / 32 / 64 rows, against the VNNI kernel's 14.2 / 18.5 / 27.9 ms at 6 / 8 / 12
+/// rows and the bf16 tiles' 29.0 / 32.0 / 39.0 ms at 16 / 32 / 64.
 pub fn rows() -> std::ops::Range<usize> {
     static RANGE: OnceLock<std::ops::Range<usize>> = OnceLock::new();
     RANGE
         .get_or_init(|| {
             let var =
                 |name: &str, default: usize| std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default);
-            var("HY_AMX_I8_MIN", 10).max(1)..var("HY_AMX_I8_MAX", 48)
+            var("HY_AMX_I8_MIN", 8).max(1)..var("HY_AMX_I8_MAX", 48)
         })
         .clone()
 }
@@ -123,18 +123,19 @@ pub fn matmul_rows(data: &[u8], row_bytes: usize, acts: &ActsI8, out: &mut [f32]
     unsafe { run(&mut Hw, data, row_bytes, acts, out) }
 }
 
-/// The tile operations: the instructions ([`Hw`]) or, in tests, a software model. Slots 0
-/// and 1 each have a C, an A and a B register (two sub-blocks in flight).
+/// The tile operations: the instructions ([`Hw`]) or, in tests, a software model. Four
+/// result registers (C 0..4) and two A and B slots: four sub-block products in flight, the
+/// product into C `c` taking A and B slot `c % 2`.
 trait Tiles {
     unsafe fn configure(&mut self);
     /// A[slot] ← 16 rows of 32 bytes at `p`, 32 bytes apart.
     unsafe fn load_a(&mut self, slot: usize, p: *const u8);
     /// B[slot] ← 8 rows of 64 bytes at `p`, contiguous.
     unsafe fn load_b(&mut self, slot: usize, p: *const u8);
-    /// C[slot] ← A[slot] · B[slot] (from zero).
-    unsafe fn product(&mut self, slot: usize);
-    /// C[slot] → 16 rows of 16 i32 at `p`.
-    unsafe fn store_c(&mut self, slot: usize, p: *mut i32);
+    /// C[c] ← A[c % 2] · B[c % 2] (from zero).
+    unsafe fn product(&mut self, c: usize);
+    /// C[c] → 16 rows of 16 i32 at `p`.
+    unsafe fn store_c(&mut self, c: usize, p: *mut i32);
     unsafe fn release(&mut self);
 }
 
@@ -196,8 +197,8 @@ unsafe fn run<H: Tiles>(hw: &mut H, data: &[u8], rb: usize, acts: &ActsI8, out: 
             for s in 0..SUBS {
                 hw.load_a(s % 2, strip.a.0[s].as_ptr() as *const u8);
                 hw.load_b(s % 2, acts.tile(k, s, g));
-                hw.product(s % 2);
-                hw.store_c(s % 2, c.0[s].as_mut_ptr() as *mut i32);
+                hw.product(s % 4);
+                hw.store_c(s % 4, c.0[s].as_mut_ptr() as *mut i32);
             }
         };
         for r0 in (0..rows).step_by(TILE) {
@@ -291,7 +292,7 @@ fn scale_into(c: &[[[i32; TILE]; TILE]; SUBS], strip: &Strip, d: &[f32], sums: &
     }
 }
 
-/// The AMX instructions. Slot 0: C tmm0, A tmm2, B tmm4; slot 1: tmm1, tmm3, tmm5.
+/// The AMX instructions: C in tmm0..3, A slots tmm4/tmm5, B slots tmm6/tmm7.
 struct Hw;
 
 /// `ldtilecfg` operand, palette 1: C tiles 16 × 64 bytes, A 16 × 32, B 8 × 64.
@@ -303,7 +304,7 @@ impl TileConfig {
         let mut c = [0u8; 64];
         c[0] = 1;
         for (t, (rows, bytes)) in
-            [(16u8, 64u16), (16, 64), (16, 32), (16, 32), (8, 64), (8, 64)].into_iter().enumerate()
+            [(16u8, 64u16), (16, 64), (16, 64), (16, 64), (16, 32), (16, 32), (8, 64), (8, 64)].into_iter().enumerate()
         {
             c[16 + 2 * t..18 + 2 * t].copy_from_slice(&bytes.to_le_bytes());
             c[48 + t] = rows;
@@ -323,9 +324,9 @@ impl Tiles for Hw {
         // SAFETY: the caller passes 16 readable rows of 32 bytes, 32 bytes apart.
         unsafe {
             if slot == 0 {
-                asm!("tileloadd tmm2, [{p} + {s} * 1]", p = in(reg) p, s = in(reg) SUB, options(nostack, readonly, preserves_flags));
+                asm!("tileloadd tmm4, [{p} + {s} * 1]", p = in(reg) p, s = in(reg) SUB, options(nostack, readonly, preserves_flags));
             } else {
-                asm!("tileloadd tmm3, [{p} + {s} * 1]", p = in(reg) p, s = in(reg) SUB, options(nostack, readonly, preserves_flags));
+                asm!("tileloadd tmm5, [{p} + {s} * 1]", p = in(reg) p, s = in(reg) SUB, options(nostack, readonly, preserves_flags));
             }
         }
     }
@@ -334,31 +335,38 @@ impl Tiles for Hw {
         // SAFETY: the caller passes a whole B tile (8 rows of 64 bytes).
         unsafe {
             if slot == 0 {
-                asm!("tileloadd tmm4, [{p} + {s} * 1]", p = in(reg) p, s = in(reg) 64usize, options(nostack, readonly, preserves_flags));
+                asm!("tileloadd tmm6, [{p} + {s} * 1]", p = in(reg) p, s = in(reg) 64usize, options(nostack, readonly, preserves_flags));
             } else {
-                asm!("tileloadd tmm5, [{p} + {s} * 1]", p = in(reg) p, s = in(reg) 64usize, options(nostack, readonly, preserves_flags));
+                asm!("tileloadd tmm7, [{p} + {s} * 1]", p = in(reg) p, s = in(reg) 64usize, options(nostack, readonly, preserves_flags));
             }
         }
     }
 
-    unsafe fn product(&mut self, slot: usize) {
+    unsafe fn product(&mut self, c: usize) {
         // SAFETY: tile registers only.
         unsafe {
-            if slot == 0 {
-                asm!("tilezero tmm0", "tdpbusd tmm0, tmm2, tmm4", options(nomem, nostack, preserves_flags));
-            } else {
-                asm!("tilezero tmm1", "tdpbusd tmm1, tmm3, tmm5", options(nomem, nostack, preserves_flags));
+            match c {
+                0 => asm!("tilezero tmm0", "tdpbusd tmm0, tmm4, tmm6", options(nomem, nostack, preserves_flags)),
+                1 => asm!("tilezero tmm1", "tdpbusd tmm1, tmm5, tmm7", options(nomem, nostack, preserves_flags)),
+                2 => asm!("tilezero tmm2", "tdpbusd tmm2, tmm4, tmm6", options(nomem, nostack, preserves_flags)),
+                _ => asm!("tilezero tmm3", "tdpbusd tmm3, tmm5, tmm7", options(nomem, nostack, preserves_flags)),
             }
         }
     }
 
-    unsafe fn store_c(&mut self, slot: usize, p: *mut i32) {
+    unsafe fn store_c(&mut self, c: usize, p: *mut i32) {
+        macro_rules! st {
+            ($t:literal) => {
+                asm!(concat!("tilestored [{p} + {s} * 1], ", $t), p = in(reg) p, s = in(reg) 64usize, options(nostack, preserves_flags))
+            };
+        }
         // SAFETY: the caller passes 16 × 16 writable i32.
         unsafe {
-            if slot == 0 {
-                asm!("tilestored [{p} + {s} * 1], tmm0", p = in(reg) p, s = in(reg) 64usize, options(nostack, preserves_flags));
-            } else {
-                asm!("tilestored [{p} + {s} * 1], tmm1", p = in(reg) p, s = in(reg) 64usize, options(nostack, preserves_flags));
+            match c {
+                0 => st!("tmm0"),
+                1 => st!("tmm1"),
+                2 => st!("tmm2"),
+                _ => st!("tmm3"),
             }
         }
     }
@@ -379,7 +387,7 @@ mod tests {
     struct Model {
         a: [[[u8; SUB]; TILE]; 2],
         b: [[u8; B_BYTES]; 2],
-        c: [[[i32; TILE]; TILE]; 2],
+        c: [[[i32; TILE]; TILE]; 4],
     }
 
     impl Tiles for Model {
@@ -394,7 +402,8 @@ mod tests {
             // SAFETY: a whole B tile.
             self.b[slot].copy_from_slice(unsafe { std::slice::from_raw_parts(p, B_BYTES) });
         }
-        unsafe fn product(&mut self, slot: usize) {
+        unsafe fn product(&mut self, c: usize) {
+            let slot = c % 2;
             for m in 0..TILE {
                 for n in 0..TILE {
                     let mut sum = 0i32;
@@ -403,15 +412,15 @@ mod tests {
                             sum += self.a[slot][m][4 * k + i] as i32 * self.b[slot][64 * k + 4 * n + i] as i8 as i32;
                         }
                     }
-                    self.c[slot][m][n] = sum;
+                    self.c[c][m][n] = sum;
                 }
             }
         }
-        unsafe fn store_c(&mut self, slot: usize, p: *mut i32) {
+        unsafe fn store_c(&mut self, c: usize, p: *mut i32) {
             for m in 0..TILE {
                 for n in 0..TILE {
                     // SAFETY: 256 writable i32.
-                    unsafe { *p.add(TILE * m + n) = self.c[slot][m][n] };
+                    unsafe { *p.add(TILE * m + n) = self.c[c][m][n] };
                 }
             }
         }
@@ -441,7 +450,7 @@ mod tests {
                     // SAFETY: AMX-INT8 and VNNI checked by `available`.
                     unsafe { run(&mut Hw, &data, rb, &acts, out) }
                 } else {
-                    let mut m = Model { a: [[[0; SUB]; TILE]; 2], b: [[0; B_BYTES]; 2], c: [[[0; TILE]; TILE]; 2] };
+                    let mut m = Model { a: [[[0; SUB]; TILE]; 2], b: [[0; B_BYTES]; 2], c: [[[0; TILE]; TILE]; 4] };
                     // SAFETY: VNNI checked above; the model needs no tiles.
                     unsafe { run(&mut m, &data, rb, &acts, out) }
                 }

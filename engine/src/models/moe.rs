@@ -410,7 +410,7 @@ impl MoeFfn {
 }
 
 /// Routes every MoE layer's expert pass (and the engine's large matrix products) through
-/// `pool` (pinned, row-owning threads; see `runtime::experts`), or back through the kernels'
+/// `pool` (pinned threads claiming rows of their NUMA node; see `runtime::experts`), or back through the kernels'
 /// own threads with `None`. Process-wide, so the runtime sets it once after building its
 /// thread layout.
 pub fn set_expert_pool(pool: Option<Pool>) {

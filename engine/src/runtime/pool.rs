@@ -1,10 +1,10 @@
 //! A fixed pool of pinned worker threads for bandwidth-bound decode.
 //!
 //! Why not rayon: during decode every layer is a few hundred microseconds of streaming
-//! through weights. Work stealing moves row ranges between threads (and their caches and NUMA
-//! nodes); here each thread always gets the same share, pinned to the same CPU, so the
-//! weights it first touched stay local to it. Between phases threads meet at a barrier that
-//! spins briefly before yielding, because phases are short.
+//! through weights. Here the threads are pinned, they only take rows of their own NUMA node
+//! (the weights they first touched stay local to them; see `queue::RowQueue` for how rows
+//! are handed out), and between phases they meet at a barrier that spins briefly before
+//! yielding, because phases are short.
 //!
 //! [`Pool::run`] executes a closure on every thread (the caller is thread 0) and returns when
 //! all are done. Inside the closure, [`Pool::barrier`] separates phases.

@@ -127,12 +127,27 @@ impl HeadPass<'_> {
                 *c = Some(f);
             }
         }
-        for (i, &(seq, pos)) in self.rows.iter().enumerate() {
-            let qs: Vec<&[f32]> = (0..hc).map(|k| &qq[(k * n + i) * width..][..width]).collect();
+        for block in row_blocks(self.rows) {
+            let seq = self.rows[block.start].0;
             let lat = converted[seq].as_deref().map_or(self.latents[seq], Latents::F32);
-            attend(lat, pos + 1, width, d.lora, self.scale, &qs, &mut scratch);
-            for (k, c) in scratch.ctx.chunks_exact(d.lora).enumerate() {
-                ctx[(k * n + i) * d.lora..][..d.lora].copy_from_slice(c);
+            if block.len() == 1 {
+                // One row (decode): all heads together, each latent row feeding four heads.
+                let (i, pos) = (block.start, self.rows[block.start].1);
+                let qs: Vec<&[f32]> = (0..hc).map(|k| &qq[(k * n + i) * width..][..width]).collect();
+                attend(lat, pos + 1, width, d.lora, self.scale, &qs, &mut scratch);
+                for (k, c) in scratch.ctx.chunks_exact(d.lora).enumerate() {
+                    ctx[(k * n + i) * d.lora..][..d.lora].copy_from_slice(c);
+                }
+                continue;
+            }
+            // Up to four rows of a prompt: per head, each latent row feeds the four queries.
+            let pos: Vec<usize> = self.rows[block.clone()].iter().map(|r| r.1).collect();
+            for k in 0..hc {
+                let qs: Vec<&[f32]> = block.clone().map(|i| &qq[(k * n + i) * width..][..width]).collect();
+                attend_rows(lat, &pos, width, d.lora, self.scale, &qs, &mut scratch);
+                for (i, c) in block.clone().zip(scratch.ctx.chunks_exact(d.lora)) {
+                    ctx[(k * n + i) * d.lora..][..d.lora].copy_from_slice(c);
+                }
             }
         }
         // Output projection per head.
@@ -191,6 +206,60 @@ fn attend(lat: Latents, len: usize, width: usize, lora: usize, scale: f32, qs: &
                 let x: [&[f32]; 4] = std::array::from_fn(|i| &rows[(i0 + i).min(m - 1) * width..][..lora]);
                 axpy4(w, x, c);
             }
+        }
+    }
+}
+
+/// Consecutive rows of one sequence, at most four per block (a prompt's rows; a decode
+/// batch has one row per sequence, so its blocks are single rows).
+fn row_blocks(rows: &[(usize, usize)]) -> Vec<Range<usize>> {
+    let mut out: Vec<Range<usize>> = Vec::new();
+    for (i, r) in rows.iter().enumerate() {
+        match out.last_mut() {
+            Some(b) if b.len() < 4 && rows[b.start].0 == r.0 => b.end = i + 1,
+            _ => out.push(i..i + 1),
+        }
+    }
+    out
+}
+
+/// [`attend`] for one head and up to four rows of one sequence (the query of row `a` attends
+/// to latent rows `0..=pos[a]`): scores four queries × four latent rows at a time over the
+/// longest row's span, the others masked, and contexts summed four latent rows into four
+/// rows at a time. Each row's result is bit for bit [`attend`]'s: the masked scores add
+/// exact zeros, in the same order.
+fn attend_rows(lat: Latents, pos: &[usize], width: usize, lora: usize, scale: f32, qs: &[&[f32]], s: &mut Scratch) {
+    let r = qs.len();
+    let len = pos.iter().max().map_or(0, |p| p + 1);
+    s.scores.clear();
+    s.scores.resize(r * len, 0.0);
+    let q4: [&[f32]; 4] = std::array::from_fn(|a| qs[a.min(r - 1)]);
+    for j0 in (0..len).step_by(CHUNK_ROWS) {
+        let m = CHUNK_ROWS.min(len - j0);
+        let rows = chunk(lat, j0, m, width, &mut s.row);
+        for i0 in (0..m).step_by(4) {
+            let r4: [&[f32]; 4] = std::array::from_fn(|c| &rows[(i0 + c).min(m - 1) * width..][..width]);
+            let d = dots4x4(q4, r4);
+            for (a, da) in d.iter().enumerate().take(r) {
+                for (c, &v) in da.iter().enumerate().take(m - i0) {
+                    let j = j0 + i0 + c;
+                    s.scores[a * len + j] = if j <= pos[a] { v * scale } else { f32::NEG_INFINITY };
+                }
+            }
+        }
+    }
+    softmax_rows(&mut s.scores, len);
+    s.ctx.clear();
+    s.ctx.resize(r * lora, 0.0);
+    for j0 in (0..len).step_by(CHUNK_ROWS) {
+        let m = CHUNK_ROWS.min(len - j0);
+        let rows = chunk(lat, j0, m, width, &mut s.row);
+        for i0 in (0..m).step_by(4) {
+            let w: [[f32; 4]; 4] = std::array::from_fn(|a| {
+                std::array::from_fn(|i| if a < r && i0 + i < m { s.scores[a * len + j0 + i0 + i] } else { 0.0 })
+            });
+            let x: [&[f32]; 4] = std::array::from_fn(|i| &rows[(i0 + i).min(m - 1) * width..][..lora]);
+            axpy4x4(&w[..r], x, &mut s.ctx);
         }
     }
 }
@@ -261,6 +330,20 @@ fn axpy4(w: [f32; 4], x: [&[f32]; 4], y: &mut [f32]) {
     }
 }
 
+/// `y[a] += Σ_i w[a][i] · x[i]` for the rows `a` of `w` (`y` holds them back to back, each
+/// as long as the `x`), in [`axpy4`]'s order per row.
+fn axpy4x4(w: &[[f32; 4]], x: [&[f32]; 4], y: &mut [f32]) {
+    #[cfg(target_arch = "x86_64")]
+    if matches!(Isa::best(), Isa::Avx512 | Isa::Avx512Vnni) {
+        // SAFETY: AVX-512F checked just above.
+        return unsafe { x86::axpy4x4(w, x, y) };
+    }
+    let len = x[0].len();
+    for (wa, ya) in w.iter().zip(y.chunks_exact_mut(len)) {
+        axpy4(*wa, x, ya);
+    }
+}
+
 #[cfg(target_arch = "x86_64")]
 mod x86 {
     use std::arch::x86_64::*;
@@ -314,6 +397,36 @@ mod x86 {
             y[c] += w[0] * x[0][c] + w[1] * x[1][c] + w[2] * x[2][c] + w[3] * x[3][c];
         }
     }
+
+    #[target_feature(enable = "avx512f")]
+    pub unsafe fn axpy4x4(w: &[[f32; 4]], x: [&[f32]; 4], y: &mut [f32]) {
+        let n = x.iter().map(|v| v.len()).min().unwrap_or(0);
+        let rows = w.len().min(4);
+        assert!(y.len() >= rows * n);
+        let wv: [[__m512; 4]; 4] =
+            std::array::from_fn(|a| std::array::from_fn(|i| _mm512_set1_ps(w[a.min(rows - 1)][i])));
+        let mut i = 0;
+        while i + 16 <= n {
+            // SAFETY: i + 16 <= n, within every x and every row of y (asserted above).
+            unsafe {
+                let xv: [__m512; 4] = std::array::from_fn(|r| _mm512_loadu_ps(x[r].as_ptr().add(i)));
+                for (a, wa) in wv.iter().enumerate().take(rows) {
+                    let p = y.as_mut_ptr().add(a * n + i);
+                    let mut v = _mm512_loadu_ps(p);
+                    for r in 0..4 {
+                        v = _mm512_fmadd_ps(wa[r], xv[r], v);
+                    }
+                    _mm512_storeu_ps(p, v);
+                }
+            }
+            i += 16;
+        }
+        for (a, wa) in w.iter().enumerate().take(rows) {
+            for c in i..n {
+                y[a * n + c] += wa[0] * x[0][c] + wa[1] * x[1][c] + wa[2] * x[2][c] + wa[3] * x[3][c];
+            }
+        }
+    }
 }
 
 #[cfg(test)]
@@ -356,6 +469,30 @@ mod tests {
                 }
             }
         }
+    }
+
+    /// Four prompt rows at once give each row exactly what one row at a time gives.
+    #[test]
+    fn row_blocks_equal_single_rows_bit_for_bit() {
+        let (width, lora, len) = (40, 33, 150);
+        let lat = uniform(len * width, 5);
+        let lat16: Vec<f16> = lat.iter().map(|&v| f16::from_f32(v)).collect();
+        for view in [Latents::F32(&lat), Latents::F16(&lat16)] {
+            for pos in [vec![3usize, 4, 5, 6], vec![70, 71, 149], vec![0, 1], vec![63, 64, 65, 66]] {
+                let qs: Vec<Vec<f32>> = pos.iter().map(|&p| uniform(width, 100 + p as u32)).collect();
+                let refs: Vec<&[f32]> = qs.iter().map(|q| q.as_slice()).collect();
+                let mut s = Scratch::default();
+                attend_rows(view, &pos, width, lora, 0.3, &refs, &mut s);
+                let got = s.ctx.clone();
+                for (a, &p) in pos.iter().enumerate() {
+                    let mut one = Scratch::default();
+                    attend(view, p + 1, width, lora, 0.3, &refs[a..a + 1], &mut one);
+                    assert_eq!(&got[a * lora..(a + 1) * lora], &one.ctx[..], "row {a} at {p} of {pos:?}");
+                }
+            }
+        }
+        let rows = [(0, 0), (0, 1), (0, 2), (0, 3), (0, 4), (1, 9), (2, 0), (2, 1)];
+        assert_eq!(row_blocks(&rows), vec![0..4, 4..5, 5..6, 6..8]);
     }
 
     #[test]

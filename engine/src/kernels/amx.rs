@@ -449,20 +449,31 @@ fn decode_lut<const T: u32>(b: &[u8], out: &mut [u16]) {
 /// The AMX instructions. Tile registers: C in tmm0..3, A in tmm4..5, B in tmm6..7.
 struct Hw;
 
-/// `ldtilecfg` operand: palette 1, every tile 16 rows × 64 bytes.
+/// Loads the tile configuration: palette 1, tile `t` with `shapes[t]` = (rows, bytes per row)
+/// (`ldtilecfg`; for this module's and `amx_q4k`'s drivers).
+///
+/// # Safety
+/// The CPU must have AMX and the process the tile state ([`available`]).
+pub(super) unsafe fn configure_tiles(shapes: &[(u8, u16); 8]) {
+    let cfg = TileConfig(tile_config(shapes));
+    // SAFETY: reads the 64-byte config; the caller checked AMX.
+    unsafe { asm!("ldtilecfg [{}]", in(reg) &cfg, options(nostack, readonly, preserves_flags)) };
+}
+
+/// `ldtilecfg` operand (64-byte aligned).
 #[repr(C, align(64))]
 struct TileConfig([u8; 64]);
 
-impl TileConfig {
-    fn all_16x64() -> Self {
-        let mut c = [0u8; 64];
-        c[0] = 1;
-        for t in 0..8 {
-            c[16 + 2 * t..18 + 2 * t].copy_from_slice(&64u16.to_le_bytes());
-            c[48 + t] = 16;
-        }
-        TileConfig(c)
+/// The bytes of a palette-1 tile configuration: byte 0 the palette, bytes 16 + 2t (u16 LE)
+/// tile t's bytes per row, byte 48 + t its rows.
+fn tile_config(shapes: &[(u8, u16); 8]) -> [u8; 64] {
+    let mut c = [0u8; 64];
+    c[0] = 1;
+    for (t, &(rows, bytes)) in shapes.iter().enumerate() {
+        c[16 + 2 * t..18 + 2 * t].copy_from_slice(&bytes.to_le_bytes());
+        c[48 + t] = rows;
     }
+    c
 }
 
 /// Runs `$m!("tmmN")` for C tile `$c` (tmm0..3).
@@ -479,9 +490,8 @@ macro_rules! per_c {
 
 impl Tiles for Hw {
     unsafe fn configure(&mut self) {
-        let cfg = TileConfig::all_16x64();
-        // SAFETY: reads the 64-byte config; the caller checked AMX.
-        unsafe { asm!("ldtilecfg [{}]", in(reg) &cfg, options(nostack, readonly, preserves_flags)) };
+        // SAFETY: the caller checked AMX. Every tile 16 rows × 64 bytes.
+        unsafe { configure_tiles(&[(16, 64); 8]) }
     }
 
     unsafe fn zero(&mut self, c: usize) {
@@ -586,6 +596,17 @@ mod tests {
     use super::*;
     use crate::kernels::fp::bf16_to_f32;
     use crate::kernels::tests::uniform;
+
+    #[test]
+    fn tile_config_bytes_follow_the_manual() {
+        let c = tile_config(&[(16, 64), (16, 64), (16, 64), (16, 64), (16, 32), (16, 32), (8, 64), (8, 64)]);
+        assert_eq!(c[0], 1, "palette 1");
+        assert!(c[1..16].iter().all(|&b| b == 0), "start_row and reserved bytes zero");
+        let colsb: Vec<u16> = (0..8).map(|t| u16::from_le_bytes([c[16 + 2 * t], c[17 + 2 * t]])).collect();
+        assert_eq!(colsb, [64, 64, 64, 64, 32, 32, 64, 64]);
+        assert_eq!(&c[48..56], &[16, 16, 16, 16, 16, 16, 8, 8]);
+        assert!(c[32..48].iter().chain(&c[56..]).all(|&b| b == 0), "tiles 8..15 unused");
+    }
 
     /// A software model of the tile instructions (f32 sums of bf16 products), so the driver
     /// and the layouts are tested on CPUs without AMX.

@@ -295,29 +295,12 @@ fn scale_into(c: &[[[i32; TILE]; TILE]; SUBS], strip: &Strip, d: &[f32], sums: &
 /// The AMX instructions: C in tmm0..3, A slots tmm4/tmm5, B slots tmm6/tmm7.
 struct Hw;
 
-/// `ldtilecfg` operand, palette 1: C tiles 16 × 64 bytes, A 16 × 32, B 8 × 64.
-#[repr(C, align(64))]
-struct TileConfig([u8; 64]);
-
-impl TileConfig {
-    fn new() -> Self {
-        let mut c = [0u8; 64];
-        c[0] = 1;
-        for (t, (rows, bytes)) in
-            [(16u8, 64u16), (16, 64), (16, 64), (16, 64), (16, 32), (16, 32), (8, 64), (8, 64)].into_iter().enumerate()
-        {
-            c[16 + 2 * t..18 + 2 * t].copy_from_slice(&bytes.to_le_bytes());
-            c[48 + t] = rows;
-        }
-        TileConfig(c)
-    }
-}
-
 impl Tiles for Hw {
     unsafe fn configure(&mut self) {
-        let cfg = TileConfig::new();
-        // SAFETY: reads the 64-byte config; the caller checked AMX.
-        unsafe { asm!("ldtilecfg [{}]", in(reg) &cfg, options(nostack, readonly, preserves_flags)) };
+        // SAFETY: the caller checked AMX. C tiles 16 × 64 bytes, A 16 × 32, B 8 × 64.
+        unsafe {
+            super::amx::configure_tiles(&[(16, 64), (16, 64), (16, 64), (16, 64), (16, 32), (16, 32), (8, 64), (8, 64)])
+        }
     }
 
     unsafe fn load_a(&mut self, slot: usize, p: *const u8) {

@@ -189,16 +189,11 @@ fn attend(lat: Latents, len: usize, width: usize, lora: usize, scale: f32, qs: &
     let h = qs.len();
     s.scores.clear();
     s.scores.resize(h * len, 0.0);
-    for j0 in (0..len).step_by(CHUNK_ROWS) {
-        let rows = chunk(lat, j0, CHUNK_ROWS.min(len - j0), width, &mut s.row);
-        score_chunk(rows, width, scale, qs, &mut s.scores, len, j0);
-    }
+    each_chunk(lat, len, width, &mut s.row, |j0, _, rows| score_chunk(rows, width, scale, qs, &mut s.scores, len, j0));
     softmax_rows(&mut s.scores, len);
     s.ctx.clear();
     s.ctx.resize(h * lora, 0.0);
-    for j0 in (0..len).step_by(CHUNK_ROWS) {
-        let m = CHUNK_ROWS.min(len - j0);
-        let rows = chunk(lat, j0, m, width, &mut s.row);
+    each_chunk(lat, len, width, &mut s.row, |j0, m, rows| {
         for (k, c) in s.ctx.chunks_exact_mut(lora).enumerate() {
             let p = &s.scores[k * len + j0..][..m];
             for i0 in (0..m).step_by(4) {
@@ -207,6 +202,15 @@ fn attend(lat: Latents, len: usize, width: usize, lora: usize, scale: f32, qs: &
                 axpy4(w, x, c);
             }
         }
+    });
+}
+
+/// `f(j0, m, rows)` for the latent rows `0..len` in chunks of [`CHUNK_ROWS`] (`rows` holds
+/// rows `j0..j0 + m` as f32; see [`chunk`]).
+fn each_chunk(lat: Latents, len: usize, width: usize, buf: &mut Vec<f32>, mut f: impl FnMut(usize, usize, &[f32])) {
+    for j0 in (0..len).step_by(CHUNK_ROWS) {
+        let m = CHUNK_ROWS.min(len - j0);
+        f(j0, m, chunk(lat, j0, m, width, buf));
     }
 }
 
@@ -233,27 +237,14 @@ fn attend_rows(lat: Latents, pos: &[usize], width: usize, lora: usize, scale: f3
     let len = pos.iter().max().map_or(0, |p| p + 1);
     s.scores.clear();
     s.scores.resize(r * len, 0.0);
-    let q4: [&[f32]; 4] = std::array::from_fn(|a| qs[a.min(r - 1)]);
-    for j0 in (0..len).step_by(CHUNK_ROWS) {
-        let m = CHUNK_ROWS.min(len - j0);
-        let rows = chunk(lat, j0, m, width, &mut s.row);
-        for i0 in (0..m).step_by(4) {
-            let r4: [&[f32]; 4] = std::array::from_fn(|c| &rows[(i0 + c).min(m - 1) * width..][..width]);
-            let d = dots4x4(q4, r4);
-            for (a, da) in d.iter().enumerate().take(r) {
-                for (c, &v) in da.iter().enumerate().take(m - i0) {
-                    let j = j0 + i0 + c;
-                    s.scores[a * len + j] = if j <= pos[a] { v * scale } else { f32::NEG_INFINITY };
-                }
-            }
-        }
+    each_chunk(lat, len, width, &mut s.row, |j0, _, rows| score_chunk(rows, width, scale, qs, &mut s.scores, len, j0));
+    for (sc, &p) in s.scores.chunks_exact_mut(len).zip(pos) {
+        sc[p + 1..].fill(f32::NEG_INFINITY);
     }
     softmax_rows(&mut s.scores, len);
     s.ctx.clear();
     s.ctx.resize(r * lora, 0.0);
-    for j0 in (0..len).step_by(CHUNK_ROWS) {
-        let m = CHUNK_ROWS.min(len - j0);
-        let rows = chunk(lat, j0, m, width, &mut s.row);
+    each_chunk(lat, len, width, &mut s.row, |j0, m, rows| {
         for i0 in (0..m).step_by(4) {
             let w: [[f32; 4]; 4] = std::array::from_fn(|a| {
                 std::array::from_fn(|i| if a < r && i0 + i < m { s.scores[a * len + j0 + i0 + i] } else { 0.0 })
@@ -261,7 +252,7 @@ fn attend_rows(lat: Latents, pos: &[usize], width: usize, lora: usize, scale: f3
             let x: [&[f32]; 4] = std::array::from_fn(|i| &rows[(i0 + i).min(m - 1) * width..][..lora]);
             axpy4x4(&w[..r], x, &mut s.ctx);
         }
-    }
+    });
 }
 
 /// Latent rows `j0..j0 + m` as f32: a slice of an f32 cache, or converted into `buf`.

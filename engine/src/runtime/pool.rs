@@ -311,22 +311,33 @@ pub fn global() -> Option<Arc<Mutex<Pool>>> {
 pub fn par_chunks_mut<T: Send>(data: &mut [T], unit: usize, min_units: usize, f: &(dyn Fn(usize, &mut [T]) + Sync)) {
     let units = data.len() / unit.max(1);
     let pool = if units >= min_units.max(2) { global() } else { None };
-    let Some(Ok(pool)) = pool.as_ref().map(|p| p.try_lock()) else { return f(0, data) };
-    let threads = pool.threads();
-    if threads == 1 {
-        return f(0, data);
+    let guard = pool.as_ref().and_then(|p| p.try_lock().ok());
+    match guard {
+        Some(pool) => pool.chunks_mut(data, unit, f),
+        None => f(0, data),
     }
-    let base = SyncPtr(data.as_mut_ptr());
-    let len = data.len();
-    pool.run(&|t| {
-        let r = share(units, threads, t);
-        let start = r.start * unit;
-        // The last part also takes a tail shorter than one unit.
-        let end = if r.end == units { len } else { r.end * unit };
-        // SAFETY: the parts of `share` are disjoint and inside `data`, which outlives the job.
-        let chunk = unsafe { std::slice::from_raw_parts_mut(base.ptr().add(start), end - start) };
-        f(r.start, chunk);
-    });
+}
+
+impl Pool {
+    /// [`par_chunks_mut`] on this pool: thread `t` gets units `share(units, T, t)` (the last
+    /// part also the tail shorter than a unit).
+    pub fn chunks_mut<T: Send>(&self, data: &mut [T], unit: usize, f: &(dyn Fn(usize, &mut [T]) + Sync)) {
+        let threads = self.threads();
+        let units = data.len() / unit.max(1);
+        if threads == 1 || units < 2 {
+            return f(0, data);
+        }
+        let base = SyncPtr(data.as_mut_ptr());
+        let len = data.len();
+        self.run(&|t| {
+            let r = share(units, threads, t);
+            let start = r.start * unit;
+            let end = if r.end == units { len } else { r.end * unit };
+            // SAFETY: the parts of `share` are disjoint and inside `data`, which outlives the job.
+            let chunk = unsafe { std::slice::from_raw_parts_mut(base.ptr().add(start), end - start) };
+            f(r.start, chunk);
+        });
+    }
 }
 
 /// A raw pointer that the threads of one [`Pool::run`] job write through at disjoint indices
@@ -410,16 +421,30 @@ mod tests {
     }
 
     #[test]
-    fn par_chunks_mut_visits_every_element_once_at_its_index() {
-        // Serial (no pool installed in this test binary, or tiny inputs) and split alike.
-        for (len, unit, min) in [(1000, 7, 2), (5, 2, 2), (64, 8, 100)] {
-            let mut v = vec![0usize; len];
-            par_chunks_mut(&mut v, unit, min, &|first, chunk| {
-                for (i, x) in chunk.iter_mut().enumerate() {
-                    *x += first * unit + i + 1;
-                }
-            });
-            assert!(v.iter().enumerate().all(|(i, &x)| x == i + 1));
+    fn chunks_mut_visits_every_element_once_at_its_index() {
+        let pools = [Pool::new(ThreadLayout::unpinned(1)), Pool::new(ThreadLayout::unpinned(3))];
+        for (len, unit) in [(1000, 7), (5, 2), (64, 8), (2, 8)] {
+            for pool in &pools {
+                let mut v = vec![0usize; len];
+                let calls = AtomicUsize::new(0);
+                let fill = |first: usize, chunk: &mut [usize]| {
+                    calls.fetch_add(1, Ordering::Relaxed);
+                    for (i, x) in chunk.iter_mut().enumerate() {
+                        *x += first * unit + i + 1;
+                    }
+                };
+                pool.chunks_mut(&mut v, unit, &fill);
+                assert!(v.iter().enumerate().all(|(i, &x)| x == i + 1), "{len} by {unit}");
+                let split = pool.threads() > 1 && len / unit >= 2;
+                assert_eq!(calls.load(Ordering::Relaxed), if split { pool.threads() } else { 1 });
+                // Without an installed pool (none in this test binary) or below the minimum,
+                // the global helper runs it once here.
+                let mut w = vec![0usize; len];
+                par_chunks_mut(&mut w, unit, usize::MAX, &|first, chunk| {
+                    chunk.iter_mut().enumerate().for_each(|(i, x)| *x = first * unit + i + 1)
+                });
+                assert_eq!(v, w);
+            }
         }
     }
 

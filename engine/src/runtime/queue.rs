@@ -86,6 +86,13 @@ impl RowQueue {
         self
     }
 
+    /// Every thread gets exactly its static share (what `HY_SCHEDULE=static` selects).
+    #[cfg(test)]
+    fn fixed_shares(mut self) -> Self {
+        self.fixed = true;
+        self
+    }
+
     /// Thread `t`'s claims, in order, until its node's part is done.
     pub fn claims(&self, t: usize) -> Claims<'_> {
         Claims { q: self, t, segment: 0 }
@@ -172,6 +179,18 @@ mod tests {
                 assert!(seen.into_inner().unwrap().iter().all(|&c| c == 1), "{layout:?} {segments}×{len}");
                 assert!(wrong_node.into_inner().unwrap().is_empty(), "{layout:?}: a row claimed off its node");
             }
+        }
+    }
+
+    /// The static schedule: thread t's claims are its share of every segment, once each.
+    #[test]
+    fn fixed_shares_are_the_static_shares() {
+        let pool = Pool::new(ThreadLayout::simulated(5, 2));
+        let q = RowQueue::segmented(&pool, 3, 100, 1).fixed_shares();
+        for t in 0..5 {
+            let got: Vec<(usize, Range<usize>)> = q.claims(t).collect();
+            let want: Vec<(usize, Range<usize>)> = (0..3).map(|seg| (seg, share(100, 5, t))).collect();
+            assert_eq!(got, want, "thread {t}");
         }
     }
 

@@ -183,32 +183,6 @@ mod tests {
     }
 
     #[test]
-    fn llama_order_agrees_with_the_default_order() {
-        use crate::dtype::GgmlType;
-        use crate::kernels::{matmul, QMatrix};
-        let (rows, cols) = (24, 512);
-        // ×64 (exact: the activation quantization scales with it) puts the outputs at a few
-        // units, where the tolerance below is relative.
-        let x: Vec<f32> = crate::kernels::tests::uniform(9 * cols, 12345).iter().map(|v| v * 64.0).collect();
-        for ty in [GgmlType::Q5_0, GgmlType::Q8_0, GgmlType::Q4_K, GgmlType::Q6_K] {
-            let mut data = vec![0u8; rows * cols / ty.block_size() * ty.type_size()];
-            crate::synth::fill_random(ty, &mut data, 7);
-            let w = QMatrix::new(ty, rows, cols, &data).unwrap();
-            for n in [1, 2, 4, 9] {
-                let (mut a, mut b) = (vec![0f32; n * rows], vec![0f32; n * rows]);
-                set_llama_order(false);
-                matmul(&w, &x[..n * cols], n, &mut a);
-                set_llama_order(true);
-                matmul(&w, &x[..n * cols], n, &mut b);
-                set_llama_order(false);
-                for (u, v) in a.iter().zip(&b) {
-                    assert!((u - v).abs() <= 1e-4 * u.abs().max(1.0), "{ty:?} n={n}: {u} vs {v}");
-                }
-            }
-        }
-    }
-
-    #[test]
     fn zeros_quantize_to_zero() {
         let q = quantize_q8_0(&[0.0; 64]);
         assert!(q.iter().all(|b| b.d == 0.0 && b.s == 0.0 && b.qs.iter().all(|&v| v == 0)));

@@ -151,7 +151,7 @@ impl Engine {
         }
         let threads = rayon::current_num_threads();
         eprintln!("hy: execution is CPU-only for now ({threads} threads); GPU placements in a plan are not used yet");
-        // Routed experts of MoE models run on pinned threads owning fixed weight rows.
+        // Routed experts and large products run on pinned threads claiming rows of their node.
         hy_engine::models::moe::set_expert_pool(Some(hy_engine::runtime::pool::Pool::new(
             super::bench::thread_layout(Some(threads), None),
         )));

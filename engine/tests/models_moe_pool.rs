@@ -7,9 +7,18 @@ use hy_engine::models::moe::set_expert_pool;
 use hy_engine::runtime::pool::{Pool, ThreadLayout};
 use models_moe_support::*;
 
+/// Every thread layout: one thread, an odd count, and two simulated NUMA nodes (threads
+/// then claim only rows of their node's part).
 #[test]
 fn pooled_expert_pass_matches_references_and_batching() {
-    set_expert_pool(Some(Pool::new(ThreadLayout::unpinned(3))));
+    for layout in [ThreadLayout::unpinned(1), ThreadLayout::unpinned(3), ThreadLayout::simulated(4, 2)] {
+        set_expert_pool(Some(Pool::new(layout.clone())));
+        check_all_models(&format!("{layout:?}"));
+    }
+    set_expert_pool(None);
+}
+
+fn check_all_models(layout: &str) {
     for (model, src, reference) in [
         ("tiny-deepseek-v3", "hf", "hf"),
         ("tiny-deepseek-v3", "hf-fp8", "hf-fp8"),
@@ -22,9 +31,8 @@ fn pooled_expert_pass_matches_references_and_batching() {
         let ps = prompts(model);
         for (i, p) in ps.iter().enumerate() {
             let d = max_abs_diff(&all_logits(m.as_ref(), p), &ref_logits(model, reference, i));
-            assert!(d <= FLOAT_TOL, "{model} {src} prompt {i}: {d}");
+            assert!(d <= FLOAT_TOL, "{model} {src} prompt {i}, {layout}: {d}");
         }
         check_forward_batch(&path, &ps);
     }
-    set_expert_pool(None);
 }

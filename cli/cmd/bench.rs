@@ -44,7 +44,7 @@ pub enum What {
 pub struct DecodeArgs {
     /// A local GGUF file or HF folder.
     pub model: std::path::PathBuf,
-    /// Prompt tokens for the prefill measurement.
+    /// Prompt tokens for the prefill measurement (timed after one untimed warm-up prefill).
     #[arg(long, default_value_t = 64)]
     pub prompt: usize,
     /// Tokens generated per sequence for the decode measurement.

@@ -14,8 +14,8 @@
 //! 3. barrier; down rows of every active expert → weighted sum into the claimed output rows
 //!    (no write conflicts).
 //!
-//! Activations entering the layer are quantized once per expert before the pass, shared by all
-//! threads.
+//! Activations entering the layer are quantized once per expert (phase 0, experts split across
+//! threads), shared by all threads.
 
 use std::cell::RefCell;
 use std::sync::OnceLock;
@@ -100,9 +100,13 @@ pub fn expert_pass(pool: &Pool, experts: &[ExpertMats], x: &[f32], routes: &[Vec
     let total_rows: usize = active.iter().map(|a| a.tokens.len()).sum();
     PASS_BUFFERS.with(|b| {
         let (xs, h) = &mut *b.borrow_mut();
-        let xs = grown(xs, total_rows * hidden);
-        let h = grown(h, total_rows * n_ff);
-        run_pass(pool, experts, &active, &offsets, x, xs, h, out);
+        run_pass(pool, experts, &active, &offsets, x, grown(xs, total_rows * hidden), grown(h, total_rows * n_ff), out);
+        // A long prompt's buffers (GBs at thousands of tokens) are not kept for the next one.
+        for v in [xs, h] {
+            if v.len() * 4 > KEEP_MAX_BYTES {
+                *v = Vec::new();
+            }
+        }
     });
 }
 
@@ -110,6 +114,10 @@ thread_local! {
     /// The gathered inputs and the hidden activations of [`expert_pass`] on this thread.
     static PASS_BUFFERS: RefCell<(Vec<f32>, Vec<f32>)> = const { RefCell::new((Vec::new(), Vec::new())) };
 }
+
+/// [`PASS_BUFFERS`] kept between passes up to this size each (a 256-token prompt of
+/// DeepSeek-V3 gathers 66 MB of inputs).
+const KEEP_MAX_BYTES: usize = 256 << 20;
 
 /// The first `len` values of `v`, grown (zeroed) when shorter; old values stay (callers
 /// overwrite all `len`).

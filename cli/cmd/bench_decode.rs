@@ -10,7 +10,7 @@ use hy_engine::models::loader::{self, LoadOptions};
 use hy_engine::models::{Logits, Model};
 use hy_planner::hardware::HardwareSpec;
 use hy_planner::plan::{plan, ModelInput, PlanOptions, QuantChoice};
-use hy_planner::Efficiency;
+use hy_planner::{Efficiency, MAX_CPU_BANDWIDTH_EFFICIENCY};
 use serde::Serialize;
 
 use super::bench::DecodeArgs;
@@ -197,7 +197,8 @@ fn calibrate(
     for _ in 0..8 {
         let (p1, _) = predict(&e, *b1)?;
         if p1 > 0.0 && m1.decode > 0.0 {
-            e.cpu_bandwidth_efficiency = (e.cpu_bandwidth_efficiency * m1.decode / p1).clamp(0.01, 1.0);
+            e.cpu_bandwidth_efficiency =
+                (e.cpu_bandwidth_efficiency * m1.decode / p1).clamp(0.01, MAX_CPU_BANDWIDTH_EFFICIENCY);
         }
         if bn > b1 {
             let (pn, _) = predict(&e, *bn)?;
@@ -235,4 +236,32 @@ fn print(r: &Report, json: bool) -> anyhow::Result<()> {
         r.calibration.cpu_bandwidth_efficiency, r.calibration.cpu_compute_efficiency
     );
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A toy speed model: the lower of a bandwidth bound (100 tok/s per unit of bandwidth
+    /// efficiency at batch 1, growing with √batch) and a compute bound (1000 tok/s per unit
+    /// of compute efficiency): bandwidth-bound at batch 1, compute-bound at 16.
+    fn toy(e: &Efficiency, batch: usize) -> anyhow::Result<(f64, f64)> {
+        let bw = 100.0 * e.cpu_bandwidth_efficiency * (batch as f64).sqrt();
+        Ok((bw.min(1000.0 * e.cpu_compute_efficiency), 0.0))
+    }
+
+    /// The kernels may outrun the plain read that measures the bandwidth: the calibration
+    /// follows a measurement above the prediction at efficiency 1 instead of stopping at 1.
+    #[test]
+    fn calibration_fits_a_decode_faster_than_the_plain_read() {
+        let m = |decode: f64| Measured { prefill: 0.0, decode };
+        let e = calibrate(&Efficiency::default(), &[(1, m(117.0)), (16, m(300.0))], toy).unwrap();
+        assert!((e.cpu_bandwidth_efficiency - 1.17).abs() < 1e-6, "{e:?}");
+        let (p1, _) = toy(&e, 1).unwrap();
+        let (p16, _) = toy(&e, 16).unwrap();
+        assert!((p1 - 117.0).abs() < 0.01 && (p16 - 300.0).abs() < 3.0, "{p1} {p16}");
+        // Beyond the bound, it stops there.
+        let e = calibrate(&Efficiency::default(), &[(1, m(500.0))], toy).unwrap();
+        assert_eq!(e.cpu_bandwidth_efficiency, MAX_CPU_BANDWIDTH_EFFICIENCY);
+    }
 }

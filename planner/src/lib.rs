@@ -17,7 +17,7 @@ pub mod topology;
 pub mod wtype;
 
 pub use arch::{ArchKind, Architecture, Mla};
-pub use cost::Efficiency;
+pub use cost::{Efficiency, MAX_CPU_BANDWIDTH_EFFICIENCY};
 pub use hardware::HardwareSpec;
 pub use model::{Component, ModelSpec};
 pub use plan::{plan, NumaChoice, Plan, PlanOptions, QuantChoice};

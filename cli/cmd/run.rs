@@ -6,6 +6,7 @@
 use anyhow::{bail, Context};
 use hy_engine::formats::GgufFile;
 use hy_engine::models::loader::{self, LoadOptions};
+use hy_engine::models::Model;
 use hy_engine::runtime::codec::{TemplateSource, TokenizerCodec};
 use hy_engine::runtime::{Scheduler, SchedulerConfig, SchedulerHandle};
 use hy_engine::server::{self, App, ServerConfig};
@@ -156,9 +157,7 @@ impl Engine {
             super::bench::thread_layout(Some(threads), None),
         )));
         let t0 = Instant::now();
-        let model = loader::load(path, &LoadOptions::default())
-            .with_context(|| format!("loading the model {}", path.display()))?;
-        let tok = load_tokenizer(path)?;
+        let (model, tok) = load_model_and_tokenizer(path)?;
         let template = user_template(args.chat_template.as_deref())?;
         let codec = TokenizerCodec::new(Arc::new(tok), template);
         report_template(codec.template_source());
@@ -190,13 +189,24 @@ fn choose_context(asked: Option<usize>, model_max: usize) -> usize {
     }
 }
 
-/// The tokenizer of a GGUF (in its metadata) or of an HF folder (tokenizer.json).
-fn load_tokenizer(path: &Path) -> anyhow::Result<Tokenizer> {
-    let is_gguf = path.is_file() && path.extension().is_some_and(|e| e == "gguf");
-    if is_gguf {
+/// The model and its tokenizer: of a GGUF (opened once; the tokenizer, from its metadata, is
+/// read first, so a bad one is reported before the weights load) or of an HF folder
+/// (tokenizer.json).
+fn load_model_and_tokenizer(path: &Path) -> anyhow::Result<(Box<dyn Model>, Tokenizer)> {
+    let loading = || format!("loading the model {}", path.display());
+    if path.is_file() && path.extension().is_some_and(|e| e == "gguf") {
         let file = GgufFile::open(path).with_context(|| format!("opening {}", path.display()))?;
-        return Tokenizer::from_gguf(&file).with_context(|| format!("reading the tokenizer of {}", path.display()));
+        let tok =
+            Tokenizer::from_gguf(&file).with_context(|| format!("reading the tokenizer of {}", path.display()))?;
+        let model = loader::load_gguf_file(file, path, &LoadOptions::default()).with_context(loading)?;
+        return Ok((model, tok));
     }
+    let model = loader::load(path, &LoadOptions::default()).with_context(loading)?;
+    Ok((model, hf_tokenizer(path)?))
+}
+
+/// The tokenizer of an HF folder (tokenizer.json, or tiktoken.model for Kimi-K2).
+fn hf_tokenizer(path: &Path) -> anyhow::Result<Tokenizer> {
     let dir = if path.is_dir() { path.to_path_buf() } else { path.parent().unwrap_or(Path::new(".")).to_path_buf() };
     Tokenizer::from_hf_dir(&dir).with_context(|| {
         format!("reading the tokenizer of {} (tokenizer.json, or tiktoken.model for Kimi-K2)", dir.display())

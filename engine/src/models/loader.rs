@@ -86,7 +86,13 @@ fn hf_folder(path: &Path) -> Option<PathBuf> {
 
 /// Loads a GGUF model.
 pub fn load_gguf(path: &Path, opts: &LoadOptions) -> anyhow::Result<Box<dyn Model>> {
-    let mut file = GgufFile::open(path).with_context(|| format!("opening GGUF model {}", path.display()))?;
+    let file = GgufFile::open(path).with_context(|| format!("opening GGUF model {}", path.display()))?;
+    load_gguf_file(file, path, opts)
+}
+
+/// Loads a GGUF model from the opened `file` (of `path`, named in errors): for callers that
+/// read other metadata of the file too, such as its tokenizer, and open it once.
+pub fn load_gguf_file(mut file: GgufFile, path: &Path, opts: &LoadOptions) -> anyhow::Result<Box<dyn Model>> {
     if opts.weights.copy(file.file_bytes()) {
         file.load_into_memory();
     } else {

@@ -165,22 +165,20 @@ const PARALLEL_PACK_VALUES: usize = 1 << 20;
 fn pack_avx512(x: &[f32], n: usize, cols: usize, c: usize, tiles: &mut [u32]) {
     for (g, dst) in tiles.chunks_exact_mut(B_TILE / 2).enumerate() {
         let rows = TILE.min(n - g * TILE);
-        {
-            let mut r = [_mm512_setzero_si512(); TILE];
-            for (lane, v) in r.iter_mut().enumerate().take(rows) {
-                let src = &x[(g * TILE + lane) * cols + c * TILE_COLS..][..TILE_COLS];
-                // SAFETY: 32 readable f32 (sliced above); unaligned loads.
-                *v = unsafe {
-                    let lo = _mm512_loadu_ps(src.as_ptr());
-                    let hi = _mm512_loadu_ps(src.as_ptr().add(16));
-                    std::mem::transmute::<__m512bh, __m512i>(_mm512_cvtne2ps_pbh(hi, lo))
-                };
-            }
-            let t = transpose16(r);
-            for (p, v) in t.iter().enumerate() {
-                // SAFETY: 16 writable u32 at dst[16p..] (sliced above).
-                unsafe { _mm512_storeu_si512(dst[p * TILE..].as_mut_ptr() as *mut _, *v) };
-            }
+        let mut r = [_mm512_setzero_si512(); TILE];
+        for (lane, v) in r.iter_mut().enumerate().take(rows) {
+            let src = &x[(g * TILE + lane) * cols + c * TILE_COLS..][..TILE_COLS];
+            // SAFETY: 32 readable f32 (sliced above); unaligned loads.
+            *v = unsafe {
+                let lo = _mm512_loadu_ps(src.as_ptr());
+                let hi = _mm512_loadu_ps(src.as_ptr().add(16));
+                std::mem::transmute::<__m512bh, __m512i>(_mm512_cvtne2ps_pbh(hi, lo))
+            };
+        }
+        let t = transpose16(r);
+        for (p, v) in t.iter().enumerate() {
+            // SAFETY: 16 writable u32 at dst[16p..] (sliced above).
+            unsafe { _mm512_storeu_si512(dst[p * TILE..].as_mut_ptr() as *mut _, *v) };
         }
     }
 }
@@ -317,8 +315,9 @@ unsafe fn run<H: Tiles>(hw: &mut H, t: GgmlType, data: &[u8], rb: usize, acts: &
     }
 }
 
-#[repr(align(64))]
-struct Aligned<T>(T);
+/// A value on a 64-byte boundary (tile rows, L1 lines).
+#[repr(C, align(64))]
+pub(super) struct Aligned<T>(pub(super) T);
 
 /// The weights of `b` (one k-quant block, or 32-weight blocks) as bf16.
 #[inline]
@@ -476,16 +475,80 @@ fn tile_config(shapes: &[(u8, u16); 8]) -> [u8; 64] {
     c
 }
 
-/// Runs `$m!("tmmN")` for C tile `$c` (tmm0..3).
-macro_rules! per_c {
-    ($c:expr, $m:ident) => {
-        match $c {
+/// Runs `$m!("tmmN")` for the runtime tile index `$t` (0..8).
+macro_rules! per_tile {
+    ($t:expr, $m:ident) => {
+        match $t {
             0 => $m!("tmm0"),
             1 => $m!("tmm1"),
             2 => $m!("tmm2"),
-            _ => $m!("tmm3"),
+            3 => $m!("tmm3"),
+            4 => $m!("tmm4"),
+            5 => $m!("tmm5"),
+            6 => $m!("tmm6"),
+            _ => $m!("tmm7"),
         }
     };
+}
+
+/// `tileloadd`: tile register `t` (0..8) ← its configured rows from `p`, `stride` bytes apart.
+///
+/// # Safety
+/// AMX with the tiles configured ([`configure_tiles`]); `p` addresses the tile's rows.
+#[inline(always)]
+pub(super) unsafe fn tile_load(t: usize, p: *const u8, stride: usize) {
+    macro_rules! ld {
+        ($r:literal) => {
+            // SAFETY: the caller passes readable rows for the configured shape.
+            unsafe {
+                asm!(concat!("tileloadd ", $r, ", [{p} + {s} * 1]"), p = in(reg) p, s = in(reg) stride,
+                    options(nostack, readonly, preserves_flags))
+            }
+        };
+    }
+    per_tile!(t, ld)
+}
+
+/// `tilestored`: tile register `t` (0..8) → its configured rows at `p`, `stride` bytes apart.
+///
+/// # Safety
+/// As [`tile_load`], with `p` writable.
+#[inline(always)]
+pub(super) unsafe fn tile_store(t: usize, p: *mut u8, stride: usize) {
+    macro_rules! st {
+        ($r:literal) => {
+            // SAFETY: the caller passes writable rows for the configured shape.
+            unsafe {
+                asm!(concat!("tilestored [{p} + {s} * 1], ", $r), p = in(reg) p, s = in(reg) stride,
+                    options(nostack, preserves_flags))
+            }
+        };
+    }
+    per_tile!(t, st)
+}
+
+/// `tilezero` of tile register `t` (0..8).
+///
+/// # Safety
+/// AMX with the tiles configured.
+#[inline(always)]
+pub(super) unsafe fn tile_zero(t: usize) {
+    macro_rules! z {
+        ($r:literal) => {
+            // SAFETY: tile register only.
+            unsafe { asm!(concat!("tilezero ", $r), options(nomem, nostack, preserves_flags)) }
+        };
+    }
+    per_tile!(t, z)
+}
+
+/// `tilerelease`: drops this thread's tile state (set again by the next [`configure_tiles`]).
+///
+/// # Safety
+/// AMX available.
+pub(super) unsafe fn tile_release() {
+    // SAFETY: tile state only.
+    unsafe { asm!("tilerelease", options(nomem, nostack, preserves_flags)) }
 }
 
 impl Tiles for Hw {
@@ -495,73 +558,28 @@ impl Tiles for Hw {
     }
 
     unsafe fn zero(&mut self, c: usize) {
-        macro_rules! z {
-            ($t:literal) => {
-                // SAFETY: tile register only.
-                unsafe { asm!(concat!("tilezero ", $t), options(nomem, nostack, preserves_flags)) }
-            };
-        }
-        per_c!(c, z)
+        // SAFETY: configured by the driver.
+        unsafe { tile_zero(c) }
     }
 
     unsafe fn load_c(&mut self, c: usize, p: *const f32) {
-        macro_rules! l {
-            ($t:literal) => {
-                // SAFETY: the caller passes 16 readable rows of 64 bytes.
-                unsafe {
-                    asm!(concat!("tileloadd ", $t, ", [{p} + {s} * 1]"), p = in(reg) p, s = in(reg) 4 * TILE,
-                        options(nostack, readonly, preserves_flags))
-                }
-            };
-        }
-        per_c!(c, l)
+        // SAFETY: the caller passes 16 readable rows of 64 bytes.
+        unsafe { tile_load(c, p.cast(), 4 * TILE) }
     }
 
     unsafe fn store_c(&mut self, c: usize, p: *mut f32) {
-        macro_rules! st {
-            ($t:literal) => {
-                // SAFETY: the caller passes 16 × 16 writable f32.
-                unsafe {
-                    asm!(concat!("tilestored [{p} + {s} * 1], ", $t), p = in(reg) p, s = in(reg) 4 * TILE,
-                        options(nostack, preserves_flags))
-                }
-            };
-        }
-        per_c!(c, st)
+        // SAFETY: the caller passes 16 × 16 writable f32.
+        unsafe { tile_store(c, p.cast(), 4 * TILE) }
     }
 
     unsafe fn load_a(&mut self, slot: usize, p: *const u16, stride: usize) {
-        macro_rules! l {
-            ($t:literal) => {
-                // SAFETY: the caller passes 16 readable rows of 64 bytes, `stride` apart.
-                unsafe {
-                    asm!(concat!("tileloadd ", $t, ", [{p} + {s} * 1]"), p = in(reg) p, s = in(reg) stride,
-                        options(nostack, readonly, preserves_flags))
-                }
-            };
-        }
-        if slot == 0 {
-            l!("tmm4")
-        } else {
-            l!("tmm5")
-        }
+        // SAFETY: the caller passes 16 readable rows of 64 bytes, `stride` apart. A: tmm4..5.
+        unsafe { tile_load(4 + slot, p.cast(), stride) }
     }
 
     unsafe fn load_b(&mut self, slot: usize, p: *const u16) {
-        macro_rules! l {
-            ($t:literal) => {
-                // SAFETY: the caller passes a whole B tile (1 KB).
-                unsafe {
-                    asm!(concat!("tileloadd ", $t, ", [{p} + {s} * 1]"), p = in(reg) p, s = in(reg) 2 * TILE_COLS,
-                        options(nostack, readonly, preserves_flags))
-                }
-            };
-        }
-        if slot == 0 {
-            l!("tmm6")
-        } else {
-            l!("tmm7")
-        }
+        // SAFETY: the caller passes a whole B tile (1 KB). B: tmm6..7.
+        unsafe { tile_load(6 + slot, p.cast(), 2 * TILE_COLS) }
     }
 
     unsafe fn dot(&mut self, c: usize, a: usize, b: usize) {
@@ -581,12 +599,17 @@ impl Tiles for Hw {
                 }
             };
         }
-        per_c!(c, with_ab)
+        match c {
+            0 => with_ab!("tmm0"),
+            1 => with_ab!("tmm1"),
+            2 => with_ab!("tmm2"),
+            _ => with_ab!("tmm3"),
+        }
     }
 
     unsafe fn release(&mut self) {
-        // SAFETY: drops the tile state of this thread (it is set again by the next configure).
-        unsafe { asm!("tilerelease", options(nomem, nostack, preserves_flags)) }
+        // SAFETY: AMX checked by the caller.
+        unsafe { tile_release() }
     }
 }
 

@@ -19,6 +19,7 @@ use std::arch::asm;
 use std::arch::x86_64::*;
 use std::sync::OnceLock;
 
+use super::amx::{tile_load, tile_release, tile_store, Aligned};
 use super::blocks::k4_scale_min_bytes;
 use super::quant::BlockQ8K;
 use crate::dtype::GgmlType;
@@ -138,9 +139,6 @@ trait Tiles {
     unsafe fn store_c(&mut self, c: usize, p: *mut i32);
     unsafe fn release(&mut self);
 }
-
-#[repr(C, align(64))]
-struct Aligned<T>(T);
 
 /// One 16-row strip's decoded block: the quants per sub-block (A tiles), `d·sc` per row and
 /// sub-block, the mins as i16 pairs per row, `dmin` per row.
@@ -304,25 +302,13 @@ impl Tiles for Hw {
     }
 
     unsafe fn load_a(&mut self, slot: usize, p: *const u8) {
-        // SAFETY: the caller passes 16 readable rows of 32 bytes, 32 bytes apart.
-        unsafe {
-            if slot == 0 {
-                asm!("tileloadd tmm4, [{p} + {s} * 1]", p = in(reg) p, s = in(reg) SUB, options(nostack, readonly, preserves_flags));
-            } else {
-                asm!("tileloadd tmm5, [{p} + {s} * 1]", p = in(reg) p, s = in(reg) SUB, options(nostack, readonly, preserves_flags));
-            }
-        }
+        // SAFETY: the caller passes 16 readable rows of 32 bytes, 32 bytes apart. A: tmm4..5.
+        unsafe { tile_load(4 + slot, p, SUB) }
     }
 
     unsafe fn load_b(&mut self, slot: usize, p: *const u8) {
-        // SAFETY: the caller passes a whole B tile (8 rows of 64 bytes).
-        unsafe {
-            if slot == 0 {
-                asm!("tileloadd tmm6, [{p} + {s} * 1]", p = in(reg) p, s = in(reg) 64usize, options(nostack, readonly, preserves_flags));
-            } else {
-                asm!("tileloadd tmm7, [{p} + {s} * 1]", p = in(reg) p, s = in(reg) 64usize, options(nostack, readonly, preserves_flags));
-            }
-        }
+        // SAFETY: the caller passes a whole B tile (8 rows of 64 bytes). B: tmm6..7.
+        unsafe { tile_load(6 + slot, p, 64) }
     }
 
     unsafe fn product(&mut self, c: usize) {
@@ -338,25 +324,13 @@ impl Tiles for Hw {
     }
 
     unsafe fn store_c(&mut self, c: usize, p: *mut i32) {
-        macro_rules! st {
-            ($t:literal) => {
-                asm!(concat!("tilestored [{p} + {s} * 1], ", $t), p = in(reg) p, s = in(reg) 64usize, options(nostack, preserves_flags))
-            };
-        }
         // SAFETY: the caller passes 16 × 16 writable i32.
-        unsafe {
-            match c {
-                0 => st!("tmm0"),
-                1 => st!("tmm1"),
-                2 => st!("tmm2"),
-                _ => st!("tmm3"),
-            }
-        }
+        unsafe { tile_store(c, p.cast(), 64) }
     }
 
     unsafe fn release(&mut self) {
-        // SAFETY: drops this thread's tile state (set again by the next configure).
-        unsafe { asm!("tilerelease", options(nomem, nostack, preserves_flags)) }
+        // SAFETY: AMX checked by the caller.
+        unsafe { tile_release() }
     }
 }
 

@@ -186,20 +186,21 @@ pub fn runs_on_amx(isa: Isa, ty: WeightType, n: usize) -> bool {
     use_amx(isa, ty, n, precision())
 }
 
-/// [`runs_on_amx`] at precision `p`: Fast products of quantized weights with at least
-/// `amx::min_rows()` rows, on the best ISA, outside llama.cpp-order mode.
+/// What both AMX paths require: Fast precision, on the best ISA (VNNI), outside llama.cpp-order
+/// mode (a test or benchmark that asks for another ISA gets that ISA's own kernels).
+#[cfg(target_arch = "x86_64")]
+fn tiles_allowed(isa: Isa, p: Precision) -> bool {
+    p == Precision::Fast && isa == Isa::Avx512Vnni && isa == Isa::best() && !super::quant::llama_order()
+}
+
+/// [`runs_on_amx`] at precision `p` on the bf16 tiles: quantized weights with at least
+/// `amx::min_rows()` rows.
 fn use_amx(isa: Isa, ty: WeightType, n: usize, p: Precision) -> bool {
     #[cfg(target_arch = "x86_64")]
     {
         use super::amx;
         let WeightType::Ggml(t) = ty else { return false };
-        p == Precision::Fast
-            && n >= amx::min_rows()
-            && isa == Isa::Avx512Vnni
-            && isa == Isa::best()
-            && amx::suits(t)
-            && !super::quant::llama_order()
-            && amx::available()
+        tiles_allowed(isa, p) && n >= amx::min_rows() && amx::suits(t) && amx::available()
     }
     #[cfg(not(target_arch = "x86_64"))]
     {
@@ -212,12 +213,9 @@ fn use_amx(isa: Isa, ty: WeightType, n: usize, p: Precision) -> bool {
 #[cfg(target_arch = "x86_64")]
 fn use_amx_q4k(isa: Isa, ty: WeightType, n: usize, p: Precision) -> bool {
     use super::amx_q4k;
-    p == Precision::Fast
+    tiles_allowed(isa, p)
         && ty == WeightType::Ggml(GgmlType::Q4_K)
         && amx_q4k::rows().contains(&n)
-        && isa == Isa::Avx512Vnni
-        && isa == Isa::best()
-        && !super::quant::llama_order()
         && amx_q4k::available()
 }
 

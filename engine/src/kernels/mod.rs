@@ -27,10 +27,12 @@
 //! once for all n.
 //!
 //! On CPUs with AMX, Fast products of quantized weights with 16 or more activation rows run
-//! on the tiles in bf16 ([`amx`]).
+//! on the tiles in bf16 ([`amx`]), and Q4_K products with 8 to 47 rows on the int8 tiles
+//! ([`amx_q4k`]).
 //!
 //! Environment: `HY_ISA=scalar|avx2|avx512|avx512vnni` caps the instruction set ([`Isa::best`]);
-//! `HY_AMX=0` turns the AMX path off and `HY_AMX_MIN=<rows>` moves its threshold;
+//! `HY_AMX=0` turns the AMX paths off and `HY_AMX_MIN=<rows>` moves the bf16 threshold;
+//! `HY_AMX_I8=0` turns the int8 path off, `HY_AMX_I8_MIN`/`HY_AMX_I8_MAX` move its range;
 //! `HY_PREFETCH=<bytes>` sets the software prefetch distance of the quantized kernels
 //! (default 2048, 0 = off); `HY_FP8_ACT=f32` keeps Fast-mode FP8 on f32 activations (the
 //! f16-decoding kernel) instead of bf16, for comparisons. Speed: `cargo run --release -p

@@ -66,6 +66,7 @@ pub fn run(args: DecodeArgs) -> anyhow::Result<i32> {
         None => Efficiency::default(),
     };
 
+    warm_up(model.as_ref(), args.prompt)?;
     let mut measured = Vec::new();
     for &b in &args.batch {
         eprintln!("bench decode: batch {b}, {} prompt tokens, {} generated, {threads} threads", args.prompt, args.gen);
@@ -116,15 +117,19 @@ fn tokens(n: usize, vocab: usize, salt: usize) -> Vec<u32> {
     (0..n).map(|i| ((i * 7919 + salt * 104_729 + 13) % vocab.max(1)) as u32).collect()
 }
 
-/// An untimed warm-up prefill (first use of the engine's scratch buffers and of its threads'
-/// stacks, as llama-bench warms up before it times), the prefill of the first sequence
-/// (timed), the others untimed, then `gen` batched decode steps.
+/// One untimed prefill before anything is timed: the first use of the engine's scratch
+/// buffers and of its threads' stacks, as llama-bench warms up before it times. The profile
+/// is cleared after it.
+fn warm_up(model: &dyn Model, prompt: usize) -> anyhow::Result<()> {
+    let mut warm = model.new_state(prompt + 1);
+    model.forward(&mut warm, &tokens(prompt, model.info().vocab_size, 999), Logits::Last)?;
+    hy_engine::runtime::profile::reset();
+    Ok(())
+}
+
+/// Prefill of the first sequence (timed), the others untimed, then `gen` batched decode steps.
 fn measure(model: &dyn Model, batch: usize, prompt: usize, gen: usize) -> anyhow::Result<Measured> {
     let vocab = model.info().vocab_size;
-    let mut warm = model.new_state(prompt + 1);
-    model.forward(&mut warm, &tokens(prompt, vocab, batch + 7), Logits::Last)?;
-    drop(warm);
-    hy_engine::runtime::profile::reset();
     let mut states: Vec<_> = (0..batch).map(|_| model.new_state(prompt + gen + 1)).collect();
     let mut prefill = 0.0;
     for (i, s) in states.iter_mut().enumerate() {

@@ -151,7 +151,7 @@ fn run_pass(
     let h_len = h.len();
     let threads = pool.threads();
     let isa = Isa::best();
-    let arrivals = Arrivals::new(threads);
+    let stamps = super::profile::Stamps::<2>::new(threads);
     // Claims of ~64 KB per matrix or more (gate and up are read together; down once per
     // active expert for the claimed output rows).
     let gate_up = RowQueue::segmented(pool, active.len(), n_ff, MIN_CLAIM_BYTES / first.gate.data.len().div_ceil(n_ff));
@@ -193,7 +193,7 @@ fn run_pass(
                 }
             }
         });
-        arrivals.mark(0, t);
+        stamps.mark(t, 0);
         pool.barrier();
         // Phase 2: quantize each expert's hidden activations once.
         // SAFETY: phase 1 (all writes to `h`) ended at the barrier above; from here to the end
@@ -224,46 +224,23 @@ fn run_pass(
                 }
             }
         });
-        arrivals.mark(1, t);
+        stamps.mark(t, 1);
     });
-    arrivals.report();
+    report_phases(&stamps);
 }
 
-/// With `HY_PROFILE` on, when each thread finished the gate/up phase and the down phase of an
-/// expert pass: the last thread's lag behind the mean is time the others spent waiting.
-struct Arrivals {
-    t0: Option<std::time::Instant>,
-    at: Vec<[std::sync::atomic::AtomicU64; 2]>,
-}
-
-impl Arrivals {
-    fn new(threads: usize) -> Self {
-        let on = super::profile::enabled();
-        Arrivals {
-            t0: on.then(std::time::Instant::now),
-            at: (0..if on { threads } else { 0 }).map(|_| Default::default()).collect(),
-        }
+/// With `HY_PROFILE` on: how far the last thread to finish the gate/up phase and the down
+/// phase lagged behind the mean thread (time the others spent waiting), and when the gate/up
+/// phase ended.
+fn report_phases(stamps: &super::profile::Stamps<2>) {
+    use super::profile::{add, enabled, mean_max};
+    if !enabled() {
+        return;
     }
-
-    fn mark(&self, phase: usize, t: usize) {
-        if let Some(t0) = self.t0 {
-            self.at[t][phase].store(t0.elapsed().as_nanos() as u64, std::sync::atomic::Ordering::Relaxed);
-        }
-    }
-
-    fn report(&self) {
-        if self.t0.is_none() || self.at.is_empty() {
-            return;
-        }
-        for (phase, label) in [(0, "experts.gate_up_lag"), (1, "experts.down_lag")] {
-            let v: Vec<u64> = self.at.iter().map(|a| a[phase].load(std::sync::atomic::Ordering::Relaxed)).collect();
-            let mean = v.iter().sum::<u64>() / v.len() as u64;
-            let max = v.iter().copied().max().unwrap_or(0);
-            super::profile::add(label, std::time::Duration::from_nanos(max - mean.min(max)));
-        }
-        let done = self.at.iter().map(|a| a[0].load(std::sync::atomic::Ordering::Relaxed)).max().unwrap_or(0);
-        super::profile::add("experts.gate_up_phase", std::time::Duration::from_nanos(done));
-    }
+    let (gate_up, down) = (mean_max(&stamps.at(0)), mean_max(&stamps.at(1)));
+    add("experts.gate_up_lag", gate_up.1.saturating_sub(gate_up.0));
+    add("experts.down_lag", down.1.saturating_sub(down.0));
+    add("experts.gate_up_phase", gate_up.1);
 }
 
 /// `Y = X · Wᵀ` (X is n × cols) on the pool: threads claim row ranges of W from a

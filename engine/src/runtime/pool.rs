@@ -147,26 +147,22 @@ impl Pool {
     /// wall time, how late the last thread started, and the mean and longest time a thread
     /// spent in the job (wall − mean busy = what the job lost to starting and waiting).
     fn run_timed(&self, f: &(dyn Fn(usize) + Sync)) {
-        use std::time::{Duration, Instant};
-        let n = self.threads();
-        let t0 = Instant::now();
-        let spans: Vec<(AtomicU64, AtomicU64)> = (0..n).map(|_| (AtomicU64::new(0), AtomicU64::new(0))).collect();
+        use super::profile::{add, current, mean_max, Stamps};
+        let stamps = Stamps::<2>::new(self.threads());
         self.dispatch(&|t| {
-            let start = t0.elapsed().as_nanos() as u64;
+            stamps.mark(t, 0);
             f(t);
-            spans[t].0.store(start, Ordering::Relaxed);
-            spans[t].1.store(t0.elapsed().as_nanos() as u64, Ordering::Relaxed);
+            stamps.mark(t, 1);
         });
-        let wall = t0.elapsed();
-        let spans: Vec<(u64, u64)> =
-            spans.iter().map(|(s, e)| (s.load(Ordering::Relaxed), e.load(Ordering::Relaxed))).collect();
-        let busy = spans.iter().map(|&(s, e)| e.saturating_sub(s));
-        let ns = Duration::from_nanos;
-        let op = super::profile::current();
-        super::profile::add(format!("{op} pool.wall"), wall);
-        super::profile::add(format!("{op} pool.start_lag_max"), ns(spans.iter().map(|s| s.0).max().unwrap_or(0)));
-        super::profile::add(format!("{op} pool.busy_mean"), ns(busy.clone().sum::<u64>() / n as u64));
-        super::profile::add(format!("{op} pool.busy_max"), ns(busy.max().unwrap_or(0)));
+        let wall = stamps.elapsed();
+        let (starts, ends) = (stamps.at(0), stamps.at(1));
+        let busy: Vec<u64> = starts.iter().zip(&ends).map(|(s, e)| e.saturating_sub(*s)).collect();
+        let ((_, start_lag), (busy_mean, busy_max)) = (mean_max(&starts), mean_max(&busy));
+        let op = current();
+        add(format!("{op} pool.wall"), wall);
+        add(format!("{op} pool.start_lag_max"), start_lag);
+        add(format!("{op} pool.busy_mean"), busy_mean);
+        add(format!("{op} pool.busy_max"), busy_max);
     }
 
     fn dispatch(&self, f: &(dyn Fn(usize) + Sync)) {

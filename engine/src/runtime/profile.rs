@@ -66,6 +66,46 @@ pub fn add(label: impl Into<String>, d: Duration) {
     }
 }
 
+/// Per-thread timestamps inside one pool job, at `K` marked points: nanoseconds since
+/// [`Stamps::new`]. Empty (marks cost a branch) when profiling is off.
+pub struct Stamps<const K: usize> {
+    t0: Option<Instant>,
+    at: Vec<[std::sync::atomic::AtomicU64; K]>,
+}
+
+impl<const K: usize> Stamps<K> {
+    pub fn new(threads: usize) -> Self {
+        let on = enabled();
+        Stamps {
+            t0: on.then(Instant::now),
+            at: (0..if on { threads } else { 0 }).map(|_| std::array::from_fn(|_| Default::default())).collect(),
+        }
+    }
+
+    /// Thread `t` is at point `k` now.
+    pub fn mark(&self, t: usize, k: usize) {
+        if let Some(t0) = self.t0 {
+            self.at[t][k].store(t0.elapsed().as_nanos() as u64, std::sync::atomic::Ordering::Relaxed);
+        }
+    }
+
+    /// Time since [`Stamps::new`] (zero when profiling is off).
+    pub fn elapsed(&self) -> Duration {
+        self.t0.map(|t| t.elapsed()).unwrap_or_default()
+    }
+
+    /// Every thread's time at point `k` (empty when profiling is off).
+    pub fn at(&self, k: usize) -> Vec<u64> {
+        self.at.iter().map(|a| a[k].load(std::sync::atomic::Ordering::Relaxed)).collect()
+    }
+}
+
+/// The mean and the largest of `v` (0 for none).
+pub fn mean_max(v: &[u64]) -> (Duration, Duration) {
+    let mean = v.iter().sum::<u64>() / v.len().max(1) as u64;
+    (Duration::from_nanos(mean), Duration::from_nanos(v.iter().copied().max().unwrap_or(0)))
+}
+
 /// Prints and clears the totals (nothing when profiling is off).
 pub fn report() {
     if !enabled() {

@@ -32,8 +32,9 @@ pub fn rms_norm_rows(x: &mut [f32], w: &[f32], eps: f32) {
     });
 }
 
-/// Rows from which the row-wise steps (norms, activations) of a prompt run on the pool.
-const PAR_MIN_ROWS: usize = 16;
+/// Rows (tokens) from which the row-wise steps of a prompt (norms, activations, routing,
+/// rope) run on the pool; decode steps stay on the calling thread.
+pub(crate) const PAR_MIN_ROWS: usize = 16;
 /// Values of an element-wise activation from which it runs on the pool.
 const PAR_MIN_VALUES: usize = 1 << 18;
 

@@ -30,7 +30,7 @@ use half::f16;
 use crate::dtype::GgmlType;
 use crate::formats::TensorBytes;
 use crate::kernels::WeightType;
-use crate::models::common::{add_assign, rms_norm_rows, rms_norm_rows_into, KvDtype, Rope, RopeStyle};
+use crate::models::common::{add_assign, rms_norm_rows, rms_norm_rows_into, KvDtype, Rope, RopeStyle, PAR_MIN_ROWS};
 use crate::models::hf::{yarn_get_mscale, HfConfig, RopeScaling};
 use crate::models::mla;
 use crate::models::moe::{
@@ -523,7 +523,7 @@ impl Deepseek2 {
         }
         // The queries' rope parts, rows in parallel for a prompt.
         let positions: Vec<usize> = segs.rows().map(|(_, pos)| pos).collect();
-        crate::runtime::pool::par_chunks_mut(&mut q, nh * q_head, 16, &|first, rows| {
+        crate::runtime::pool::par_chunks_mut(&mut q, nh * q_head, PAR_MIN_ROWS, &|first, rows| {
             let mut q_pe = vec![0f32; nh * rope];
             for (row, &pos) in rows.chunks_exact_mut(nh * q_head).zip(&positions[first..]) {
                 // All heads' rope parts in one call: sin/cos are computed once per row.

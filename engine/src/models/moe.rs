@@ -24,7 +24,7 @@ use std::sync::{Arc, Mutex};
 use anyhow::{ensure, Context, Result};
 
 use crate::kernels::{self, WeightType};
-use crate::models::common::{gated_activation, Activation};
+use crate::models::common::{gated_activation, Activation, PAR_MIN_ROWS};
 use crate::models::weights::{optional_vec, require_shape, Weight, WeightSource};
 use crate::models::ModelError;
 use crate::runtime::experts::{expert_pass, ExpertMats};
@@ -303,7 +303,7 @@ impl MoeFfn {
         self.router.linear(x, n, &mut logits)?;
         // A prompt's tokens are routed on the pool (sorting 256 scores per token adds up).
         let mut out = vec![Selection { experts: Vec::new(), weights: Vec::new() }; n];
-        crate::runtime::pool::par_chunks_mut(&mut out, 1, 16, &|first, sel| {
+        crate::runtime::pool::par_chunks_mut(&mut out, 1, PAR_MIN_ROWS, &|first, sel| {
             for (i, s) in sel.iter_mut().enumerate() {
                 *s = route(&self.router_cfg, &logits[(first + i) * ne..(first + i + 1) * ne], self.bias.as_deref());
             }
@@ -410,9 +410,9 @@ impl MoeFfn {
 }
 
 /// Routes every MoE layer's expert pass (and the engine's large matrix products) through
-/// `pool` (pinned threads claiming rows of their NUMA node; see `runtime::experts`), or back through the kernels'
-/// own threads with `None`. Process-wide, so the runtime sets it once after building its
-/// thread layout.
+/// `pool` (pinned threads claiming rows of their NUMA node; see `runtime::experts`), or back
+/// through the kernels' own threads with `None`. Process-wide, so the runtime sets it once
+/// after building its thread layout.
 pub fn set_expert_pool(pool: Option<Pool>) {
     crate::runtime::pool::set_global(pool);
 }

@@ -738,8 +738,10 @@ mod tests {
         }
     }
 
-    const SHAPES: [(usize, usize, usize); 5] =
-        [(16, 256, 16), (37, 512, 5), (20, 256, 70), (3, 768, 33), (70, 512, 20)];
+    /// (rows, columns, activation rows): one group and several, partial strips and groups; the
+    /// last has three 64-row blocks, the third partial.
+    const SHAPES: [(usize, usize, usize); 6] =
+        [(16, 256, 16), (37, 512, 5), (20, 256, 70), (3, 768, 33), (70, 512, 20), (140, 768, 40)];
     /// Rows of 128 and 96 columns (MLA's `attn_k_b` has 128) for the 32-weight block types.
     const SMALL_SHAPES: [(usize, usize, usize); 2] = [(20, 128, 17), (37, 96, 5)];
     const ALL_TYPES: [GgmlType; 10] = [

@@ -96,6 +96,8 @@ impl HeadPass<'_> {
         let mut qq = vec![0f32; hc * n * width];
         let mut q_nope = vec![0f32; n * d.nope];
         let mut t = vec![0f32; d.lora.max(d.v_head) * n];
+        // Per-phase thread time, summed over the pool's threads (with `HY_PROFILE`).
+        let absorb = crate::runtime::profile::scope("attn_heads.absorb (thread sum)");
         for (k, hd) in heads.clone().enumerate() {
             for (i, dst) in q_nope.chunks_exact_mut(d.nope).enumerate() {
                 dst.copy_from_slice(&self.q[(i * d.n_heads + hd) * d.q_head()..][..d.nope]);
@@ -110,6 +112,8 @@ impl HeadPass<'_> {
                 dst[d.lora..].copy_from_slice(&self.q[(i * d.n_heads + hd) * d.q_head() + d.nope..][..d.rope]);
             }
         }
+        drop(absorb);
+        let attend_scope = crate::runtime::profile::scope("attn_heads.attend (thread sum)");
         // Latent contexts [head][row][lora].
         let mut ctx = vec![0f32; hc * n * d.lora];
         let mut scratch = Scratch::default();
@@ -150,6 +154,8 @@ impl HeadPass<'_> {
                 }
             }
         }
+        drop(attend_scope);
+        let _project = crate::runtime::profile::scope("attn_heads.project (thread sum)");
         // Output projection per head.
         for (k, hd) in heads.enumerate() {
             let c = &ctx[k * n * d.lora..(k + 1) * n * d.lora];

@@ -123,9 +123,23 @@ impl Acts {
 }
 
 /// Packs `x` (`n` × `cols`, row-major; `cols` a multiple of 32) into B tiles, rounding to
-/// nearest-even bf16. With `parallel`, large inputs are split over rayon's threads by
-/// column chunk (callers on their own worker threads pass false).
+/// nearest-even bf16. With `parallel`, large inputs are split by column chunk over the
+/// runtime's pool when it is installed and free (callers inside its jobs pass false): the
+/// pinned pool that will run the product idles meanwhile, and rayon's threads would compete
+/// with its spinning threads for the cores.
 pub fn pack(x: &[f32], n: usize, cols: usize, parallel: bool) -> Acts {
+    if parallel && n * cols >= PARALLEL_PACK_VALUES {
+        if let Some(pool) = crate::runtime::pool::global() {
+            if let Ok(pool) = pool.try_lock() {
+                return pack_on(x, n, cols, Some(&pool));
+            }
+        }
+    }
+    pack_on(x, n, cols, None)
+}
+
+/// [`pack`] on the calling thread, or split by column chunk over `pool`'s threads.
+fn pack_on(x: &[f32], n: usize, cols: usize, pool: Option<&crate::runtime::pool::Pool>) -> Acts {
     assert!(cols.is_multiple_of(TILE_COLS) && x.len() == n * cols, "amx::pack: {n} × {cols} from {} values", x.len());
     let groups = n.div_ceil(TILE);
     let chunks = cols / TILE_COLS;
@@ -136,11 +150,11 @@ pub fn pack(x: &[f32], n: usize, cols: usize, parallel: bool) -> Acts {
             // SAFETY: AVX512_BF16 (and with it AVX-512 F) checked.
             unsafe { pack_avx512(x, n, cols, c, t) }
         };
-        if parallel && n * cols >= PARALLEL_PACK_VALUES {
-            use rayon::prelude::*;
-            tiles.par_chunks_mut(per_chunk).enumerate().for_each(pack_chunk);
-        } else {
-            tiles.chunks_mut(per_chunk).enumerate().for_each(pack_chunk);
+        match pool {
+            Some(pool) => pool.chunks_mut(&mut tiles, per_chunk, &|first, part| {
+                part.chunks_mut(per_chunk).enumerate().for_each(|(i, t)| pack_chunk((first + i, t)))
+            }),
+            None => tiles.chunks_mut(per_chunk).enumerate().for_each(pack_chunk),
         }
     } else {
         for (t, row) in x.chunks_exact(cols).enumerate() {
@@ -783,6 +797,18 @@ mod tests {
             return;
         }
         check_all(true);
+    }
+
+    /// Packing split over a pool's threads gives the tiles of packing on one thread.
+    #[test]
+    fn pool_pack_equals_one_thread_pack() {
+        use crate::runtime::pool::{Pool, ThreadLayout};
+        let pool = Pool::new(ThreadLayout::unpinned(3));
+        for (n, cols) in [(37, 512), (16, 96), (3, 64)] {
+            let x = crate::kernels::tests::uniform(n * cols, 21);
+            let (one, split) = (pack_on(&x, n, cols, None), pack_on(&x, n, cols, Some(&pool)));
+            assert_eq!(one.tiles, split.tiles, "{n} × {cols}");
+        }
     }
 
     #[test]

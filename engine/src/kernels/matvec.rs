@@ -138,8 +138,8 @@ pub fn prepare_with<'x>(ty: WeightType, cols: usize, x: &'x [f32], n: usize, p: 
     prepare_for(Isa::best(), ty, cols, x, n, p, false)
 }
 
-/// As [`prepare`], using rayon's threads for large inputs: for callers outside parallel
-/// work whose own threads wait meanwhile.
+/// As [`prepare`], splitting large inputs over the runtime's pool (when installed and free):
+/// for callers outside its jobs, such as a pool product about to start.
 pub fn prepare_parallel<'x>(ty: WeightType, cols: usize, x: &'x [f32], n: usize) -> Prepared<'x> {
     prepare_for(Isa::best(), ty, cols, x, n, precision(), true)
 }

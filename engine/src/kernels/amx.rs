@@ -40,6 +40,7 @@ use std::sync::OnceLock;
 use super::avx512::k_chunks512;
 use super::blocks::{is_k_quant, is_small_block};
 use super::fp::{f16_at, f32_to_bf16};
+pub use super::matvec::Split;
 use super::unpack::ty;
 use crate::dtype::GgmlType;
 
@@ -123,23 +124,13 @@ impl Acts {
 }
 
 /// Packs `x` (`n` × `cols`, row-major; `cols` a multiple of 32) into B tiles, rounding to
-/// nearest-even bf16. With `parallel`, large inputs are split by column chunk over the
-/// runtime's pool when it is installed and free (callers inside its jobs pass false): the
-/// pinned pool that will run the product idles meanwhile, and rayon's threads would compete
-/// with its spinning threads for the cores.
-pub fn pack(x: &[f32], n: usize, cols: usize, parallel: bool) -> Acts {
-    if parallel && n * cols >= PARALLEL_PACK_VALUES {
-        if let Some(pool) = crate::runtime::pool::global() {
-            if let Ok(pool) = pool.try_lock() {
-                return pack_on(x, n, cols, Some(&pool));
-            }
-        }
-    }
-    pack_on(x, n, cols, None)
+/// nearest-even bf16; inputs of [`PARALLEL_PACK_VALUES`] or more are split as `split` says.
+pub fn pack(x: &[f32], n: usize, cols: usize, split: Split) -> Acts {
+    pack_with(x, n, cols, if n * cols >= PARALLEL_PACK_VALUES { split } else { Split::One })
 }
 
-/// [`pack`] on the calling thread, or split by column chunk over `pool`'s threads.
-fn pack_on(x: &[f32], n: usize, cols: usize, pool: Option<&crate::runtime::pool::Pool>) -> Acts {
+/// [`pack`], split as `split` says whatever the size.
+fn pack_with(x: &[f32], n: usize, cols: usize, split: Split) -> Acts {
     assert!(cols.is_multiple_of(TILE_COLS) && x.len() == n * cols, "amx::pack: {n} × {cols} from {} values", x.len());
     let groups = n.div_ceil(TILE);
     let chunks = cols / TILE_COLS;
@@ -150,11 +141,15 @@ fn pack_on(x: &[f32], n: usize, cols: usize, pool: Option<&crate::runtime::pool:
             // SAFETY: AVX512_BF16 (and with it AVX-512 F) checked.
             unsafe { pack_avx512(x, n, cols, c, t) }
         };
-        match pool {
-            Some(pool) => pool.chunks_mut(&mut tiles, per_chunk, &|first, part| {
+        match split {
+            Split::One => tiles.chunks_mut(per_chunk).enumerate().for_each(pack_chunk),
+            Split::Rayon => {
+                use rayon::prelude::*;
+                tiles.par_chunks_mut(per_chunk).enumerate().for_each(pack_chunk)
+            }
+            Split::Pool(pool) => pool.chunks_mut(&mut tiles, per_chunk, &|first, part| {
                 part.chunks_mut(per_chunk).enumerate().for_each(|(i, t)| pack_chunk((first + i, t)))
             }),
-            None => tiles.chunks_mut(per_chunk).enumerate().for_each(pack_chunk),
         }
     } else {
         for (t, row) in x.chunks_exact(cols).enumerate() {
@@ -727,7 +722,7 @@ mod tests {
         let mut data = vec![0u8; rows * rb];
         crate::synth::fill_random(t, &mut data, 7);
         let x = uniform(n * cols, 99);
-        let acts = pack(&x, n, cols, false);
+        let acts = pack(&x, n, cols, Split::One);
         let mut out = vec![f32::NAN; rows * n];
         if hw {
             matmul_rows(t, &data, rb, &acts, &mut out);
@@ -799,15 +794,17 @@ mod tests {
         check_all(true);
     }
 
-    /// Packing split over a pool's threads gives the tiles of packing on one thread.
+    /// Packing split over rayon's or a pool's threads gives the tiles of packing on one thread.
     #[test]
     fn pool_pack_equals_one_thread_pack() {
         use crate::runtime::pool::{Pool, ThreadLayout};
         let pool = Pool::new(ThreadLayout::unpinned(3));
         for (n, cols) in [(37, 512), (16, 96), (3, 64)] {
             let x = crate::kernels::tests::uniform(n * cols, 21);
-            let (one, split) = (pack_on(&x, n, cols, None), pack_on(&x, n, cols, Some(&pool)));
-            assert_eq!(one.tiles, split.tiles, "{n} × {cols}");
+            let one = pack_with(&x, n, cols, Split::One);
+            for split in [Split::Rayon, Split::Pool(&pool)] {
+                assert_eq!(one.tiles, pack_with(&x, n, cols, split).tiles, "{n} × {cols}");
+            }
         }
     }
 
@@ -852,7 +849,7 @@ mod tests {
         }
         let (n, cols) = (21, 512);
         let x = uniform(n * cols, 5);
-        let v = pack(&x, n, cols, false);
+        let v = pack(&x, n, cols, Split::One);
         let mut s = vec![0u16; 2 * v.tiles.len()];
         for (t, row) in x.chunks_exact(cols).enumerate() {
             for (c, w) in row.chunks_exact(TILE_COLS).enumerate() {
@@ -870,7 +867,7 @@ mod tests {
     fn pack_layout_puts_column_pairs_of_each_row_in_its_lane() {
         let (n, cols) = (18, 256);
         let x: Vec<f32> = (0..n * cols).map(|i| i as f32).collect();
-        let a = pack(&x, n, cols, false);
+        let a = pack(&x, n, cols, Split::One);
         assert_eq!(a.groups, 2);
         // Row 17 = group 1, lane 1; column 71 = chunk 2, pair 3, second of the pair.
         // SAFETY: tile() points inside `a.tiles`.
@@ -912,7 +909,7 @@ mod speed {
         let x = vec![0.25f32; 64 * 16384];
         per("pack, per value", 10 * x.len(), || {
             for _ in 0..10 {
-                std::hint::black_box(pack(&x, 64, 16384, true));
+                std::hint::black_box(pack(&x, 64, 16384, Split::Rayon));
             }
         });
         per("decode generic 256 weights", 20 * blocks, || {
@@ -974,7 +971,7 @@ mod speed {
             let mut w = vec![0u8; rows * rb];
             crate::synth::fill_random(t, &mut w, 1);
             let x = vec![0.5f32; n * cols];
-            let acts = pack(&x, n, cols, false);
+            let acts = pack(&x, n, cols, Split::One);
             let mut o = vec![0f32; rows * n];
             matmul_rows(t, &w, rb, &acts, &mut o);
             let s = Instant::now();

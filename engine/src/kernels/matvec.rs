@@ -14,6 +14,7 @@ use rayon::prelude::*;
 use super::blocks::{is_k_quant, is_small_block};
 use super::quant::{quantize_q8_0, quantize_q8_k_rows, BlockQ8K, BlockQ8_0};
 use super::{fp8, scalar, simd, Precision, QMatrix, WeightType};
+use crate::runtime::pool::Pool;
 use crate::GgmlType;
 
 /// Instruction set a kernel runs with. Variants other than `Scalar` are only run when the
@@ -128,6 +129,19 @@ enum Act<'x> {
     AmxI8(super::amx_q4k::ActsI8),
 }
 
+/// How the bf16 tile path (`amx::pack`) may split a large prompt's activations by column
+/// chunk while preparing them.
+#[derive(Clone, Copy)]
+pub enum Split<'a> {
+    /// On the calling thread (callers inside parallel work).
+    One,
+    /// Over rayon's threads (callers outside parallel work whose own threads wait meanwhile).
+    Rayon,
+    /// Over this pool's threads: the pool that will run the product, idle until then (rayon's
+    /// threads would compete with its spinning threads for the cores).
+    Pool(&'a crate::runtime::pool::Pool),
+}
+
 /// Prepares `x` (n × cols, row-major) for weights of type `ty` at the process precision.
 pub fn prepare<'x>(ty: WeightType, cols: usize, x: &'x [f32], n: usize) -> Prepared<'x> {
     prepare_with(ty, cols, x, n, precision())
@@ -135,13 +149,13 @@ pub fn prepare<'x>(ty: WeightType, cols: usize, x: &'x [f32], n: usize) -> Prepa
 
 /// As [`prepare`] with an explicit precision.
 pub fn prepare_with<'x>(ty: WeightType, cols: usize, x: &'x [f32], n: usize, p: Precision) -> Prepared<'x> {
-    prepare_for(Isa::best(), ty, cols, x, n, p, false)
+    prepare_for(Isa::best(), ty, cols, x, n, p, Split::One)
 }
 
-/// As [`prepare`], splitting large inputs over the runtime's pool (when installed and free):
-/// for callers outside its jobs, such as a pool product about to start.
-pub fn prepare_parallel<'x>(ty: WeightType, cols: usize, x: &'x [f32], n: usize) -> Prepared<'x> {
-    prepare_for(Isa::best(), ty, cols, x, n, precision(), true)
+/// As [`prepare`], splitting large inputs over `pool`'s threads: for a product about to
+/// run on that pool (idle meanwhile).
+pub fn prepare_on_pool<'x>(pool: &Pool, ty: WeightType, cols: usize, x: &'x [f32], n: usize) -> Prepared<'x> {
+    prepare_for(Isa::best(), ty, cols, x, n, precision(), Split::Pool(pool))
 }
 
 /// As [`prepare_with`] for kernels of `isa`: the AMX tiles serve only the best ISA (a test or
@@ -153,7 +167,7 @@ fn prepare_for<'x>(
     x: &'x [f32],
     n: usize,
     p: Precision,
-    parallel: bool,
+    split: Split,
 ) -> Prepared<'x> {
     debug_assert_eq!(x.len(), n * cols, "activations must be n × cols");
     #[cfg(target_arch = "x86_64")]
@@ -163,10 +177,10 @@ fn prepare_for<'x>(
     }
     #[cfg(target_arch = "x86_64")]
     if use_amx(isa, ty, n, p) {
-        return Prepared { n, cols, act: Act::Amx(super::amx::pack(x, n, cols, parallel)) };
+        return Prepared { n, cols, act: Act::Amx(super::amx::pack(x, n, cols, split)) };
     }
     #[cfg(not(target_arch = "x86_64"))]
-    let _ = parallel;
+    let _ = split;
     let act = match (p, ty) {
         (Precision::Fast, WeightType::Ggml(t)) if is_k_quant(t) => Act::Q8K(quantize_q8_k_rows(x, n)),
         (Precision::Fast, WeightType::Ggml(t)) if is_small_block(t) => Act::Q8_0(quantize_q8_0(x)),
@@ -436,7 +450,7 @@ pub fn matmul(w: &QMatrix, x: &[f32], n: usize, y: &mut [f32]) {
 pub fn matmul_with(isa: Isa, w: &QMatrix, x: &[f32], n: usize, y: &mut [f32]) {
     debug_assert_eq!(x.len(), n * w.cols);
     debug_assert_eq!(y.len(), n * w.rows);
-    let p = prepare_for(isa, w.ty, w.cols, x, n, precision(), true);
+    let p = prepare_for(isa, w.ty, w.cols, x, n, precision(), Split::Rayon);
     if n == 1 {
         drive(isa, w, &p, y);
         return;

@@ -66,7 +66,7 @@ pub use dequant::{dequantize_fp8_e4m3, dequantize_row};
 pub use fp::{bf16_to_f32, f16_to_f32, fp8_e4m3_to_f32};
 pub use matvec::{
     dequantize_matrix, matmul, matmul_rows, matmul_with, matvec, matvec_rows, matvec_with, precision, prepare,
-    prepare_parallel, prepare_with, runs_on_amx, set_precision, Isa, Prepared,
+    prepare_on_pool, prepare_with, runs_on_amx, set_precision, Isa, Prepared,
 };
 pub use scalar::dot_f32;
 

@@ -251,7 +251,7 @@ pub fn pool_matmul(pool: &Pool, w: &QMatrix, x: &[f32], n: usize, y: &mut [f32])
     debug_assert_eq!(y.len(), n * w.rows);
     let p = {
         let _p = super::profile::scope("pool_matmul_prepare");
-        kernels::prepare_parallel(w.ty, w.cols, x, n)
+        kernels::prepare_on_pool(pool, w.ty, w.cols, x, n)
     };
     let isa = Isa::best();
     let out = SyncPtr(y.as_mut_ptr());

@@ -23,8 +23,9 @@ for r in 1 2 3; do
   "$HY" bench decode "$F" --batch "$batches" --prompt 64 --gen 32 --threads "$T" --save "$DIR/hy-calibration-$r.toml"
   "$HY" bench decode "$F" --batch 1 --prompt 256 --gen 8 --threads "$T"
 done
-echo "== where the time goes (HY_PROFILE)"
+echo "== where the time goes (HY_PROFILE): 64-token prefill and decode, then a 256-token prefill"
 HY_PROFILE=1 "$HY" bench decode "$F" --batch 1 --prompt 64 --gen 32 --threads "$T" 2>&1 | grep -v "^bench decode"
+HY_PROFILE=1 "$HY" bench decode "$F" --batch 1 --prompt 256 --gen 1 --threads "$T" 2>&1 | sed -n '/^prefill/,/^decode/p'
 echo "== expert pass and memory"
 "$HY" bench memory
 for q in q4_k q8_0 fp8; do "$HY" bench moe --quant $q --batch 1,4,16 --layers 2 --steps 10 --threads "$T"; done

@@ -54,7 +54,7 @@ pub struct Args {
     /// Efficiency assumptions from a TOML file (`hy bench` writes one).
     #[arg(long, value_name = "FILE")]
     pub calibration: Option<PathBuf>,
-    /// Override: share of measured CPU bandwidth expert kernels achieve (default 0.72; up to 2,
+    /// Override: share of measured CPU bandwidth expert kernels achieve (default 0.91; up to 2,
     /// as prefetching kernels can outrun the plain read that measures it).
     #[arg(long, value_name = "F")]
     pub cpu_bandwidth_efficiency: Option<f64>,

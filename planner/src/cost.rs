@@ -4,9 +4,11 @@
 //! Defaults and where they come from:
 //! - `stream_efficiency` 0.77: STREAM-like read bandwidth of a loaded DDR5 server over its
 //!   theoretical channels × MT/s × 8 B; used only when the hardware file has no measurement.
-//! - `cpu_bandwidth_efficiency` 0.72: the share of measured bandwidth that expert kernels
+//! - `cpu_bandwidth_efficiency` 0.91: the share of measured bandwidth that expert kernels
 //!   turn into useful reads. DESIGN.md: the reference appliance does the MoE part of a Q4_K_M
-//!   token in 18 ms where the bandwidth bound is 13 ms (13/18 = 0.72). It may exceed 1 (up
+//!   token in 18 ms where the bandwidth bound is 13 ms; the speed model adds the experts'
+//!   arithmetic at `cpu_compute_efficiency` (≈ 4 ms of it on HY90) to their streaming time,
+//!   and 13/0.91 + 4 ≈ 18. It may exceed 1 (up
 //!   to [`MAX_CPU_BANDWIDTH_EFFICIENCY`]): the measurement is a plain read, and kernels with
 //!   software prefetch stream faster than that on some CPUs (hy's expert pass reached 117% of
 //!   it on the 16-core Xeon of issue 6).
@@ -65,7 +67,7 @@ impl Default for Efficiency {
     fn default() -> Self {
         Efficiency {
             stream_efficiency: 0.77,
-            cpu_bandwidth_efficiency: 0.72,
+            cpu_bandwidth_efficiency: 0.91,
             gpu_bandwidth_efficiency: 0.80,
             pcie_efficiency: 0.80,
             cpu_compute_efficiency: 0.35,

@@ -52,9 +52,10 @@ pub fn available() -> bool {
 
 /// The activation row counts for which Q4_K products take this path: `HY_AMX_I8_MIN` (default
 /// 8) up to `HY_AMX_I8_MAX` (default 48, excluded). Measured on the 16-core Xeon
-/// (`kernel_bench --types Q4_K --mb 512`, 16 threads): 15.6 / 15.4 / 16.3 / 26.1 / 42.3 ms at
-/// 8 / 12 / 16 / 32 / 64 rows, against the VNNI kernel's 14.2 / 18.5 / 27.9 ms at 6 / 8 / 12
-/// rows and the bf16 tiles' 29.0 / 32.0 / 39.0 ms at 16 / 32 / 64.
+/// (`kernel_bench --types Q4_K --mb 512`, 16 threads, one run, session 6): 16.8 / 16.5 /
+/// 16.3 / 18.1 / 19.3 / 28.2 ms at 4 / 6 / 8 / 12 / 16 / 32 rows, against the VNNI kernel's
+/// 11.1 / 14.9 / 20.2 / 31.9 ms at 4 / 6 / 8 / 12 rows and the bf16 tiles' 30.6 ms at 16
+/// (session 5: the bf16 tiles 32.0 / 39.0 ms at 32 / 64 rows, this path 42.3 at 64).
 pub fn rows() -> std::ops::Range<usize> {
     static RANGE: OnceLock<std::ops::Range<usize>> = OnceLock::new();
     RANGE

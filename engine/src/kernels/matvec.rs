@@ -139,7 +139,7 @@ pub enum Split<'a> {
     Rayon,
     /// Over this pool's threads: the pool that will run the product, idle until then (rayon's
     /// threads would compete with its spinning threads for the cores).
-    Pool(&'a crate::runtime::pool::Pool),
+    Pool(&'a Pool),
 }
 
 /// Prepares `x` (n × cols, row-major) for weights of type `ty` at the process precision.

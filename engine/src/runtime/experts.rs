@@ -154,8 +154,8 @@ fn run_pass(
     let stamps = super::profile::Stamps::<2>::new(threads);
     // Claims of ~64 KB per matrix or more (gate and up are read together; down once per
     // active expert for the claimed output rows).
-    let gate_up = RowQueue::segmented(pool, active.len(), n_ff, MIN_CLAIM_BYTES / first.gate.data.len().div_ceil(n_ff));
-    let down_row_bytes = first.down.data.len().div_ceil(hidden) * active.len();
+    let gate_up = RowQueue::segmented(pool, active.len(), n_ff, MIN_CLAIM_BYTES / first.gate.row_bytes().max(1));
+    let down_row_bytes = first.down.row_bytes() * active.len();
     let down = RowQueue::new(pool, hidden, MIN_CLAIM_BYTES / down_row_bytes.max(1));
 
     pool.run(&|t| {
@@ -255,8 +255,7 @@ pub fn pool_matmul(pool: &Pool, w: &QMatrix, x: &[f32], n: usize, y: &mut [f32])
     };
     let isa = Isa::best();
     let out = SyncPtr(y.as_mut_ptr());
-    let row_bytes = w.data.len() / w.rows.max(1);
-    let queue = RowQueue::new(pool, w.rows, MIN_CLAIM_BYTES / row_bytes.max(1));
+    let queue = RowQueue::new(pool, w.rows, MIN_CLAIM_BYTES / w.row_bytes().max(1));
     pool.run(&|t| {
         for (_, rows) in queue.claims(t) {
             if n == 1 {

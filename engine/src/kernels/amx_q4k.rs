@@ -85,7 +85,8 @@ pub fn rows() -> std::ops::Range<usize> {
 pub struct ActsI8 {
     pub n: usize,
     pub cols: usize,
-    paired: bool,
+    /// Sub-blocks per product: 2 paired, 1 unpaired.
+    per: usize,
     groups: usize,
     /// B tiles as 4-quant words: word `p · 16 + i` of a tile is row `p`, column `i`.
     tiles: Vec<u32>,
@@ -94,29 +95,20 @@ pub struct ActsI8 {
 }
 
 impl ActsI8 {
-    /// Tokens per group.
+    fn paired(&self) -> bool {
+        self.per == 2
+    }
+    /// Tokens per group (a result tile's columns over the sub-blocks sharing them).
     fn group(&self) -> usize {
-        if self.paired {
-            TILE / 2
-        } else {
-            TILE
-        }
+        TILE / self.per
     }
     /// Products per block.
     fn products(&self) -> usize {
-        if self.paired {
-            SUBS / 2
-        } else {
-            SUBS
-        }
+        SUBS / self.per
     }
-    /// Rows of a B tile (64 bytes each).
+    /// Rows of a B tile (64 bytes each): K / 4.
     fn b_rows(&self) -> usize {
-        if self.paired {
-            TILE
-        } else {
-            SUB / 4
-        }
+        self.per * SUB / 4
     }
     fn tile(&self, k: usize, j: usize, g: usize) -> *const u8 {
         let words = self.b_rows() * TILE;
@@ -134,13 +126,10 @@ impl ActsI8 {
 pub fn pack(q: &[BlockQ8K], n: usize, cols: usize) -> ActsI8 {
     let kb = cols / 256;
     assert!(q.len() == n * kb, "amx_q4k::pack: {} blocks for {n} rows of {cols}", q.len());
-    let paired = n <= PAIRED_MAX;
-    let mut acts = ActsI8 { n, cols, paired, groups: 0, tiles: Vec::new(), d: Vec::new(), sums: Vec::new() };
-    let group = acts.group();
-    acts.groups = n.div_ceil(group);
-    let (groups, words, products) = (acts.groups, acts.b_rows() * TILE, acts.products());
-    // Sub-blocks per product, and so the halves a group's token appears in.
-    let per = SUBS / products;
+    let per = if n <= PAIRED_MAX { 2 } else { 1 };
+    let mut acts =
+        ActsI8 { n, cols, per, groups: n.div_ceil(TILE / per), tiles: Vec::new(), d: Vec::new(), sums: Vec::new() };
+    let (group, groups, words, products) = (acts.group(), acts.groups, acts.b_rows() * TILE, acts.products());
     acts.tiles = vec![0u32; kb * products * groups * words];
     acts.d = vec![0f32; kb * groups * TILE];
     acts.sums = vec![0i32; kb * groups * 4 * TILE];
@@ -235,9 +224,8 @@ unsafe fn run<H: Tiles>(hw: &mut H, data: &[u8], rb: usize, acts: &ActsI8, out: 
     let (kb, bytes) = (acts.cols / 256, t.type_size());
     assert_eq!(rb, kb * bytes, "amx_q4k: row bytes do not match {} columns", acts.cols);
     let rows = data.len() / rb.max(1);
-    let (n, groups, group, paired) = (acts.n, acts.groups, acts.group(), acts.paired);
+    let (n, groups, group, paired) = (acts.n, acts.groups, acts.group(), acts.paired());
     assert!(out.len() >= rows * n);
-    assert!(rb * TILE < i32::MAX as usize, "amx_q4k: rows too long to gather");
     let mut c: [Results; 2] = [Aligned([[[0; TILE]; TILE]; SUBS]), Aligned([[[0; TILE]; TILE]; SUBS])];
     let mut total = vec![_mm512_setzero_ps(); groups * TILE];
     STRIPS.with_borrow_mut(|strips| {
@@ -335,6 +323,7 @@ fn decode_strip(rows: &[u8], rb: usize, nr: usize, strips: &mut [Strip]) {
             }
         }
     }
+    assert!(rb * TILE < i32::MAX as usize, "amx_q4k: rows too long to gather");
     let mask: __mmask16 = ((1u32 << nr) - 1) as u16;
     let lanes = _mm512_set_epi32(15, 14, 13, 12, 11, 10, 9, 8, 7, 6, 5, 4, 3, 2, 1, 0);
     let idx = _mm512_mullo_epi32(lanes, _mm512_set1_epi32(rb as i32));
@@ -394,6 +383,15 @@ fn mins_term(strip: &Strip, r: usize, sv: &[__m512i; 4]) -> __m512 {
     _mm512_cvtepi32_ps(mi)
 }
 
+/// Adds row `r`'s scaled sums `acc` of one block and group to its total: the mins term taken
+/// off, times the tokens' `d` (`dv`).
+#[inline]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,fma")]
+fn add_to_total(tot: &mut __m512, acc: __m512, strip: &Strip, r: usize, sv: &[__m512i; 4], dv: __m512) {
+    let acc = _mm512_fnmadd_ps(mins_term(strip, r, sv), _mm512_set1_ps(strip.dmin.0[r]), acc);
+    *tot = _mm512_fmadd_ps(acc, dv, *tot);
+}
+
 /// The group's `d` and sum vectors.
 #[inline]
 #[target_feature(enable = "avx512f")]
@@ -419,8 +417,7 @@ fn scale_unpaired(c: &[[[i32; TILE]; TILE]; SUBS], strip: &Strip, d: &[f32], sum
             let v = unsafe { _mm512_loadu_si512(cs[r].as_ptr() as *const _) };
             acc = _mm512_fmadd_ps(_mm512_cvtepi32_ps(v), _mm512_set1_ps(strip.dsc.0[s][r]), acc);
         }
-        acc = _mm512_fnmadd_ps(mins_term(strip, r, &sv), _mm512_set1_ps(strip.dmin.0[r]), acc);
-        *tot = _mm512_fmadd_ps(acc, dv, *tot);
+        add_to_total(tot, acc, strip, r, &sv, dv);
     }
 }
 
@@ -438,8 +435,7 @@ fn scale_paired(c: &[[[i32; TILE]; TILE]; SUBS], strip: &Strip, d: &[f32], sums:
             acc = _mm512_mask3_fmadd_ps(v, _mm512_set1_ps(strip.dsc.0[2 * p][r]), acc, 0x00FF);
             acc = _mm512_mask3_fmadd_ps(v, _mm512_set1_ps(strip.dsc.0[2 * p + 1][r]), acc, 0xFF00);
         }
-        acc = _mm512_fnmadd_ps(mins_term(strip, r, &sv), _mm512_set1_ps(strip.dmin.0[r]), acc);
-        *tot = _mm512_fmadd_ps(acc, dv, *tot);
+        add_to_total(tot, acc, strip, r, &sv, dv);
     }
 }
 

@@ -10,9 +10,9 @@ use std::time::Instant;
 
 use anyhow::Context;
 use hy_engine::dtype::GgmlType;
-use hy_engine::kernels::QMatrix;
+use hy_engine::kernels::{q4k_x16, QMatrix, WeightType};
 use hy_engine::runtime::experts::{self, ExpertMats};
-use hy_engine::runtime::pool::{share, Pool, SyncPtr, ThreadLayout};
+use hy_engine::runtime::pool::{share, share_aligned, Pool, SyncPtr, ThreadLayout};
 use hy_engine::synth;
 use rand::{Rng, SeedableRng};
 use serde::Serialize;
@@ -416,7 +416,7 @@ fn default_layers(layer_bytes: usize) -> usize {
     (avail / 4 / layer_bytes.max(1)).clamp(1, 4)
 }
 
-#[derive(Clone, Copy)]
+#[derive(Clone, Copy, PartialEq, Eq)]
 enum ExpertFormat {
     Ggml(GgmlType),
     Fp8,
@@ -472,14 +472,16 @@ impl ExpertFormat {
 }
 
 /// One MoE layer's expert weights in anonymous memory, first touched by the threads that will
-/// read them (thread t writes rows `share(rows, T, t)` of every expert), so with pinned threads
-/// each row range lives on its reader's NUMA node. Layout: [gate | up | down], each
-/// `n_experts` matrices back to back, plus FP8 scale buffers.
+/// read them (thread t writes rows `share_aligned(rows, T, t, 16)` of every expert), so with
+/// pinned threads each row range lives on its reader's NUMA node. Layout: [gate | up | down],
+/// each `n_experts` matrices back to back, plus FP8 scale buffers. Q4_K is repacked into the
+/// 16-row layout where the engine would repack it at load (`kernels::q4k_x16::enabled`).
 struct LayerWeights {
     gate: memmap2::MmapMut,
     up: memmap2::MmapMut,
     down: memmap2::MmapMut,
     scales: Vec<Vec<u8>>,
+    repacked: bool,
 }
 
 impl LayerWeights {
@@ -496,6 +498,10 @@ impl LayerWeights {
         let anon =
             |n: usize| memmap2::MmapMut::map_anon(n).with_context(|| format!("allocating {n} bytes of expert weights"));
         let (mut gate, mut up, mut down) = (anon(n_experts * gu)?, anon(n_experts * gu)?, anon(n_experts * dn)?);
+        let repacked = fmt == ExpertFormat::Ggml(GgmlType::Q4_K)
+            && q4k_x16::enabled()
+            && q4k_x16::fits(n_ff, hidden)
+            && q4k_x16::fits(hidden, n_ff);
         let bases = [
             (SyncPtr(gate.as_mut_ptr()), gu, n_ff, hidden),
             (SyncPtr(up.as_mut_ptr()), gu, n_ff, hidden),
@@ -504,7 +510,7 @@ impl LayerWeights {
         pool.run(&|t| {
             for (k, &(base, mat_bytes, rows, cols)) in bases.iter().enumerate() {
                 let rb = fmt.row_bytes(cols);
-                let mine = share(rows, pool.threads(), t);
+                let mine = share_aligned(rows, pool.threads(), t, q4k_x16::ROWS);
                 for e in 0..n_experts {
                     let start = e * mat_bytes + mine.start * rb;
                     let len = mine.len() * rb;
@@ -512,6 +518,10 @@ impl LayerWeights {
                     // e) and no other thread writes it.
                     let slice = unsafe { std::slice::from_raw_parts_mut(base.ptr().add(start), len) };
                     fmt.fill(slice, layer * 1_000_003 + (k * n_experts + e) as u64 * 7919 + t as u64);
+                    if repacked {
+                        let plain = slice.to_vec();
+                        q4k_x16::repack(&plain, cols, slice);
+                    }
                 }
             }
         });
@@ -525,7 +535,7 @@ impl LayerWeights {
                 vec![mk(n_ff, hidden), mk(n_ff, hidden), mk(hidden, n_ff)]
             }
         };
-        Ok(LayerWeights { gate, up, down, scales })
+        Ok(LayerWeights { gate, up, down, scales, repacked })
     }
 
     fn buffers(&self) -> Vec<&[u8]> {
@@ -537,7 +547,8 @@ impl LayerWeights {
         let dn = fmt.matrix_bytes(hidden, n_ff);
         let n_experts = self.gate.len() / gu.max(1);
         let mat = |buf: &'w [u8], scales: Option<&'w [u8]>, e: usize, rows: usize, cols: usize, bytes: usize| {
-            expert_matrix(fmt, buf, scales, e, rows, cols, bytes)
+            let m = expert_matrix(fmt, buf, scales, e, rows, cols, bytes)?;
+            Ok::<_, anyhow::Error>(if self.repacked { QMatrix { ty: WeightType::Q4KX16, ..m } } else { m })
         };
         let sc = |k: usize| self.scales.get(k).map(|v| v.as_slice());
         (0..n_experts)

@@ -2,7 +2,7 @@
 //! the speed a plain read loop reaches over the same bytes with the same threads.
 //!
 //!     cargo run --release -p hy-engine --example kernel_bench -- [--mb 1024] [--threads N]
-//!         [--types Q4_K,Q6_K,Q8_0,...] [--batch 1,4,16] [--iters 10] [--cols 7168]
+//!         [--types Q4_K,Q4_K_X16,Q6_K,Q8_0,...] [--batch 1,4,16] [--iters 10] [--cols 7168]
 //!
 //! Weights are random blocks with sane scales (the speed does not depend on the values).
 //! Batches time the kernels alone (activations prepared beforehand, as the engine prepares
@@ -159,6 +159,8 @@ fn run(o: &Opts) {
 fn bench_type(o: &Opts, name: &str, target: usize) {
     let (ty, wt) = if name == "FP8" {
         (None, WeightType::Fp8E4M3Block128)
+    } else if name == "Q4_K_X16" {
+        (Some(GgmlType::Q4_K), WeightType::Q4KX16)
     } else {
         match (0..64).filter_map(GgmlType::from_u32).find(|t| t.name() == name) {
             Some(t) => (Some(t), WeightType::Ggml(t)),
@@ -174,9 +176,17 @@ fn bench_type(o: &Opts, name: &str, target: usize) {
         eprintln!("kernel_bench: {cols} columns is not a whole number of {name} blocks");
         return;
     }
-    let rows = (target / row_bytes).max(1);
+    // Whole 16-row groups (AMX tiles, the repacked Q4_K layout).
+    let rows = (target / row_bytes / 16 * 16).max(16);
     let mut data = vec![0u8; rows * row_bytes];
     fill(ty, &mut data);
+    if wt == WeightType::Q4KX16 {
+        let plain = data.clone();
+        let group = 16 * row_bytes;
+        data.par_chunks_mut(group)
+            .zip(plain.par_chunks(group))
+            .for_each(|(o, p)| hy_engine::kernels::q4k_x16::repack(p, cols, o));
+    }
     let scales: Vec<u8> = (0..rows.div_ceil(128) * cols.div_ceil(128)).flat_map(|_| 0.01f32.to_le_bytes()).collect();
     let w = QMatrix { ty: wt, rows, cols, data: &data, block_scales: if ty.is_none() { &scales } else { &[] } };
     if let Err(e) = w.validate() {
@@ -197,7 +207,7 @@ fn bench_type(o: &Opts, name: &str, target: usize) {
             // writes its rows' results as the kernels give them (rows × n), as the expert
             // pass does: the kernels alone are timed.
             let prepared = prepare(w.ty, cols, &x, n);
-            let chunk = rows.div_ceil(o.threads);
+            let chunk = rows.div_ceil(o.threads).next_multiple_of(16);
             let (b, m) = time(o.iters, || {
                 if n == 1 {
                     matvec_with(isa, &w, &x, &mut y)

@@ -161,6 +161,9 @@ pub struct GgufFile {
     tensors: Vec<GgufTensor>,
     index: HashMap<String, usize>,
     version: u32,
+    /// Per tensor: its bytes were repacked for the kernels when copied into memory
+    /// ([`GgufFile::load_into_memory_repacking`]).
+    repacked: Vec<bool>,
 }
 
 impl std::fmt::Debug for GgufFile {
@@ -224,7 +227,8 @@ impl GgufFile {
                 return Err(FormatError::invalid(&paths[0], format!("duplicate tensor name '{}'", t.name)));
             }
         }
-        Ok(GgufFile { paths, maps, metadata, tensors, index, version })
+        let repacked = vec![false; tensors.len()];
+        Ok(GgufFile { paths, maps, metadata, tensors, index, version, repacked })
     }
 
     /// The GGUF version of the first shard (2 or 3).
@@ -321,15 +325,44 @@ impl GgufFile {
     /// [`super::copy_to_anonymous`]); shards that cannot be copied stay mapped. Returns the
     /// bytes copied. Tensor views taken before this call keep the file mapping.
     pub fn load_into_memory(&mut self) -> u64 {
-        let copies = super::copy_to_anonymous(&self.maps);
+        self.load_into_memory_repacking(&|_, _| false)
+    }
+
+    /// [`GgufFile::load_into_memory`], and in the copy, every tensor for which
+    /// `repack(tensor, bytes)` returns true has rewritten its bytes (same length) into a
+    /// layout for the kernels; [`GgufFile::is_repacked`] then says so. A tensor of a shard that
+    /// could not be copied keeps the file's layout.
+    pub fn load_into_memory_repacking(&mut self, repack: &(dyn Fn(&GgufTensor, &mut [u8]) -> bool + Sync)) -> u64 {
+        let done: Vec<std::sync::atomic::AtomicBool> =
+            self.tensors.iter().map(|_| std::sync::atomic::AtomicBool::new(false)).collect();
+        let tensors = &self.tensors;
+        let edit = |shard: usize, bytes: &mut [u8]| {
+            for (t, d) in tensors.iter().zip(&done).filter(|(t, _)| t.shard == shard) {
+                let range = t.offset as usize..(t.offset + t.n_bytes) as usize;
+                if repack(t, &mut bytes[range]) {
+                    d.store(true, std::sync::atomic::Ordering::Relaxed);
+                }
+            }
+        };
+        let copies = super::copy_to_anonymous(&self.maps, &edit);
         let mut copied = 0;
-        for (m, c) in self.maps.iter_mut().zip(copies) {
+        for (shard, (m, c)) in self.maps.iter_mut().zip(copies).enumerate() {
             if let Some(c) = c {
                 copied += c.len() as u64;
                 *m = c;
+                for (i, t) in self.tensors.iter().enumerate() {
+                    if t.shard == shard && done[i].load(std::sync::atomic::Ordering::Relaxed) {
+                        self.repacked[i] = true;
+                    }
+                }
             }
         }
         copied
+    }
+
+    /// Whether `t`'s bytes were repacked at load ([`GgufFile::load_into_memory_repacking`]).
+    pub fn is_repacked(&self, t: &GgufTensor) -> bool {
+        self.index.get(&t.name).is_some_and(|&i| self.repacked[i])
     }
 
     /// Sum of all tensor data bytes.

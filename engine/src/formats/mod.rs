@@ -33,16 +33,22 @@ pub fn prefault(maps: &[Arc<memmap2::Mmap>]) -> u64 {
 /// parallel, and returns the copies (same bytes, same offsets). Weights in 2 MB pages stream
 /// faster than the page cache's 4 KB pages: one TLB entry per 2 MB instead of 512, and the
 /// hardware prefetchers, which stop at page boundaries, run on. Returns `None` for a map
-/// that could not be allocated (the caller keeps the file mapping).
-pub fn copy_to_anonymous(maps: &[Arc<memmap2::Mmap>]) -> Vec<Option<Arc<memmap2::Mmap>>> {
+/// that could not be allocated (the caller keeps the file mapping). `edit(i, bytes)` may
+/// rewrite map `i`'s copy before it is made read-only (repacking weights for the kernels).
+pub fn copy_to_anonymous(
+    maps: &[Arc<memmap2::Mmap>],
+    edit: &(dyn Fn(usize, &mut [u8]) + Sync),
+) -> Vec<Option<Arc<memmap2::Mmap>>> {
     use rayon::prelude::*;
     const CHUNK: usize = 16 << 20;
     maps.iter()
-        .map(|m| {
+        .enumerate()
+        .map(|(i, m)| {
             let mut anon = memmap2::MmapMut::map_anon(m.len().max(1)).ok()?;
             #[cfg(target_os = "linux")]
             let _ = anon.advise(memmap2::Advice::HugePage);
             anon[..m.len()].par_chunks_mut(CHUNK).zip(m.par_chunks(CHUNK)).for_each(|(d, s)| d.copy_from_slice(s));
+            edit(i, &mut anon[..m.len()]);
             anon.make_read_only().ok().map(Arc::new)
         })
         .collect()

@@ -50,6 +50,7 @@ impl Weight {
                     format!("row length {} is not a multiple of {}'s block of {}", self.cols, t, t.block_size()),
                 )
             }),
+            WeightType::Q4KX16 => Ok(GgmlType::Q4_K.bytes_for(self.cols as u64).unwrap_or(0) as usize),
             WeightType::Fp8E4M3Block128 => Ok(self.cols),
         }
     }
@@ -69,7 +70,7 @@ impl Weight {
     pub fn ggml_type(&self) -> Option<GgmlType> {
         match self.ty {
             WeightType::Ggml(t) => Some(t),
-            WeightType::Fp8E4M3Block128 => None,
+            WeightType::Q4KX16 | WeightType::Fp8E4M3Block128 => None,
         }
     }
 
@@ -154,7 +155,8 @@ impl WeightSource for GgufSource {
         let Some(t) = self.file.tensor(name) else { return Ok(None) };
         let cols = t.row_len();
         let rows = t.n_rows();
-        Weight::new(name, self.file.tensor_bytes(t), WeightType::Ggml(t.ggml_type), rows, cols).map(Some)
+        let ty = if self.file.is_repacked(t) { WeightType::Q4KX16 } else { WeightType::Ggml(t.ggml_type) };
+        Weight::new(name, self.file.tensor_bytes(t), ty, rows, cols).map(Some)
     }
 
     fn describe(&self) -> String {
@@ -246,7 +248,9 @@ impl Weight {
 
     /// Row `r` as f32 (an embedding lookup reads one row of a possibly quantized table).
     pub fn row_f32(&self, r: usize, out: &mut [f32]) -> Result<(), ModelError> {
-        let ty = self.ggml_type().ok_or_else(|| ModelError::tensor(&self.name, "row lookup of an FP8 matrix"))?;
+        let ty = self
+            .ggml_type()
+            .ok_or_else(|| ModelError::tensor(&self.name, "row lookup of an FP8 or repacked matrix"))?;
         if r >= self.rows || out.len() != self.cols {
             return Err(ModelError::tensor(
                 &self.name,

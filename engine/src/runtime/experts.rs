@@ -408,6 +408,54 @@ mod tests {
         }
     }
 
+    /// Q4_K experts repacked into 16-row groups (as at load) give the per-token reference of
+    /// the file's layout, with several tokens per expert (the prompt kernel's batches).
+    #[test]
+    fn repacked_experts_equal_the_reference_of_the_plain_ones() {
+        use crate::kernels::{q4k_x16, WeightType};
+        if !q4k_x16::supported() {
+            return eprintln!("skipped: no AVX-512 VNNI");
+        }
+        let (hidden, n_ff, n_exp) = (512, 256, 4);
+        let owned = make(GgmlType::Q4_K, hidden, n_ff, n_exp, 17);
+        let repack = |v: &[u8], cols: usize| {
+            let mut out = vec![0u8; v.len()];
+            q4k_x16::repack(v, cols, &mut out);
+            out
+        };
+        let packed: Vec<Owned> = owned
+            .iter()
+            .map(|o| Owned { g: repack(&o.g, hidden), u: repack(&o.u, hidden), d: repack(&o.d, n_ff) })
+            .collect();
+        fn mat(d: &[u8], rows: usize, cols: usize, x16: bool) -> QMatrix<'_> {
+            let q = QMatrix::new(GgmlType::Q4_K, rows, cols, d).unwrap();
+            QMatrix { ty: if x16 { WeightType::Q4KX16 } else { q.ty }, ..q }
+        }
+        fn view(o: &Owned, hidden: usize, n_ff: usize, x16: bool) -> ExpertMats<'_> {
+            ExpertMats {
+                gate: mat(&o.g, n_ff, hidden, x16),
+                up: mat(&o.u, n_ff, hidden, x16),
+                down: mat(&o.d, hidden, n_ff, x16),
+            }
+        }
+        let plain: Vec<ExpertMats> = owned.iter().map(|o| view(o, hidden, n_ff, false)).collect();
+        let x16: Vec<ExpertMats> = packed.iter().map(|o| view(o, hidden, n_ff, true)).collect();
+        // Expert 2 gets 11 of 12 tokens (one kernel pass of 8 and one of 3), expert 0 two.
+        let routes: Vec<Vec<(usize, f32)>> =
+            (0..12).map(|t| if t == 5 { vec![(1, 1.0)] } else { vec![(2, 0.5), (t % 2 * 3, 0.75)] }).collect();
+        let x: Vec<f32> = (0..routes.len() * hidden).map(|i| ((i * 41 % 103) as f32 - 51.0) / 26.0).collect();
+        let want = reference(&plain, &x, &routes, hidden);
+        let scale = want.iter().fold(0f32, |m, v| m.max(v.abs()));
+        for layout in [ThreadLayout::unpinned(1), ThreadLayout::unpinned(3), ThreadLayout::simulated(5, 2)] {
+            let pool = Pool::new(layout.clone());
+            let mut got = vec![0f32; x.len()];
+            expert_pass(&pool, &x16, &x, &routes, &mut got);
+            for (a, b) in got.iter().zip(&want) {
+                assert!((a - b).abs() <= 1e-4 * scale.max(1e-6), "{layout:?}: {a} vs {b}");
+            }
+        }
+    }
+
     #[test]
     fn pool_matmul_equals_kernels_matmul() {
         let (rows, cols) = (300, 512);

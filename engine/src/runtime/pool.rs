@@ -391,6 +391,14 @@ pub fn share(len: usize, parts: usize, i: usize) -> std::ops::Range<usize> {
     (len * i / parts)..(len * (i + 1) / parts)
 }
 
+/// [`share`] with every boundary but the end rounded up to a multiple of `align` (whole AMX
+/// tiles or repacked 16-row groups per thread); some parts may be empty.
+pub fn share_aligned(len: usize, parts: usize, i: usize, align: usize) -> std::ops::Range<usize> {
+    let parts = parts.max(1);
+    let bound = |k: usize| if k >= parts { len } else { (len * k / parts).next_multiple_of(align.max(1)).min(len) };
+    bound(i)..bound(i + 1)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -448,6 +456,16 @@ mod tests {
     fn shares_cover_the_range_exactly() {
         for (len, parts) in [(10, 3), (2048, 16), (5, 7), (0, 4)] {
             let ranges: Vec<_> = (0..parts).map(|i| share(len, parts, i)).collect();
+            for align in [1, 16] {
+                let aligned: Vec<_> = (0..parts).map(|i| share_aligned(len, parts, i, align)).collect();
+                assert_eq!(aligned.first().map(|r| r.start), Some(0));
+                assert_eq!(aligned.last().map(|r| r.end), Some(len));
+                assert!(aligned.windows(2).all(|w| w[0].end == w[1].start));
+                assert!(aligned[..parts - 1].iter().all(|r| r.end % align == 0 || r.end == len));
+                if align == 1 {
+                    assert_eq!(aligned, ranges);
+                }
+            }
             assert_eq!(ranges.first().unwrap().start, 0);
             assert_eq!(ranges.last().unwrap().end, len);
             assert!(ranges.windows(2).all(|w| w[0].end == w[1].start));

@@ -9,7 +9,8 @@
 //! the node's threads, at least `min` rows), so the tail is short and the chunks few.
 //!
 //! NUMA: thread `t` of node `k` only claims rows of node `k`'s part, the union of the static
-//! shares (`share(len, T, t)`) of that node's threads. Those are the rows its node's threads
+//! shares (`share_aligned(len, T, t, 16)`: boundaries on whole tiles and repacked groups) of
+//! that node's threads. Those are the rows its node's threads
 //! first touched when weights were placed by share, so no weight row is read across nodes.
 //!
 //! `HY_SCHEDULE=static` gives every thread exactly its static share instead (for same-run
@@ -19,7 +20,7 @@ use std::ops::Range;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::OnceLock;
 
-use super::pool::{share, Pool};
+use super::pool::{share_aligned, Pool};
 
 /// Claims are whole multiples of this many rows by default (but a segment's last): an AMX
 /// tile's rows.
@@ -64,25 +65,16 @@ impl RowQueue {
 
     /// Rows `0..len` of each of `segments` matrices of the same shape.
     pub fn segmented(pool: &Pool, segments: usize, len: usize, min: usize) -> Self {
-        let threads = pool.threads();
-        let node_of: Vec<usize> = (0..threads).map(|t| pool.node_of(t)).collect();
-        let nodes = node_of.iter().copied().max().map_or(1, |m| m + 1);
-        let parts = (0..nodes)
-            .map(|k| {
-                let mine: Vec<usize> = (0..threads).filter(|&t| node_of[t] == k).collect();
-                let rows = match (mine.first(), mine.last()) {
-                    (Some(&first), Some(&last)) => share(len, threads, first).start..share(len, threads, last).end,
-                    _ => 0..0,
-                };
-                NodePart { next: AtomicUsize::new(0), rows, threads: mine.len() }
-            })
-            .collect();
+        let node_of: Vec<usize> = (0..pool.threads()).map(|t| pool.node_of(t)).collect();
+        let parts = node_parts(&node_of, len, ALIGN);
         RowQueue { parts, node_of, segments, len, min: min.max(1), align: ALIGN, fixed: static_schedule() }
     }
 
-    /// Claims in multiples of `align` rows instead of [`ALIGN`] (1: any count, e.g. heads).
+    /// Claims (and node parts) in multiples of `align` rows instead of [`ALIGN`] (1: any
+    /// count, e.g. heads).
     pub fn aligned(mut self, align: usize) -> Self {
         self.align = align.max(1);
+        self.parts = node_parts(&self.node_of, self.len, self.align);
         self
     }
 
@@ -121,6 +113,25 @@ impl RowQueue {
     }
 }
 
+/// Each node's part of `0..len`: the union of its threads' static shares
+/// ([`share_aligned`], so parts start on whole multiples of `align` rows).
+fn node_parts(node_of: &[usize], len: usize, align: usize) -> Vec<NodePart> {
+    let threads = node_of.len();
+    let nodes = node_of.iter().copied().max().map_or(1, |m| m + 1);
+    (0..nodes)
+        .map(|k| {
+            let mine: Vec<usize> = (0..threads).filter(|&t| node_of[t] == k).collect();
+            let rows = match (mine.first(), mine.last()) {
+                (Some(&first), Some(&last)) => {
+                    share_aligned(len, threads, first, align).start..share_aligned(len, threads, last, align).end
+                }
+                _ => 0..0,
+            };
+            NodePart { next: AtomicUsize::new(0), rows, threads: mine.len() }
+        })
+        .collect()
+}
+
 /// The iterator of [`RowQueue::claims`].
 pub struct Claims<'a> {
     q: &'a RowQueue,
@@ -137,7 +148,7 @@ impl Iterator for Claims<'_> {
             return self.q.claim(self.t);
         }
         let threads = self.q.node_of.len();
-        let rows = share(self.q.len, threads, self.t);
+        let rows = share_aligned(self.q.len, threads, self.t, self.q.align);
         if self.segment >= self.q.segments || rows.is_empty() {
             return None;
         }
@@ -169,7 +180,8 @@ mod tests {
                         for r in rows {
                             seen.lock().unwrap()[seg * len + r] += 1;
                             // The static share's owner of row r must be on the same node.
-                            let owner = (0..pool.threads()).find(|&o| share(len, pool.threads(), o).contains(&r));
+                            let owner = (0..pool.threads())
+                                .find(|&o| share_aligned(len, pool.threads(), o, ALIGN).contains(&r));
                             if owner.map(|o| pool.node_of(o)) != Some(node) {
                                 wrong_node.lock().unwrap().push((t, r));
                             }
@@ -189,7 +201,8 @@ mod tests {
         let q = RowQueue::segmented(&pool, 3, 100, 1).fixed_shares();
         for t in 0..5 {
             let got: Vec<(usize, Range<usize>)> = q.claims(t).collect();
-            let want: Vec<(usize, Range<usize>)> = (0..3).map(|seg| (seg, share(100, 5, t))).collect();
+            let want: Vec<(usize, Range<usize>)> =
+                (0..3).map(|seg| (seg, share_aligned(100, 5, t, ALIGN))).filter(|(_, r)| !r.is_empty()).collect();
             assert_eq!(got, want, "thread {t}");
         }
     }

@@ -10,7 +10,7 @@ use std::time::Instant;
 
 use anyhow::Context;
 use hy_engine::dtype::GgmlType;
-use hy_engine::kernels::{q4k_x16, QMatrix, WeightType};
+use hy_engine::kernels::{x16, QMatrix, WeightType};
 use hy_engine::runtime::experts::{self, ExpertMats};
 use hy_engine::runtime::pool::{share, share_aligned, Pool, SyncPtr, ThreadLayout};
 use hy_engine::synth;
@@ -474,8 +474,8 @@ impl ExpertFormat {
 /// One MoE layer's expert weights in anonymous memory, first touched by the threads that will
 /// read them (thread t writes rows `share_aligned(rows, T, t, 16)` of every expert), so with
 /// pinned threads each row range lives on its reader's NUMA node. Layout: [gate | up | down],
-/// each `n_experts` matrices back to back, plus FP8 scale buffers. Q4_K is repacked into the
-/// 16-row layout where the engine would repack it at load (`kernels::q4k_x16::enabled`).
+/// each `n_experts` matrices back to back, plus FP8 scale buffers. Q4_K and Q6_K are repacked
+/// into the 16-row layout where the engine would repack them at load (`kernels::x16`).
 struct LayerWeights {
     gate: memmap2::MmapMut,
     up: memmap2::MmapMut,
@@ -498,10 +498,10 @@ impl LayerWeights {
         let anon =
             |n: usize| memmap2::MmapMut::map_anon(n).with_context(|| format!("allocating {n} bytes of expert weights"));
         let (mut gate, mut up, mut down) = (anon(n_experts * gu)?, anon(n_experts * gu)?, anon(n_experts * dn)?);
-        let repacked = fmt == ExpertFormat::Ggml(GgmlType::Q4_K)
-            && q4k_x16::enabled()
-            && q4k_x16::fits(n_ff, hidden)
-            && q4k_x16::fits(hidden, n_ff);
+        let repacked = match fmt {
+            ExpertFormat::Ggml(t) => x16::enabled() && x16::fits(t, n_ff, hidden) && x16::fits(t, hidden, n_ff),
+            ExpertFormat::Fp8 => false,
+        };
         let bases = [
             (SyncPtr(gate.as_mut_ptr()), gu, n_ff, hidden),
             (SyncPtr(up.as_mut_ptr()), gu, n_ff, hidden),
@@ -510,7 +510,7 @@ impl LayerWeights {
         pool.run(&|t| {
             for (k, &(base, mat_bytes, rows, cols)) in bases.iter().enumerate() {
                 let rb = fmt.row_bytes(cols);
-                let mine = share_aligned(rows, pool.threads(), t, q4k_x16::ROWS);
+                let mine = share_aligned(rows, pool.threads(), t, x16::ROWS);
                 for e in 0..n_experts {
                     let start = e * mat_bytes + mine.start * rb;
                     let len = mine.len() * rb;
@@ -518,9 +518,9 @@ impl LayerWeights {
                     // e) and no other thread writes it.
                     let slice = unsafe { std::slice::from_raw_parts_mut(base.ptr().add(start), len) };
                     fmt.fill(slice, layer * 1_000_003 + (k * n_experts + e) as u64 * 7919 + t as u64);
-                    if repacked {
+                    if let (true, ExpertFormat::Ggml(ty)) = (repacked, fmt) {
                         let plain = slice.to_vec();
-                        q4k_x16::repack(&plain, cols, slice);
+                        x16::repack(ty, &plain, cols, slice);
                     }
                 }
             }
@@ -548,7 +548,10 @@ impl LayerWeights {
         let n_experts = self.gate.len() / gu.max(1);
         let mat = |buf: &'w [u8], scales: Option<&'w [u8]>, e: usize, rows: usize, cols: usize, bytes: usize| {
             let m = expert_matrix(fmt, buf, scales, e, rows, cols, bytes)?;
-            Ok::<_, anyhow::Error>(if self.repacked { QMatrix { ty: WeightType::Q4KX16, ..m } } else { m })
+            Ok::<_, anyhow::Error>(match (self.repacked, m.ty) {
+                (true, WeightType::Ggml(t)) => QMatrix { ty: WeightType::X16(t), ..m },
+                _ => m,
+            })
         };
         let sc = |k: usize| self.scales.get(k).map(|v| v.as_slice());
         (0..n_experts)

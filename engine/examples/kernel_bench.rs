@@ -2,7 +2,7 @@
 //! the speed a plain read loop reaches over the same bytes with the same threads.
 //!
 //!     cargo run --release -p hy-engine --example kernel_bench -- [--mb 1024] [--threads N]
-//!         [--types Q4_K,Q4_K_X16,Q6_K,Q8_0,...] [--batch 1,4,16] [--iters 10] [--cols 7168]
+//!         [--types Q4_K,Q4_K_X16,Q6_K,Q6_K_X16,Q8_0,...] [--batch 1,4,16] [--iters 10] [--cols 7168]
 //!
 //! Weights are random blocks with sane scales (the speed does not depend on the values).
 //! Batches time the kernels alone (activations prepared beforehand, as the engine prepares
@@ -159,8 +159,10 @@ fn run(o: &Opts) {
 fn bench_type(o: &Opts, name: &str, target: usize) {
     let (ty, wt) = if name == "FP8" {
         (None, WeightType::Fp8E4M3Block128)
-    } else if name == "Q4_K_X16" {
-        (Some(GgmlType::Q4_K), WeightType::Q4KX16)
+    } else if let Some(t) =
+        name.strip_suffix("_X16").and_then(|n| (0..64).filter_map(GgmlType::from_u32).find(|t| t.name() == n))
+    {
+        (Some(t), WeightType::X16(t))
     } else {
         match (0..64).filter_map(GgmlType::from_u32).find(|t| t.name() == name) {
             Some(t) => (Some(t), WeightType::Ggml(t)),
@@ -180,12 +182,12 @@ fn bench_type(o: &Opts, name: &str, target: usize) {
     let rows = (target / row_bytes / 16 * 16).max(16);
     let mut data = vec![0u8; rows * row_bytes];
     fill(ty, &mut data);
-    if wt == WeightType::Q4KX16 {
+    if let WeightType::X16(t) = wt {
         let plain = data.clone();
         let group = 16 * row_bytes;
         data.par_chunks_mut(group)
             .zip(plain.par_chunks(group))
-            .for_each(|(o, p)| hy_engine::kernels::q4k_x16::repack(p, cols, o));
+            .for_each(|(o, p)| hy_engine::kernels::x16::repack(t, p, cols, o));
     }
     let scales: Vec<u8> = (0..rows.div_ceil(128) * cols.div_ceil(128)).flat_map(|_| 0.01f32.to_le_bytes()).collect();
     let w = QMatrix { ty: wt, rows, cols, data: &data, block_scales: if ty.is_none() { &scales } else { &[] } };

@@ -104,7 +104,7 @@ impl Prepared<'_> {
         match (&self.act, ty) {
             (Act::F32(_), _) => true,
             (Act::Q8K(_), WeightType::Ggml(t)) => is_k_quant(t),
-            (Act::Q8K(_), WeightType::Q4KX16) => true,
+            (Act::Q8K(_), WeightType::X16(_)) => true,
             (Act::Q8_0(_), WeightType::Ggml(t)) => is_small_block(t),
             (Act::Bf16(_), WeightType::Fp8E4M3Block128) => true,
             #[cfg(target_arch = "x86_64")]
@@ -184,7 +184,7 @@ fn prepare_for<'x>(
     let _ = split;
     let act = match (p, ty) {
         (Precision::Fast, WeightType::Ggml(t)) if is_k_quant(t) => Act::Q8K(quantize_q8_k_rows(x, n)),
-        (Precision::Fast, WeightType::Q4KX16) => Act::Q8K(quantize_q8_k_rows(x, n)),
+        (Precision::Fast, WeightType::X16(_)) => Act::Q8K(quantize_q8_k_rows(x, n)),
         (Precision::Fast, WeightType::Ggml(t)) if is_small_block(t) => Act::Q8_0(quantize_q8_0(x)),
         (Precision::Fast, WeightType::Fp8E4M3Block128) if simd::fp8_bf16_enabled() => Act::Bf16(fp8::prepare_bf16(x)),
         _ => Act::F32(x),
@@ -258,8 +258,8 @@ pub fn matmul_rows(isa: Isa, w: &QMatrix, p: &Prepared, rows: Range<usize>, out:
     if !p.suits(w.ty) {
         return mismatched(out);
     }
-    if w.ty == WeightType::Q4KX16 {
-        return q4k_x16_rows(isa, w, p, rows, out);
+    if let WeightType::X16(t) = w.ty {
+        return x16_rows(isa, t, w, p, rows, out);
     }
     match (&p.act, w.ty) {
         #[cfg(target_arch = "x86_64")]
@@ -299,16 +299,17 @@ pub fn matmul_rows(isa: Isa, w: &QMatrix, p: &Prepared, rows: Range<usize>, out:
         (Act::Amx(a), WeightType::Ggml(t)) => super::amx::matmul_rows(t, data, rb, a, out),
         #[cfg(target_arch = "x86_64")]
         (Act::AmxI8(a), WeightType::Ggml(_)) => super::amx_q4k::matmul_rows(data, rb, a, out),
-        // Excluded by `suits` above (and Q4_K×16 by the early return).
-        (_, WeightType::Fp8E4M3Block128 | WeightType::Q4KX16) | (Act::Bf16(_), WeightType::Ggml(_)) => mismatched(out),
+        // Excluded by `suits` above (and repacked weights by the early return).
+        (_, WeightType::Fp8E4M3Block128 | WeightType::X16(_)) | (Act::Bf16(_), WeightType::Ggml(_)) => mismatched(out),
     }
 }
 
-/// [`matmul_rows`] for repacked Q4_K weights: whole 16-row groups with Q8_K activations on
-/// the small-batch kernel ([`super::q4k_x16`]); anything else (f32 activations, another ISA,
-/// a range that splits a group) on the rows unpacked back to Q4_K.
-fn q4k_x16_rows(isa: Isa, w: &QMatrix, p: &Prepared, rows: Range<usize>, out: &mut [f32]) {
-    use super::q4k_x16::{self as x16, ROWS};
+/// [`matmul_rows`] for weights of `t` repacked 16 rows at a time: whole groups with Q8_K
+/// activations on the small-batch kernels ([`super::x16`]); anything else (f32 activations,
+/// another ISA, llama.cpp-order mode, a range that splits a group) on the rows unpacked back
+/// to the file's layout.
+fn x16_rows(isa: Isa, t: GgmlType, w: &QMatrix, p: &Prepared, rows: Range<usize>, out: &mut [f32]) {
+    use super::x16::{self, ROWS};
     let rb = row_bytes(w);
     if let Act::Q8K(a) = &p.act {
         let whole = rows.start.is_multiple_of(ROWS) && rows.end.is_multiple_of(ROWS);
@@ -316,23 +317,16 @@ fn q4k_x16_rows(isa: Isa, w: &QMatrix, p: &Prepared, rows: Range<usize>, out: &m
             let acts: Vec<&[BlockQ8K]> = a.chunks_exact(w.cols / 256).take(p.n).collect();
             let data = &w.data[rows.start * rb..rows.end * rb];
             for (g, o) in data.chunks_exact(ROWS * rb).zip(out.chunks_exact_mut(ROWS * p.n)) {
-                x16::dot(g, &acts, o);
+                x16::dot(t, g, &acts, o);
             }
             return;
         }
     }
     let (g0, g1) = (rows.start / ROWS * ROWS, rows.end.next_multiple_of(ROWS));
     let mut plain = vec![0u8; (g1 - g0) * rb];
-    x16::unpack(&w.data[g0 * rb..g1 * rb], w.cols, &mut plain);
-    let q =
-        QMatrix { ty: WeightType::Ggml(GgmlType::Q4_K), rows: g1 - g0, cols: w.cols, data: &plain, block_scales: &[] };
-    let shifted = rows.start - g0..rows.end - g0;
-    let p = match &p.act {
-        Act::Q8K(a) => Prepared { n: p.n, cols: p.cols, act: Act::Q8K(a.clone()) },
-        Act::F32(x) => Prepared { n: p.n, cols: p.cols, act: Act::F32(x) },
-        _ => return mismatched(out),
-    };
-    matmul_rows(isa, &q, &p, shifted, out)
+    x16::unpack(t, &w.data[g0 * rb..g1 * rb], w.cols, &mut plain);
+    let q = QMatrix { ty: WeightType::Ggml(t), rows: g1 - g0, cols: w.cols, data: &plain, block_scales: &[] };
+    matmul_rows(isa, &q, p, rows.start - g0..rows.end - g0, out)
 }
 
 /// Rows up to this long (with one activation row) go through one kernel call for all rows.
@@ -451,7 +445,7 @@ fn drive(isa: Isa, w: &QMatrix, p: &Prepared, yt: &mut [f32]) {
         return;
     }
     // Whole 16-row groups of repacked weights per thread.
-    let align = if w.ty == WeightType::Q4KX16 { super::q4k_x16::ROWS } else { 1 };
+    let align = if matches!(w.ty, WeightType::X16(_)) { super::x16::ROWS } else { 1 };
     let chunk = w.rows.div_ceil(threads).next_multiple_of(align);
     yt.par_chunks_mut(chunk * n).enumerate().for_each(|(c, out)| {
         let r0 = c * chunk;
@@ -512,11 +506,11 @@ pub fn dequantize_matrix(w: &QMatrix) -> Vec<f32> {
                 super::dequant::dequantize_unchecked(t, row, o);
             }
         }
-        WeightType::Q4KX16 => {
+        WeightType::X16(t) => {
             let mut plain = vec![0u8; w.data.len()];
-            super::q4k_x16::unpack(w.data, w.cols, &mut plain);
+            super::x16::unpack(t, w.data, w.cols, &mut plain);
             for (row, o) in plain.chunks_exact(rb).zip(out.chunks_exact_mut(w.cols)) {
-                super::dequant::dequantize_unchecked(GgmlType::Q4_K, row, o);
+                super::dequant::dequantize_unchecked(t, row, o);
             }
         }
         WeightType::Fp8E4M3Block128 => {

@@ -54,12 +54,12 @@ pub mod fp8;
 #[cfg(target_arch = "x86_64")]
 pub mod gemm;
 pub mod matvec;
-pub mod q4k_x16;
 pub mod quant;
 pub mod scalar;
 pub mod simd;
 #[cfg(target_arch = "x86_64")]
 mod unpack;
+pub mod x16;
 
 use crate::dtype::GgmlType;
 
@@ -77,12 +77,23 @@ pub enum WeightType {
     Ggml(GgmlType),
     /// float8 e4m3 weights with an f32 `scale_inv` per 128×128 block (DeepSeek FP8 release).
     Fp8E4M3Block128,
-    /// Q4_K rows repacked 16 at a time for the small-batch kernel ([`q4k_x16`]): routed
-    /// experts in Fast precision on AVX-512 VNNI CPUs. Same bytes per row as Q4_K.
-    Q4KX16,
+    /// Q4_K or Q6_K rows repacked 16 at a time for the small-batch kernels ([`x16`]): routed
+    /// experts copied into memory, in Fast precision on AVX-512 VNNI CPUs. Same bytes per row.
+    X16(GgmlType),
 }
 
-/// A row-major weight matrix view.
+impl WeightType {
+    /// The file's storage type of a repacked layout (itself otherwise).
+    pub fn unpacked(self) -> WeightType {
+        match self {
+            WeightType::X16(t) => WeightType::Ggml(t),
+            other => other,
+        }
+    }
+}
+
+/// A weight matrix view: `rows` × `cols`, row-major (or, for [`WeightType::X16`], in groups of
+/// 16 rows interleaved, each group where its rows would be).
 #[derive(Clone, Copy, Debug)]
 pub struct QMatrix<'a> {
     pub ty: WeightType,
@@ -132,10 +143,10 @@ impl<'a> QMatrix<'a> {
                 dequant::check_row(t, self.row_bytes(), self.cols)?;
                 expect_len("matrix bytes", self.rows * self.row_bytes(), self.data.len())
             }
-            WeightType::Q4KX16 => {
-                dequant::check_row(GgmlType::Q4_K, self.row_bytes(), self.cols)?;
-                if !self.rows.is_multiple_of(16) {
-                    return Err(KernelError::NotBlockMultiple { ty: "Q4_K×16 rows", n: self.rows });
+            WeightType::X16(t) => {
+                dequant::check_row(t, self.row_bytes(), self.cols)?;
+                if !x16::fits(t, self.rows, self.cols) {
+                    return Err(KernelError::NotBlockMultiple { ty: "16-row repacked", n: self.rows });
                 }
                 expect_len("matrix bytes", self.rows * self.row_bytes(), self.data.len())
             }
@@ -150,8 +161,7 @@ impl<'a> QMatrix<'a> {
     /// Bytes of one row (0 when `cols` is not a whole number of blocks; `validate` says so).
     pub fn row_bytes(&self) -> usize {
         match self.ty {
-            WeightType::Ggml(t) => t.bytes_for(self.cols as u64).unwrap_or(0) as usize,
-            WeightType::Q4KX16 => GgmlType::Q4_K.bytes_for(self.cols as u64).unwrap_or(0) as usize,
+            WeightType::Ggml(t) | WeightType::X16(t) => t.bytes_for(self.cols as u64).unwrap_or(0) as usize,
             WeightType::Fp8E4M3Block128 => self.cols,
         }
     }

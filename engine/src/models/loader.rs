@@ -13,7 +13,6 @@ use super::common::KvDtype;
 use super::error::ModelError;
 use super::{gemma3, llama, Model};
 use crate::formats::{GgufFile, GgufTensor};
-use crate::GgmlType;
 
 /// Options for loading a model.
 #[derive(Clone, Debug, Default)]
@@ -115,19 +114,19 @@ pub fn load_gguf_file(mut file: GgufFile, path: &Path, opts: &LoadOptions) -> an
     Ok(model)
 }
 
-/// Repacks a routed-expert stack (`blk.N.ffn_{gate,up,down}_exps.weight`) of Q4_K into the
-/// 16-row layout of the small-batch kernel (`kernels::q4k_x16`), in the copy made at load,
-/// when this CPU runs that kernel, the process computes in Fast precision and `HY_REPACK=0` is
-/// not set. Each expert's rows must be whole groups of 16. Returns whether it did.
+/// Repacks a routed-expert stack (`blk.N.ffn_{gate,up,down}_exps.weight`) of Q4_K or Q6_K
+/// into the 16-row layout of the small-batch kernels (`kernels::x16`), in the copy made at
+/// load, when this CPU runs those kernels, the process computes in Fast precision and
+/// `HY_REPACK=0` is not set. Each expert's rows must be whole groups of 16. Returns whether
+/// it did.
 fn repack_expert(t: &GgufTensor, bytes: &mut [u8]) -> bool {
-    use crate::kernels::{precision, q4k_x16, Precision};
-    let expert_stack = t.name.ends_with("_exps.weight") && t.dims.len() == 3;
-    let fits = t.dims.len() == 3 && q4k_x16::fits(t.dims[1] as usize, t.dims[0] as usize);
-    if !(expert_stack && fits && t.ggml_type == GgmlType::Q4_K && precision() == Precision::Fast && q4k_x16::enabled())
-    {
+    use crate::kernels::{precision, x16, Precision};
+    let [cols, rows_per_expert, _] = t.dims[..] else { return false };
+    let wanted = t.name.ends_with("_exps.weight") && x16::fits(t.ggml_type, rows_per_expert as usize, cols as usize);
+    if !(wanted && precision() == Precision::Fast && x16::enabled()) {
         return false;
     }
-    q4k_x16::repack_in_place(bytes, t.dims[0] as usize);
+    x16::repack_in_place(t.ggml_type, bytes, cols as usize);
     true
 }
 
@@ -165,48 +164,64 @@ fn unsupported(arch: &str, path: &Path) -> anyhow::Error {
 mod tests {
     use super::*;
     use crate::formats::gguf_writer::{GgufWriter, WriterTensor};
-    use crate::kernels::{self, q4k_x16, QMatrix, WeightType};
+    use crate::kernels::{self, x16, QMatrix, WeightType};
     use crate::models::weights::{GgufSource, WeightSource};
+    use crate::GgmlType;
 
-    /// A Q4_K expert stack (2 experts of 16 × 512) and a Q4_K matrix that is not an expert.
-    fn file_with_experts(dir: &Path) -> (PathBuf, Vec<u8>) {
-        let bytes = GgmlType::Q4_K.bytes_for(2 * 16 * 512).unwrap() as usize;
-        let mut experts = vec![0u8; bytes];
-        crate::synth::fill_random(GgmlType::Q4_K, &mut experts, 21);
+    /// A Q4_K and a Q6_K expert stack (2 experts of 16 × 512 each), a Q8_0 one and a Q4_K
+    /// matrix that is not an expert.
+    fn file_with_experts(dir: &Path) -> (PathBuf, Vec<u8>, Vec<u8>) {
+        let random = |ty: GgmlType, seed| {
+            let mut v = vec![0u8; ty.bytes_for(2 * 16 * 512).unwrap() as usize];
+            crate::synth::fill_random(ty, &mut v, seed);
+            v
+        };
+        let (q4, q6, q8) = (random(GgmlType::Q4_K, 21), random(GgmlType::Q6_K, 22), random(GgmlType::Q8_0, 23));
         let mut w = GgufWriter::new();
         w.add_meta("general.architecture", crate::formats::MetaValue::String("deepseek2".into()));
-        w.add_tensor(WriterTensor::new("blk.1.ffn_up_exps.weight", vec![512, 16, 2], GgmlType::Q4_K, experts.clone()));
-        w.add_tensor(WriterTensor::new("blk.1.attn_q_a.weight", vec![512, 32], GgmlType::Q4_K, experts.clone()));
+        let dims = vec![512, 16, 2];
+        w.add_tensor(WriterTensor::new("blk.1.ffn_up_exps.weight", dims.clone(), GgmlType::Q4_K, q4.clone()));
+        w.add_tensor(WriterTensor::new("blk.1.ffn_down_exps.weight", dims.clone(), GgmlType::Q6_K, q6.clone()));
+        w.add_tensor(WriterTensor::new("blk.1.ffn_gate_exps.weight", dims, GgmlType::Q8_0, q8));
+        w.add_tensor(WriterTensor::new("blk.1.attn_q_a.weight", vec![512, 32], GgmlType::Q4_K, q4.clone()));
         let path = dir.join("experts.gguf");
         std::fs::write(&path, w.to_bytes()).unwrap();
-        (path, experts)
+        (path, q4, q6)
     }
 
     #[test]
-    fn q4_k_expert_stacks_are_repacked_in_the_copy_and_compute_the_same() {
+    fn k_quant_expert_stacks_are_repacked_in_the_copy_and_compute_the_same() {
         let dir = tempfile::tempdir().unwrap();
-        let (path, plain) = file_with_experts(dir.path());
+        let (path, q4, q6) = file_with_experts(dir.path());
         let mut file = GgufFile::open(&path).unwrap();
         file.load_into_memory_repacking(&repack_expert);
         let src = GgufSource::new(Arc::new(file));
-        let experts = src.weight("blk.1.ffn_up_exps.weight").unwrap().unwrap();
-        let other = src.weight("blk.1.attn_q_a.weight").unwrap().unwrap();
+        let weight = |name: &str| src.weight(name).unwrap().unwrap();
+        let other = weight("blk.1.attn_q_a.weight");
         assert_eq!(other.ty, WeightType::Ggml(GgmlType::Q4_K), "only routed experts are repacked");
-        if !q4k_x16::enabled() {
-            eprintln!("no repacking on this CPU");
-            return assert_eq!(experts.ty, WeightType::Ggml(GgmlType::Q4_K));
-        }
-        assert_eq!(experts.ty, WeightType::Q4KX16);
-        assert_ne!(&experts.bytes[..], &plain[..]);
-        let one = experts.slice_rows(16, 16).unwrap();
-        let want_w = QMatrix::new(GgmlType::Q4_K, 16, 512, &plain[plain.len() / 2..]).unwrap();
-        for n in [1, 3, 9] {
-            let x: Vec<f32> = (0..n * 512).map(|i| ((i * 29 % 97) as f32 - 48.0) / 24.0).collect();
-            let (mut got, mut want) = (vec![0f32; n * 16], vec![0f32; n * 16]);
-            kernels::matmul(&one.qmatrix(), &x, n, &mut got);
-            kernels::matmul(&want_w, &x, n, &mut want);
-            for (a, b) in got.iter().zip(&want) {
-                assert!((a - b).abs() <= 1e-4 * b.abs().max(1.0), "n {n}: {a} vs {b}");
+        let q8 = weight("blk.1.ffn_gate_exps.weight");
+        assert_eq!(q8.ty, WeightType::Ggml(GgmlType::Q8_0), "only types with a 16-row layout");
+        for (name, ty, plain) in
+            [("blk.1.ffn_up_exps.weight", GgmlType::Q4_K, q4), ("blk.1.ffn_down_exps.weight", GgmlType::Q6_K, q6)]
+        {
+            let experts = weight(name);
+            if !x16::enabled() {
+                eprintln!("no repacking on this CPU");
+                assert_eq!(experts.ty, WeightType::Ggml(ty));
+                continue;
+            }
+            assert_eq!(experts.ty, WeightType::X16(ty));
+            assert_ne!(&experts.bytes[..], &plain[..]);
+            let second = experts.slice_rows(16, 16).unwrap();
+            let want_w = QMatrix::new(ty, 16, 512, &plain[plain.len() / 2..]).unwrap();
+            for n in [1, 3, 9] {
+                let x: Vec<f32> = (0..n * 512).map(|i| ((i * 29 % 97) as f32 - 48.0) / 24.0).collect();
+                let (mut got, mut want) = (vec![0f32; n * 16], vec![0f32; n * 16]);
+                kernels::matmul(&second.qmatrix(), &x, n, &mut got);
+                kernels::matmul(&want_w, &x, n, &mut want);
+                for (a, b) in got.iter().zip(&want) {
+                    assert!((a - b).abs() <= 1e-4 * b.abs().max(1.0), "{ty:?} n {n}: {a} vs {b}");
+                }
             }
         }
     }

@@ -388,11 +388,12 @@ impl MoeFfn {
         expert_pass(&pool, &mats, x, &routes, y);
     }
 
-    /// Whether the shared expert has the routed experts' shapes and storage types, so the
-    /// pooled pass can run it as one of them.
+    /// Whether the shared expert has the routed experts' shapes and storage types (repacked or
+    /// not: the pass prepares each expert's activations for its own layout), so the pooled
+    /// pass can run it as one of them.
     fn shared_fits_pass(&self) -> bool {
         let (Some(sh), Some(first)) = (&self.shared, self.experts.first()) else { return false };
-        let same = |a: &Weight, b: &Weight| a.ty == b.ty && a.rows == b.rows && a.cols == b.cols;
+        let same = |a: &Weight, b: &Weight| a.ty.unpacked() == b.ty.unpacked() && a.rows == b.rows && a.cols == b.cols;
         same(&sh.gate, &first.gate) && same(&sh.up, &first.up) && same(&sh.down, &first.down)
     }
 

@@ -44,13 +44,14 @@ impl Weight {
     /// Bytes of one row.
     pub fn row_bytes(&self) -> Result<usize, ModelError> {
         match self.ty {
-            WeightType::Ggml(t) => t.bytes_for(self.cols as u64).map(|b| b as usize).ok_or_else(|| {
-                ModelError::tensor(
-                    &self.name,
-                    format!("row length {} is not a multiple of {}'s block of {}", self.cols, t, t.block_size()),
-                )
-            }),
-            WeightType::Q4KX16 => Ok(GgmlType::Q4_K.bytes_for(self.cols as u64).unwrap_or(0) as usize),
+            WeightType::Ggml(t) | WeightType::X16(t) => {
+                t.bytes_for(self.cols as u64).map(|b| b as usize).ok_or_else(|| {
+                    ModelError::tensor(
+                        &self.name,
+                        format!("row length {} is not a multiple of {}'s block of {}", self.cols, t, t.block_size()),
+                    )
+                })
+            }
             WeightType::Fp8E4M3Block128 => Ok(self.cols),
         }
     }
@@ -70,7 +71,7 @@ impl Weight {
     pub fn ggml_type(&self) -> Option<GgmlType> {
         match self.ty {
             WeightType::Ggml(t) => Some(t),
-            WeightType::Q4KX16 | WeightType::Fp8E4M3Block128 => None,
+            WeightType::X16(_) | WeightType::Fp8E4M3Block128 => None,
         }
     }
 
@@ -155,7 +156,7 @@ impl WeightSource for GgufSource {
         let Some(t) = self.file.tensor(name) else { return Ok(None) };
         let cols = t.row_len();
         let rows = t.n_rows();
-        let ty = if self.file.is_repacked(t) { WeightType::Q4KX16 } else { WeightType::Ggml(t.ggml_type) };
+        let ty = if self.file.is_repacked(t) { WeightType::X16(t.ggml_type) } else { WeightType::Ggml(t.ggml_type) };
         Weight::new(name, self.file.tensor_bytes(t), ty, rows, cols).map(Some)
     }
 

@@ -168,7 +168,9 @@ fn run_pass(
             for (dst, &tok) in rows.chunks_exact_mut(hidden).zip(&active[j].tokens) {
                 dst.copy_from_slice(&x[tok * hidden..(tok + 1) * hidden]);
             }
-            let _ = x_prep[j].set(kernels::prepare(first.gate.ty, hidden, rows, n));
+            // Each expert's own storage type: a folded shared expert keeps the file's layout
+            // (and with a prompt's rows, the tiles) where the routed ones are repacked.
+            let _ = x_prep[j].set(kernels::prepare(experts[active[j].expert].gate.ty, hidden, rows, n));
         }
         pool.barrier();
         // Phase 1: fused gate/up + SiLU, on the rows of every active expert this thread claims.
@@ -202,7 +204,7 @@ fn run_pass(
         for j in (t..active.len()).step_by(threads) {
             let n = active[j].tokens.len();
             let rows = &h_ref[offsets[j] * n_ff..(offsets[j] + n) * n_ff];
-            let _ = h_prep[j].set(kernels::prepare(first.down.ty, n_ff, rows, n));
+            let _ = h_prep[j].set(kernels::prepare(experts[active[j].expert].down.ty, n_ff, rows, n));
         }
         pool.barrier();
         // Phase 3: down projection of every active expert on the output rows this thread
@@ -408,50 +410,63 @@ mod tests {
         }
     }
 
-    /// Q4_K experts repacked into 16-row groups (as at load) give the per-token reference of
-    /// the file's layout, with several tokens per expert (the prompt kernel's batches).
+    /// Q4_K and Q6_K experts repacked into 16-row groups (as at load) give the per-token
+    /// reference of the file's layout, with several tokens per expert (the prompt kernels'
+    /// batches).
     #[test]
     fn repacked_experts_equal_the_reference_of_the_plain_ones() {
-        use crate::kernels::{q4k_x16, WeightType};
-        if !q4k_x16::supported() {
+        use crate::kernels::{x16, WeightType};
+        if !x16::supported() {
             return eprintln!("skipped: no AVX-512 VNNI");
         }
-        let (hidden, n_ff, n_exp) = (512, 256, 4);
-        let owned = make(GgmlType::Q4_K, hidden, n_ff, n_exp, 17);
-        let repack = |v: &[u8], cols: usize| {
-            let mut out = vec![0u8; v.len()];
-            q4k_x16::repack(v, cols, &mut out);
-            out
-        };
-        let packed: Vec<Owned> = owned
-            .iter()
-            .map(|o| Owned { g: repack(&o.g, hidden), u: repack(&o.u, hidden), d: repack(&o.d, n_ff) })
-            .collect();
-        fn mat(d: &[u8], rows: usize, cols: usize, x16: bool) -> QMatrix<'_> {
-            let q = QMatrix::new(GgmlType::Q4_K, rows, cols, d).unwrap();
-            QMatrix { ty: if x16 { WeightType::Q4KX16 } else { q.ty }, ..q }
+        fn mat(ty: GgmlType, d: &[u8], rows: usize, cols: usize, x16: bool) -> QMatrix<'_> {
+            let q = QMatrix::new(ty, rows, cols, d).unwrap();
+            QMatrix { ty: if x16 { WeightType::X16(ty) } else { q.ty }, ..q }
         }
-        fn view(o: &Owned, hidden: usize, n_ff: usize, x16: bool) -> ExpertMats<'_> {
+        fn view(ty: GgmlType, o: &Owned, hidden: usize, n_ff: usize, x16: bool) -> ExpertMats<'_> {
             ExpertMats {
-                gate: mat(&o.g, n_ff, hidden, x16),
-                up: mat(&o.u, n_ff, hidden, x16),
-                down: mat(&o.d, hidden, n_ff, x16),
+                gate: mat(ty, &o.g, n_ff, hidden, x16),
+                up: mat(ty, &o.u, n_ff, hidden, x16),
+                down: mat(ty, &o.d, hidden, n_ff, x16),
             }
         }
-        let plain: Vec<ExpertMats> = owned.iter().map(|o| view(o, hidden, n_ff, false)).collect();
-        let x16: Vec<ExpertMats> = packed.iter().map(|o| view(o, hidden, n_ff, true)).collect();
-        // Expert 2 gets 11 of 12 tokens (one kernel pass of 8 and one of 3), expert 0 two.
-        let routes: Vec<Vec<(usize, f32)>> =
-            (0..12).map(|t| if t == 5 { vec![(1, 1.0)] } else { vec![(2, 0.5), (t % 2 * 3, 0.75)] }).collect();
-        let x: Vec<f32> = (0..routes.len() * hidden).map(|i| ((i * 41 % 103) as f32 - 51.0) / 26.0).collect();
-        let want = reference(&plain, &x, &routes, hidden);
-        let scale = want.iter().fold(0f32, |m, v| m.max(v.abs()));
-        for layout in [ThreadLayout::unpinned(1), ThreadLayout::unpinned(3), ThreadLayout::simulated(5, 2)] {
-            let pool = Pool::new(layout.clone());
-            let mut got = vec![0f32; x.len()];
-            expert_pass(&pool, &x16, &x, &routes, &mut got);
-            for (a, b) in got.iter().zip(&want) {
-                assert!((a - b).abs() <= 1e-4 * scale.max(1e-6), "{layout:?}: {a} vs {b}");
+        let (hidden, n_ff, n_exp) = (512, 256, 4);
+        for ty in [GgmlType::Q4_K, GgmlType::Q6_K] {
+            let owned = make(ty, hidden, n_ff, n_exp, 17);
+            let repack = |v: &[u8], cols: usize| {
+                let mut out = vec![0u8; v.len()];
+                x16::repack(ty, v, cols, &mut out);
+                out
+            };
+            let packed: Vec<Owned> = owned
+                .iter()
+                .map(|o| Owned { g: repack(&o.g, hidden), u: repack(&o.u, hidden), d: repack(&o.d, n_ff) })
+                .collect();
+            let mut plain: Vec<ExpertMats> = owned.iter().map(|o| view(ty, o, hidden, n_ff, false)).collect();
+            let mut x16: Vec<ExpertMats> = packed.iter().map(|o| view(ty, o, hidden, n_ff, true)).collect();
+            // A shared expert in the file's layout, folded into the pass as the model does.
+            let shared = view(ty, &owned[1], hidden, n_ff, false);
+            plain.push(shared);
+            x16.push(shared);
+            // Expert 2 gets 11 of 12 tokens (one kernel pass of 8 and one of 3), expert 0 two,
+            // the shared expert all.
+            let routes: Vec<Vec<(usize, f32)>> = (0..12)
+                .map(|t| if t == 5 { vec![(1, 1.0)] } else { vec![(2, 0.5), (t % 2 * 3, 0.75)] })
+                .map(|mut r| {
+                    r.push((n_exp, 1.0));
+                    r
+                })
+                .collect();
+            let x: Vec<f32> = (0..routes.len() * hidden).map(|i| ((i * 41 % 103) as f32 - 51.0) / 26.0).collect();
+            let want = reference(&plain, &x, &routes, hidden);
+            let scale = want.iter().fold(0f32, |m, v| m.max(v.abs()));
+            for layout in [ThreadLayout::unpinned(1), ThreadLayout::unpinned(3), ThreadLayout::simulated(5, 2)] {
+                let pool = Pool::new(layout.clone());
+                let mut got = vec![0f32; x.len()];
+                expert_pass(&pool, &x16, &x, &routes, &mut got);
+                for (a, b) in got.iter().zip(&want) {
+                    assert!((a - b).abs() <= 1e-4 * scale.max(1e-6), "{ty:?} {layout:?}: {a} vs {b}");
+                }
             }
         }
     }

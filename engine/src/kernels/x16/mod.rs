@@ -1,0 +1,222 @@
+//! K-quant weights repacked 16 rows at a time (Q4_K and Q6_K, the types of a Q4_K_M file's
+//! routed experts), so one AVX-512 register holds the same four weights of 16 rows and
+//! `vpdpbusd` multiplies all 16 rows by one broadcast dword of an activation row: no
+//! horizontal sums, no per-row scale shuffles, and each weight register serves every
+//! activation row of a small batch (the few tokens of a prompt routed to one expert).
+//!
+//! The row-major kernels (`gemm::dot_n`) spend two multiply instructions per 64 weights per
+//! activation row (`vpmaddubsw` + `vpdpwssd`, both on one port of the Xeon) plus a horizontal
+//! reduction per row; here it is one `vpdpbusd` per 64 weights per activation row, and one
+//! conversion and multiply-add per sub-block for 16 rows at once. llama.cpp's repacking CPU
+//! backend and KTransformers interleave rows for the same reason (their layouts differ; these
+//! are ours, described in [`q4k`] and [`q6k`]).
+//!
+//! Measured on the 16-core Xeon (`kernel_bench --mb 512 --threads 16`, same run, ms per
+//! 512 MB of Q4_K): 6.7 against 8.8 at 2 activation rows, 8.1 against 13.6 at 4, 10.5 against
+//! 16.1 (int8 tiles) at 8, 17.8 against 22.3 at 16; at one row 96% of the plain read. From
+//! about 48 rows the bf16 tiles of the row-major layout are faster (49 against 53 ms at 48,
+//! 73 against 114 at 128): a prompt of more than ~1500 tokens gives DeepSeek's experts that
+//! many rows each, and for those this layout is slower.
+//!
+//! Groups follow each other (group g holds rows 16g..16g+16 and sits where those rows sat,
+//! in the same number of bytes), so a row range that starts and ends on multiples of 16 is
+//! the same byte range as before.
+
+pub mod q4k;
+pub mod q6k;
+
+use super::quant::BlockQ8K;
+use crate::dtype::GgmlType;
+
+/// Rows per group.
+pub const ROWS: usize = 16;
+/// Activation rows per kernel pass over a block (the accumulators fill the registers).
+pub const MAX_N: usize = 8;
+
+/// Whether `ty` has a 16-row layout.
+pub fn has_layout(ty: GgmlType) -> bool {
+    matches!(ty, GgmlType::Q4_K | GgmlType::Q6_K)
+}
+
+/// Whether a `rows × cols` matrix of `ty` can be repacked (whole groups of rows and blocks).
+pub fn fits(ty: GgmlType, rows: usize, cols: usize) -> bool {
+    has_layout(ty) && rows > 0 && rows.is_multiple_of(ROWS) && cols > 0 && cols.is_multiple_of(256)
+}
+
+/// Whether routed experts are repacked when a model's weights are copied into memory: the
+/// kernels run on this CPU and `HY_REPACK=0` does not ask to keep the file's layout.
+pub fn enabled() -> bool {
+    supported() && std::env::var("HY_REPACK").map_or(true, |v| v != "0")
+}
+
+/// Whether [`dot`] runs on this CPU (AVX-512 F/BW/VL and VNNI).
+pub fn supported() -> bool {
+    cfg!(target_arch = "x86_64") && super::simd::vnni_supported()
+}
+
+/// Bytes of one row's 256-weight block of `ty`.
+fn row_block(ty: GgmlType) -> usize {
+    ty.type_size()
+}
+
+/// Repacks rows of `ty` (row-major, `cols` weights each; a whole number of groups) into `out`
+/// (same length).
+///
+/// # Panics
+/// When `ty` has no 16-row layout or the length is not whole groups.
+pub fn repack(ty: GgmlType, src: &[u8], cols: usize, out: &mut [u8]) {
+    let (rb, blocks) = (row_block(ty), cols / 256);
+    let group_bytes = blocks * ROWS * rb;
+    assert!(has_layout(ty), "repack: {ty:?} has no 16-row layout");
+    assert!(src.len().is_multiple_of(group_bytes) && src.len() == out.len(), "repack: not whole groups");
+    for (g, o) in src.chunks_exact(group_bytes).zip(out.chunks_exact_mut(group_bytes)) {
+        for (k, ob) in o.chunks_exact_mut(ROWS * rb).enumerate() {
+            let row = |r: usize| &g[(r * blocks + k) * rb..][..rb];
+            match ty {
+                GgmlType::Q4_K => q4k::repack_block(row, ob),
+                _ => q6k::repack_block(row, ob),
+            }
+        }
+    }
+}
+
+/// [`repack`] in place, groups in parallel (rayon): for weights copied into memory at load.
+pub fn repack_in_place(ty: GgmlType, data: &mut [u8], cols: usize) {
+    use rayon::prelude::*;
+    let group_bytes = cols / 256 * ROWS * row_block(ty);
+    data.par_chunks_mut(group_bytes).for_each(|g| {
+        let plain = g.to_vec();
+        repack(ty, &plain, cols, g);
+    });
+}
+
+/// The inverse of [`repack`]: rows of `ty` back from repacked groups.
+pub fn unpack(ty: GgmlType, src: &[u8], cols: usize, out: &mut [u8]) {
+    let (rb, blocks) = (row_block(ty), cols / 256);
+    let group_bytes = blocks * ROWS * rb;
+    assert!(has_layout(ty), "unpack: {ty:?} has no 16-row layout");
+    assert!(src.len().is_multiple_of(group_bytes) && src.len() == out.len(), "unpack: not whole groups");
+    for (g, o) in src.chunks_exact(group_bytes).zip(out.chunks_exact_mut(group_bytes)) {
+        for (k, b) in g.chunks_exact(ROWS * rb).enumerate() {
+            for r in 0..ROWS {
+                let row = &mut o[(r * blocks + k) * rb..][..rb];
+                match ty {
+                    GgmlType::Q4_K => q4k::unpack_row(b, r, row),
+                    _ => q6k::unpack_row(b, r, row),
+                }
+            }
+        }
+    }
+}
+
+/// `out[r·n + i] = row r · acts[i]` for the 16 rows of one repacked group of `ty`
+/// (`cols / 256` blocks) and all `n = acts.len()` activation rows, taken [`MAX_N`] at a time
+/// over each block while it sits in L1.
+///
+/// # Panics
+/// When [`supported`] is false, `ty` has no layout, or the lengths do not match.
+pub fn dot(ty: GgmlType, group: &[u8], acts: &[&[BlockQ8K]], out: &mut [f32]) {
+    assert!(supported(), "x16::dot needs AVX-512 VNNI");
+    assert!(has_layout(ty), "x16::dot: {ty:?} has no 16-row layout");
+    let n = acts.len();
+    let block = ROWS * row_block(ty);
+    let blocks = group.len() / block;
+    assert!(group.len() == blocks * block && out.len() == ROWS * n);
+    assert!(acts.iter().all(|a| a.len() >= blocks));
+    let mut acc = [[0f32; ROWS]; MAX_N];
+    for (c, chunk) in acts.chunks(MAX_N).enumerate() {
+        let acc = &mut acc[..chunk.len()];
+        // SAFETY: VNNI (with AVX-512 F/BW/VL, AVX2, F16C) checked above; lengths checked.
+        #[cfg(target_arch = "x86_64")]
+        unsafe {
+            match ty {
+                GgmlType::Q4_K => q4k::dot_chunk(group, chunk, acc),
+                _ => q6k::dot_chunk(group, chunk, acc),
+            }
+        };
+        for (i, a) in acc.iter().enumerate() {
+            for (r, &v) in a.iter().enumerate() {
+                out[r * n + c * MAX_N + i] = v;
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::kernels::quant::quantize_q8_k;
+    use crate::kernels::scalar;
+
+    const TYPES: [GgmlType; 2] = [GgmlType::Q4_K, GgmlType::Q6_K];
+
+    fn random_rows(ty: GgmlType, rows: usize, cols: usize, seed: u64) -> Vec<u8> {
+        let mut data = vec![0u8; rows * cols / 256 * ty.type_size()];
+        crate::synth::fill_random(ty, &mut data, seed);
+        data
+    }
+
+    #[test]
+    fn repack_then_unpack_gives_the_rows_back() {
+        let (rows, cols) = (32, 512);
+        for ty in TYPES {
+            let data = random_rows(ty, rows, cols, 3);
+            let mut packed = vec![0u8; data.len()];
+            repack(ty, &data, cols, &mut packed);
+            assert_ne!(packed, data, "{ty:?}: the layout changes");
+            let mut back = vec![0u8; data.len()];
+            unpack(ty, &packed, cols, &mut back);
+            assert_eq!(back, data, "{ty:?}");
+        }
+    }
+
+    #[test]
+    fn repacking_in_place_equals_repacking_into_a_copy() {
+        let (rows, cols) = (48, 512);
+        for ty in TYPES {
+            let data = random_rows(ty, rows, cols, 4);
+            let mut want = vec![0u8; data.len()];
+            repack(ty, &data, cols, &mut want);
+            let mut got = data.clone();
+            repack_in_place(ty, &mut got, cols);
+            assert_eq!(got, want, "{ty:?}");
+        }
+    }
+
+    #[test]
+    fn products_match_the_scalar_reference_for_every_batch_size() {
+        if !supported() {
+            eprintln!("skipped: no AVX-512 VNNI");
+            return;
+        }
+        let (rows, cols) = (32, 768);
+        for ty in TYPES {
+            let data = random_rows(ty, rows, cols, 5);
+            let mut packed = vec![0u8; data.len()];
+            repack(ty, &data, cols, &mut packed);
+            let rb = cols / 256 * ty.type_size();
+            // 1..=8 in one pass; 9 and 13: a full pass and a tail; 17: three passes.
+            for n in [1, 2, 3, 5, 8, 9, 13, 17] {
+                let x = crate::kernels::tests::uniform(n * cols, 77 + n as u32);
+                let acts = quantize_q8_k(&x);
+                let act_rows: Vec<&[BlockQ8K]> = acts.chunks_exact(cols / 256).collect();
+                for (g, group) in packed.chunks_exact(ROWS * rb).enumerate() {
+                    let mut out = vec![0f32; ROWS * n];
+                    dot(ty, group, &act_rows, &mut out);
+                    for r in 0..ROWS {
+                        let row = &data[(g * ROWS + r) * rb..][..rb];
+                        for (i, a) in act_rows.iter().enumerate() {
+                            let want = scalar::dot_k_row(ty, row, a);
+                            let got = out[r * n + i];
+                            assert!(
+                                (got - want).abs() <= 1e-4 * want.abs().max(1e-2),
+                                "{ty:?} n {n} row {} act {i}: {got} vs {want}",
+                                g * ROWS + r
+                            );
+                        }
+                    }
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,195 @@
+//! The Q4_K layout of [`super`]. One group of 16 rows holds, for each 256-weight block,
+//! 2304 bytes (16 × 144):
+//! ```text
+//!   [0, 32)      d[16]     f16, one per row
+//!   [32, 64)     dmin[16]  f16
+//!   [64, 192)    lo[8][16] per sub-block j and row r: (scale_j & 15) | (min_j & 15) << 4
+//!   [192, 256)   hi[16]    u32 per row: bits 4j..4j+2 = scale_j >> 4, bits 4j+2..4j+4 = min_j >> 4
+//!   [256, 2304)  qs[8][4][16][4] per sub-block j, pair p of quads and row r: 4 bytes, byte b
+//!                holding weight 32j + 8p + b (low nibble) and weight 32j + 8p + 4 + b (high)
+//! ```
+//! The kernel: one `vpdpbusd` per 64 weights and activation row, one conversion and
+//! multiply-add per 32-weight sub-block for 16 rows, the mins as one `vpdpwssd` per sub-block
+//! against the activations' 16-weight sums.
+
+use super::{MAX_N, ROWS};
+use crate::kernels::blocks::scale_min_k4;
+use crate::kernels::quant::BlockQ8K;
+
+/// Bytes of one repacked block (16 rows, 256 weights each).
+const GROUP_BLOCK: usize = ROWS * 144;
+
+const LO: usize = 64;
+const HI: usize = 192;
+const QS: usize = 256;
+
+/// Block `k` of 16 rows (`row(r)` gives row r's 144-byte block) into one repacked block.
+pub(super) fn repack_block<'a>(row: impl Fn(usize) -> &'a [u8], ob: &mut [u8]) {
+    ob[HI..QS].fill(0);
+    for r in 0..ROWS {
+        let b = row(r);
+        ob[2 * r..2 * r + 2].copy_from_slice(&b[0..2]);
+        ob[32 + 2 * r..32 + 2 * r + 2].copy_from_slice(&b[2..4]);
+        let mut hi = 0u32;
+        for j in 0..8 {
+            let (sc, m) = scale_min_k4(j, &b[4..16]);
+            ob[LO + 16 * j + r] = (sc as u8 & 15) | ((m as u8 & 15) << 4);
+            hi |= ((sc as u32 >> 4) | ((m as u32 >> 4) << 2)) << (4 * j);
+        }
+        ob[HI + 4 * r..HI + 4 * r + 4].copy_from_slice(&hi.to_le_bytes());
+        let q = quants(b);
+        for j in 0..8 {
+            for p in 0..4 {
+                let at = 32 * j + 8 * p;
+                let o = QS + 256 * j + 64 * p + 4 * r;
+                for byte in 0..4 {
+                    ob[o + byte] = q[at + byte] | (q[at + 4 + byte] << 4);
+                }
+            }
+        }
+    }
+}
+
+/// The 256 4-bit quants of a Q4_K block in weight order: chunk c of 32 bytes holds weights
+/// 64c..64c+32 in its low nibbles and the next 32 in its high nibbles.
+fn quants(b: &[u8]) -> [u8; 256] {
+    let mut q = [0u8; 256];
+    for (c, bytes) in b[16..144].chunks_exact(32).enumerate() {
+        for (i, &v) in bytes.iter().enumerate() {
+            q[64 * c + i] = v & 15;
+            q[64 * c + 32 + i] = v >> 4;
+        }
+    }
+    q
+}
+
+/// Row `r` of one repacked block as a Q4_K block.
+pub(super) fn unpack_row(b: &[u8], r: usize, out: &mut [u8]) {
+    out[0..2].copy_from_slice(&b[2 * r..2 * r + 2]);
+    out[2..4].copy_from_slice(&b[32 + 2 * r..32 + 2 * r + 2]);
+    let hi = u32::from_le_bytes(b[HI + 4 * r..HI + 4 * r + 4].try_into().expect("4 bytes"));
+    let mut sc = [0u8; 8];
+    let mut mn = [0u8; 8];
+    for j in 0..8 {
+        let lo = b[LO + 16 * j + r];
+        sc[j] = (lo & 15) | (((hi >> (4 * j)) & 3) as u8) << 4;
+        mn[j] = (lo >> 4) | (((hi >> (4 * j + 2)) & 3) as u8) << 4;
+    }
+    // The 12-byte packing that `scale_min_k4` reads.
+    let s = &mut out[4..16];
+    for j in 0..4 {
+        s[j] = sc[j] | ((sc[j + 4] >> 4) << 6);
+        s[j + 4] = mn[j] | ((mn[j + 4] >> 4) << 6);
+        s[j + 8] = (sc[j + 4] & 15) | ((mn[j + 4] & 15) << 4);
+    }
+    let mut q = [0u8; 256];
+    for j in 0..8 {
+        for p in 0..4 {
+            let at = 32 * j + 8 * p;
+            let o = QS + 256 * j + 64 * p + 4 * r;
+            for byte in 0..4 {
+                q[at + byte] = b[o + byte] & 15;
+                q[at + 4 + byte] = b[o + byte] >> 4;
+            }
+        }
+    }
+    for (c, bytes) in out[16..144].chunks_exact_mut(32).enumerate() {
+        for (i, v) in bytes.iter_mut().enumerate() {
+            *v = q[64 * c + i] | (q[64 * c + 32 + i] << 4);
+        }
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
+pub(super) unsafe fn dot_chunk(group: &[u8], a: &[&[BlockQ8K]], out: &mut [[f32; ROWS]]) {
+    // SAFETY (all arms): same features; N = a.len() = out.len() (1..=MAX_N).
+    unsafe {
+        match a.len() {
+            1 => dot_n::<1>(group, a, out),
+            2 => dot_n::<2>(group, a, out),
+            3 => dot_n::<3>(group, a, out),
+            4 => dot_n::<4>(group, a, out),
+            5 => dot_n::<5>(group, a, out),
+            6 => dot_n::<6>(group, a, out),
+            7 => dot_n::<7>(group, a, out),
+            _ => dot_n::<{ MAX_N }>(group, a, out),
+        }
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
+unsafe fn dot_n<const N: usize>(group: &[u8], acts: &[&[BlockQ8K]], out: &mut [[f32; ROWS]]) {
+    use std::arch::x86_64::*;
+    let nib = _mm512_set1_epi8(15);
+    let three = _mm512_set1_epi32(3);
+    let pf = crate::kernels::simd::prefetch_distance();
+    let mut total = [_mm512_setzero_ps(); N];
+    let a: [&[BlockQ8K]; N] = std::array::from_fn(|i| acts[i]);
+    for (k, b) in group.chunks_exact(GROUP_BLOCK).enumerate() {
+        let p = b.as_ptr();
+        if pf > 0 {
+            for line in (0..GROUP_BLOCK).step_by(64) {
+                _mm_prefetch::<_MM_HINT_T0>(p.wrapping_add(pf + line) as *const i8);
+            }
+        }
+        // SAFETY: `b` is GROUP_BLOCK bytes; every load below stays inside it.
+        let (d, dmin, hi) = unsafe {
+            (
+                _mm512_cvtph_ps(_mm256_loadu_si256(p as *const __m256i)),
+                _mm512_cvtph_ps(_mm256_loadu_si256(p.add(32) as *const __m256i)),
+                _mm512_loadu_si512(p.add(HI) as *const _),
+            )
+        };
+        let mut fsum = [_mm512_setzero_ps(); N];
+        let mut msum = [_mm512_setzero_si512(); N];
+        for j in 0..8 {
+            // SAFETY: inside the block (see the layout).
+            let lo = _mm512_cvtepu8_epi32(unsafe { _mm_loadu_si128(p.add(LO + 16 * j) as *const __m128i) });
+            let hij = _mm512_srlv_epi32(hi, _mm512_set1_epi32(4 * j as i32));
+            let sc = _mm512_or_si512(
+                _mm512_and_si512(lo, _mm512_set1_epi32(15)),
+                _mm512_slli_epi32(_mm512_and_si512(hij, three), 4),
+            );
+            let mn = _mm512_or_si512(
+                _mm512_srli_epi32(lo, 4),
+                _mm512_slli_epi32(_mm512_and_si512(_mm512_srli_epi32(hij, 2), three), 4),
+            );
+            // The min in both i16 halves: one `vpdpwssd` takes the two 16-weight sums of a
+            // sub-block (bsums 2j and 2j+1) at once.
+            let mn2 = _mm512_or_si512(mn, _mm512_slli_epi32(mn, 16));
+            let mut isum = [_mm512_setzero_si512(); N];
+            for pair in 0..4 {
+                // SAFETY: inside the block.
+                let v = unsafe { _mm512_loadu_si512(p.add(QS + 256 * j + 64 * pair) as *const _) };
+                let w0 = _mm512_and_si512(v, nib);
+                let w1 = _mm512_and_si512(_mm512_srli_epi16(v, 4), nib);
+                let at = 32 * j + 8 * pair;
+                for i in 0..N {
+                    let q = &a[i][k].qs;
+                    let x0 = i32::from_le_bytes([q[at] as u8, q[at + 1] as u8, q[at + 2] as u8, q[at + 3] as u8]);
+                    let x1 = i32::from_le_bytes([q[at + 4] as u8, q[at + 5] as u8, q[at + 6] as u8, q[at + 7] as u8]);
+                    isum[i] = _mm512_dpbusd_epi32(isum[i], w0, _mm512_set1_epi32(x0));
+                    isum[i] = _mm512_dpbusd_epi32(isum[i], w1, _mm512_set1_epi32(x1));
+                }
+            }
+            let scf = _mm512_cvtepi32_ps(sc);
+            for i in 0..N {
+                let bs = &a[i][k].bsums;
+                let pair = (bs[2 * j] as u16 as u32 | ((bs[2 * j + 1] as u16 as u32) << 16)) as i32;
+                fsum[i] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(isum[i]), scf, fsum[i]);
+                msum[i] = _mm512_dpwssd_epi32(msum[i], mn2, _mm512_set1_epi32(pair));
+            }
+        }
+        for i in 0..N {
+            let da = _mm512_set1_ps(a[i][k].d);
+            total[i] = _mm512_fmadd_ps(_mm512_mul_ps(d, da), fsum[i], total[i]);
+            total[i] = _mm512_fnmadd_ps(_mm512_mul_ps(dmin, da), _mm512_cvtepi32_ps(msum[i]), total[i]);
+        }
+    }
+    for i in 0..N {
+        // SAFETY: out[i] is 16 f32.
+        unsafe { _mm512_storeu_ps(out[i].as_mut_ptr(), total[i]) };
+    }
+}

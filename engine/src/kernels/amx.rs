@@ -236,7 +236,7 @@ pub fn matmul_rows(t: GgmlType, data: &[u8], row_bytes: usize, acts: &Acts, out:
 
 /// The tile operations the driver uses: the instructions ([`Hw`]), or a software model of
 /// them for tests on CPUs without AMX. Registers: C tiles `c` 0..4, A slots 0..2, B slots 0..2.
-trait Tiles {
+pub(crate) trait Tiles {
     unsafe fn configure(&mut self);
     unsafe fn zero(&mut self, c: usize);
     /// C[c] ← 16 rows of 16 f32 at `p` (64 bytes apart).
@@ -455,7 +455,7 @@ fn decode_lut<const T: u32>(b: &[u8], out: &mut [u16]) {
 }
 
 /// The AMX instructions. Tile registers: C in tmm0..3, A in tmm4..5, B in tmm6..7.
-struct Hw;
+pub(crate) struct Hw;
 
 /// Loads the tile configuration: palette 1, tile `t` with `shapes[t]` = (rows, bytes per row)
 /// (`ldtilecfg`; for this module's and `amx_q4k`'s drivers).
@@ -624,7 +624,7 @@ impl Tiles for Hw {
 
 #[cfg(test)]
 #[allow(clippy::needless_range_loop)] // the tile model indexes as the instruction manual does
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::kernels::fp::bf16_to_f32;
     use crate::kernels::tests::uniform;
@@ -642,14 +642,14 @@ mod tests {
 
     /// A software model of the tile instructions (f32 sums of bf16 products), so the driver
     /// and the layouts are tested on CPUs without AMX.
-    struct Model {
+    pub(crate) struct Model {
         a: [[[f32; TILE_COLS]; TILE]; 2],
         b: [[u16; B_TILE]; 2],
         c: [[[f32; TILE]; TILE]; STRIPS],
     }
 
     impl Model {
-        fn new() -> Self {
+        pub(crate) fn new() -> Self {
             Model { a: [[[0.0; TILE_COLS]; TILE]; 2], b: [[0; B_TILE]; 2], c: [[[0.0; TILE]; TILE]; STRIPS] }
         }
     }

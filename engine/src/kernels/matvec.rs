@@ -105,6 +105,8 @@ impl Prepared<'_> {
             (Act::F32(_), _) => true,
             (Act::Q8K(_), WeightType::Ggml(t)) => is_k_quant(t),
             (Act::Q8K(_), WeightType::X16(_)) => true,
+            #[cfg(target_arch = "x86_64")]
+            (Act::X16Tiles(_), WeightType::X16(_)) => true,
             (Act::Q8_0(_), WeightType::Ggml(t)) => is_small_block(t),
             (Act::Bf16(_), WeightType::Fp8E4M3Block128) => true,
             #[cfg(target_arch = "x86_64")]
@@ -128,6 +130,9 @@ enum Act<'x> {
     /// Q4_K weights in Fast precision with several rows on AMX-INT8 CPUs (`amx_q4k.rs`).
     #[cfg(target_arch = "x86_64")]
     AmxI8(super::amx_q4k::ActsI8),
+    /// Repacked weights in Fast precision with many rows on AMX CPUs (`x16/tiles.rs`).
+    #[cfg(target_arch = "x86_64")]
+    X16Tiles(super::x16::tiles::Acts),
 }
 
 /// How the bf16 tile path (`amx::pack`) may split a large prompt's activations by column
@@ -177,6 +182,10 @@ fn prepare_for<'x>(
         return Prepared { n, cols, act: Act::AmxI8(super::amx_q4k::pack(&q, n, cols)) };
     }
     #[cfg(target_arch = "x86_64")]
+    if use_x16_tiles(isa, ty, n, p) {
+        return Prepared { n, cols, act: Act::X16Tiles(super::x16::tiles::pack(x, n, cols)) };
+    }
+    #[cfg(target_arch = "x86_64")]
     if use_amx(isa, ty, n, p) {
         return Prepared { n, cols, act: Act::Amx(super::amx::pack(x, n, cols, split)) };
     }
@@ -196,10 +205,17 @@ fn prepare_for<'x>(
 /// process precision, runs on the AMX tiles (benchmarks label their rows with it).
 pub fn runs_on_amx(isa: Isa, ty: WeightType, n: usize) -> bool {
     #[cfg(target_arch = "x86_64")]
-    if use_amx_q4k(isa, ty, n, precision()) {
+    if use_amx_q4k(isa, ty, n, precision()) || use_x16_tiles(isa, ty, n, precision()) {
         return true;
     }
     use_amx(isa, ty, n, precision())
+}
+
+/// Whether repacked weights meet `n` activation rows on the bf16 tiles (`x16/tiles.rs`).
+#[cfg(target_arch = "x86_64")]
+fn use_x16_tiles(isa: Isa, ty: WeightType, n: usize, p: Precision) -> bool {
+    use super::x16::tiles;
+    matches!(ty, WeightType::X16(_)) && tiles_allowed(isa, p) && n >= tiles::min_rows() && tiles::available()
 }
 
 /// What both AMX paths require: Fast precision, on the best ISA (VNNI), outside llama.cpp-order
@@ -301,6 +317,8 @@ pub fn matmul_rows(isa: Isa, w: &QMatrix, p: &Prepared, rows: Range<usize>, out:
         (Act::AmxI8(a), WeightType::Ggml(_)) => super::amx_q4k::matmul_rows(data, rb, a, out),
         // Excluded by `suits` above (and repacked weights by the early return).
         (_, WeightType::Fp8E4M3Block128 | WeightType::X16(_)) | (Act::Bf16(_), WeightType::Ggml(_)) => mismatched(out),
+        #[cfg(target_arch = "x86_64")]
+        (Act::X16Tiles(_), WeightType::Ggml(_)) => mismatched(out),
     }
 }
 
@@ -321,6 +339,17 @@ fn x16_rows(isa: Isa, t: GgmlType, w: &QMatrix, p: &Prepared, rows: Range<usize>
             }
             return;
         }
+    }
+    #[cfg(target_arch = "x86_64")]
+    if let Act::X16Tiles(a) = &p.act {
+        let whole = rows.start.is_multiple_of(ROWS) && rows.end.is_multiple_of(ROWS);
+        if whole {
+            let data = &w.data[rows.start * rb..rows.end * rb];
+            return x16::tiles::matmul_rows(t, data, w.cols, a, out);
+        }
+        let x = a.to_f32();
+        let f = Prepared { n: p.n, cols: p.cols, act: Act::F32(&x) };
+        return x16_rows(isa, t, w, &f, rows, out);
     }
     let (g0, g1) = (rows.start / ROWS * ROWS, rows.end.next_multiple_of(ROWS));
     let mut plain = vec![0u8; (g1 - g0) * rb];

@@ -32,14 +32,16 @@
 //!
 //! Routed experts in Q4_K or Q6_K are repacked at load, 16 rows interleaved
 //! ([`WeightType::X16`], [`x16`]), when the model is copied into memory on an AVX-512 VNNI
-//! CPU in Fast precision: their products with any number of activation rows run on the
-//! 16-row kernels, which serve the few tokens a prompt gives each expert better than the
-//! row-major kernels and the tiles. Exact precision and other ISAs unpack the rows they need.
+//! CPU in Fast precision: their products run on the 16-row VNNI kernels, which serve the few
+//! tokens a prompt gives each expert better than the row-major kernels and the tiles, and
+//! from 48 activation rows on the AMX bf16 tiles (`x16::tiles`). Exact precision and other
+//! ISAs unpack the rows they need.
 //!
 //! Environment: `HY_ISA=scalar|avx2|avx512|avx512vnni` caps the instruction set ([`Isa::best`]);
 //! `HY_AMX=0` turns the AMX paths off and `HY_AMX_MIN=<rows>` moves the bf16 threshold;
 //! `HY_AMX_I8=0` turns the int8 path off, `HY_AMX_I8_MIN`/`HY_AMX_I8_MAX` move its range;
-//! `HY_REPACK=0` keeps routed experts in the file's layout;
+//! `HY_REPACK=0` keeps routed experts in the file's layout, `HY_X16_TILES_MIN=<rows>` moves the
+//! threshold of the repacked layout's AMX tiles (default 48);
 //! `HY_PREFETCH=<bytes>` sets the software prefetch distance of the quantized kernels
 //! (default 2048, 0 = off); `HY_FP8_ACT=f32` keeps Fast-mode FP8 on f32 activations (the
 //! f16-decoding kernel) instead of bf16, for comparisons. Speed: `cargo run --release -p

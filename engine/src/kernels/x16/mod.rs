@@ -14,9 +14,11 @@
 //! Measured on the 16-core Xeon (`kernel_bench --mb 512 --threads 16`, same run, ms per
 //! 512 MB of Q4_K): 6.7 against 8.8 at 2 activation rows, 8.1 against 13.6 at 4, 10.5 against
 //! 16.1 (int8 tiles) at 8, 17.8 against 22.3 at 16; at one row 96% of the plain read. From
-//! about 48 rows the bf16 tiles of the row-major layout are faster (49 against 53 ms at 48,
-//! 73 against 114 at 128): a prompt of more than ~1500 tokens gives DeepSeek's experts that
-//! many rows each, and for those this layout is slower.
+//! [`tiles::min_rows`] (48) activation rows the products take the AMX bf16 tiles ([`tiles`]):
+//! per 256 MB of Q4_K, 16.9 against the row-major layout's 20.7 ms at 48 rows, 25.3 against
+//! 26.4 at 64, but 45.5 against 33.3 at 128 and 98.6 against 58.3 at 256 (Q6_K: 16.0 / 21.0 /
+//! 32.0 / 64.6 against 17.9 / 20.0 / 26.6 / 42.2). A prompt of more than ~3000 tokens gives
+//! DeepSeek-V3's experts 100 and more rows each, and there this layout is slower.
 //!
 //! Groups follow each other (group g holds rows 16g..16g+16 and sits where those rows sat,
 //! in the same number of bytes), so a row range that starts and ends on multiples of 16 is
@@ -24,6 +26,8 @@
 
 pub mod q4k;
 pub mod q6k;
+#[cfg(target_arch = "x86_64")]
+pub mod tiles;
 
 use super::quant::BlockQ8K;
 use crate::dtype::GgmlType;

@@ -187,6 +187,35 @@ mod tests {
         }
     }
 
+    /// What the kernels cannot take (f32 activations of Exact precision, another ISA, a row
+    /// range that splits a group) runs on the rows unpacked back: the same numbers as the
+    /// file's layout.
+    #[test]
+    fn products_the_kernels_cannot_take_equal_the_file_layout() {
+        use crate::kernels::{matmul_rows, prepare_with, Isa, Precision, QMatrix, WeightType};
+        let (rows, cols, n) = (48, 512, 3);
+        for ty in TYPES {
+            let plain = random_rows(ty, rows, cols, 6);
+            let mut packed = vec![0u8; plain.len()];
+            repack(ty, &plain, cols, &mut packed);
+            let file = QMatrix::new(ty, rows, cols, &plain).unwrap();
+            let x16 = QMatrix { ty: WeightType::X16(ty), data: &packed, ..file };
+            let x = crate::kernels::tests::uniform(n * cols, 8);
+            for (precision, isa, range) in [
+                (Precision::Exact, Isa::best(), 0..48),
+                (Precision::Fast, Isa::best(), 5..21),
+                (Precision::Fast, Isa::Scalar, 16..48),
+            ] {
+                let p = prepare_with(file.ty, cols, &x, n, precision);
+                let px = prepare_with(x16.ty, cols, &x, n, precision);
+                let (mut want, mut got) = (vec![0f32; range.len() * n], vec![0f32; range.len() * n]);
+                matmul_rows(isa, &file, &p, range.clone(), &mut want);
+                matmul_rows(isa, &x16, &px, range.clone(), &mut got);
+                assert_eq!(got, want, "{ty:?} {precision:?} {isa:?} rows {range:?}");
+            }
+        }
+    }
+
     #[test]
     fn products_match_the_scalar_reference_for_every_batch_size() {
         if !supported() {

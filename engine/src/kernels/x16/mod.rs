@@ -24,6 +24,23 @@
 //! in the same number of bytes), so a row range that starts and ends on multiples of 16 is
 //! the same byte range as before.
 
+/// `$f::<N>(args…)` with N = `$n`, the activation rows of one kernel pass (1..=[`MAX_N`]):
+/// the kernels keep one accumulator per row in registers, so N is a constant.
+macro_rules! by_count {
+    ($f:ident, $n:expr, ($($arg:expr),*)) => {
+        match $n {
+            1 => $f::<1>($($arg),*),
+            2 => $f::<2>($($arg),*),
+            3 => $f::<3>($($arg),*),
+            4 => $f::<4>($($arg),*),
+            5 => $f::<5>($($arg),*),
+            6 => $f::<6>($($arg),*),
+            7 => $f::<7>($($arg),*),
+            _ => $f::<{ MAX_N }>($($arg),*),
+        }
+    };
+}
+
 pub mod q4k;
 pub mod q6k;
 #[cfg(target_arch = "x86_64")]

@@ -12,6 +12,9 @@
 //! multiply-add per 32-weight sub-block for 16 rows, the mins as one `vpdpwssd` per sub-block
 //! against the activations' 16-weight sums.
 
+#[cfg(target_arch = "x86_64")]
+use std::arch::x86_64::*;
+
 use super::{MAX_N, ROWS};
 use crate::kernels::blocks::scale_min_k4;
 use crate::kernels::quant::BlockQ8K;
@@ -103,27 +106,38 @@ pub(super) fn unpack_row(b: &[u8], r: usize, out: &mut [u8]) {
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
 pub(super) unsafe fn dot_chunk(group: &[u8], a: &[&[BlockQ8K]], out: &mut [[f32; ROWS]]) {
-    // SAFETY (all arms): same features; N = a.len() = out.len() (1..=MAX_N).
-    unsafe {
-        match a.len() {
-            1 => dot_n::<1>(group, a, out),
-            2 => dot_n::<2>(group, a, out),
-            3 => dot_n::<3>(group, a, out),
-            4 => dot_n::<4>(group, a, out),
-            5 => dot_n::<5>(group, a, out),
-            6 => dot_n::<6>(group, a, out),
-            7 => dot_n::<7>(group, a, out),
-            _ => dot_n::<{ MAX_N }>(group, a, out),
-        }
-    }
+    // SAFETY: same features; N = a.len() = out.len() (1..=MAX_N).
+    unsafe { by_count!(dot_n, a.len(), (group, a, out)) }
+}
+
+/// Scale and min of sub-block `j` for the 16 rows of the repacked block at `p` (`hi`: its 16
+/// words of high bits), as i32 lanes.
+///
+/// # Safety
+/// `p` addresses a whole repacked block.
+#[cfg(target_arch = "x86_64")]
+#[inline]
+#[target_feature(enable = "avx512f,avx512bw")]
+pub(super) unsafe fn scale_min(p: *const u8, hi: __m512i, j: usize) -> (__m512i, __m512i) {
+    let three = _mm512_set1_epi32(3);
+    // SAFETY: inside the block (see the layout).
+    let lo = _mm512_cvtepu8_epi32(unsafe { _mm_loadu_si128(p.add(LO + 16 * j) as *const __m128i) });
+    let hij = _mm512_srlv_epi32(hi, _mm512_set1_epi32(4 * j as i32));
+    let sc = _mm512_or_si512(
+        _mm512_and_si512(lo, _mm512_set1_epi32(15)),
+        _mm512_slli_epi32(_mm512_and_si512(hij, three), 4),
+    );
+    let mn = _mm512_or_si512(
+        _mm512_srli_epi32(lo, 4),
+        _mm512_slli_epi32(_mm512_and_si512(_mm512_srli_epi32(hij, 2), three), 4),
+    );
+    (sc, mn)
 }
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
 unsafe fn dot_n<const N: usize>(group: &[u8], acts: &[&[BlockQ8K]], out: &mut [[f32; ROWS]]) {
-    use std::arch::x86_64::*;
     let nib = _mm512_set1_epi8(15);
-    let three = _mm512_set1_epi32(3);
     let pf = crate::kernels::simd::prefetch_distance();
     let mut total = [_mm512_setzero_ps(); N];
     let a: [&[BlockQ8K]; N] = std::array::from_fn(|i| acts[i]);
@@ -145,17 +159,8 @@ unsafe fn dot_n<const N: usize>(group: &[u8], acts: &[&[BlockQ8K]], out: &mut [[
         let mut fsum = [_mm512_setzero_ps(); N];
         let mut msum = [_mm512_setzero_si512(); N];
         for j in 0..8 {
-            // SAFETY: inside the block (see the layout).
-            let lo = _mm512_cvtepu8_epi32(unsafe { _mm_loadu_si128(p.add(LO + 16 * j) as *const __m128i) });
-            let hij = _mm512_srlv_epi32(hi, _mm512_set1_epi32(4 * j as i32));
-            let sc = _mm512_or_si512(
-                _mm512_and_si512(lo, _mm512_set1_epi32(15)),
-                _mm512_slli_epi32(_mm512_and_si512(hij, three), 4),
-            );
-            let mn = _mm512_or_si512(
-                _mm512_srli_epi32(lo, 4),
-                _mm512_slli_epi32(_mm512_and_si512(_mm512_srli_epi32(hij, 2), three), 4),
-            );
+            // SAFETY: `p` is a whole block.
+            let (sc, mn) = unsafe { scale_min(p, hi, j) };
             // The min in both i16 halves: one `vpdpwssd` takes the two 16-weight sums of a
             // sub-block (bsums 2j and 2j+1) at once.
             let mn2 = _mm512_or_si512(mn, _mm512_slli_epi32(mn, 16));

@@ -13,6 +13,9 @@
 //! conversion and multiply-add per 16-weight sub-block for 16 rows, and the −32 offset as one
 //! `vpdpwssd` per two sub-blocks against the activations' 16-weight sums.
 
+#[cfg(target_arch = "x86_64")]
+use std::arch::x86_64::*;
+
 use super::{MAX_N, ROWS};
 use crate::kernels::quant::BlockQ8K;
 
@@ -114,27 +117,51 @@ pub(super) fn unpack_row(b: &[u8], r: usize, out: &mut [u8]) {
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
 pub(super) unsafe fn dot_chunk(group: &[u8], a: &[&[BlockQ8K]], out: &mut [[f32; ROWS]]) {
-    // SAFETY (all arms): same features; N = a.len() = out.len() (1..=MAX_N).
-    unsafe {
-        match a.len() {
-            1 => dot_n::<1>(group, a, out),
-            2 => dot_n::<2>(group, a, out),
-            3 => dot_n::<3>(group, a, out),
-            4 => dot_n::<4>(group, a, out),
-            5 => dot_n::<5>(group, a, out),
-            6 => dot_n::<6>(group, a, out),
-            7 => dot_n::<7>(group, a, out),
-            _ => dot_n::<{ MAX_N }>(group, a, out),
-        }
-    }
+    // SAFETY: same features; N = a.len() = out.len() (1..=MAX_N).
+    unsafe { by_count!(dot_n, a.len(), (group, a, out)) }
+}
+
+/// The high 2 bits of quads `4h + k` (k = 0..4) of the 32 weights `j` of the 16 rows of the
+/// repacked block at `p`, moved to bits 4..6 of each byte.
+///
+/// # Safety
+/// `p` addresses a whole repacked block.
+#[cfg(target_arch = "x86_64")]
+#[inline]
+#[target_feature(enable = "avx512f,avx512bw")]
+pub(super) unsafe fn high_bits(p: *const u8, j: usize, h: usize) -> [__m512i; 4] {
+    let top = _mm512_set1_epi8(0x30);
+    // SAFETY: inside the block (see the layout).
+    let vh = unsafe { _mm512_loadu_si512(p.add(QH + 128 * j + 64 * h) as *const _) };
+    [
+        _mm512_and_si512(_mm512_slli_epi16(vh, 4), top),
+        _mm512_and_si512(_mm512_slli_epi16(vh, 2), top),
+        _mm512_and_si512(vh, top),
+        _mm512_and_si512(_mm512_srli_epi16(vh, 2), top),
+    ]
+}
+
+/// Quads `2·pair` and `2·pair + 1` of the 32 weights `j` of the block at `p` as bytes (the
+/// 6-bit quants, one row per 32-bit lane), with their high bits `hi` from [`high_bits`].
+///
+/// # Safety
+/// `p` addresses a whole repacked block.
+#[cfg(target_arch = "x86_64")]
+#[inline]
+#[target_feature(enable = "avx512f,avx512bw")]
+pub(super) unsafe fn quad_pair(p: *const u8, j: usize, pair: usize, hi: (__m512i, __m512i)) -> (__m512i, __m512i) {
+    let nib = _mm512_set1_epi8(15);
+    // SAFETY: inside the block.
+    let v = unsafe { _mm512_loadu_si512(p.add(QL + 256 * j + 64 * pair) as *const _) };
+    (
+        _mm512_or_si512(_mm512_and_si512(v, nib), hi.0),
+        _mm512_or_si512(_mm512_and_si512(_mm512_srli_epi16(v, 4), nib), hi.1),
+    )
 }
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
 unsafe fn dot_n<const N: usize>(group: &[u8], acts: &[&[BlockQ8K]], out: &mut [[f32; ROWS]]) {
-    use std::arch::x86_64::*;
-    let nib = _mm512_set1_epi8(15);
-    let top = _mm512_set1_epi8(0x30);
     let low16 = _mm512_set1_epi32(0xFFFF);
     let pf = crate::kernels::simd::prefetch_distance();
     let mut total = [_mm512_setzero_ps(); N];
@@ -157,20 +184,12 @@ unsafe fn dot_n<const N: usize>(group: &[u8], acts: &[&[BlockQ8K]], out: &mut [[
         let mut osum = [_mm512_setzero_si512(); N];
         for j in 0..8 {
             for h in 0..2 {
-                let vh = unsafe { _mm512_loadu_si512(p.add(QH + 128 * j + 64 * h) as *const _) };
-                // The high bits of quads 4h + k, k = 0..4, moved to bits 4..6.
-                let hi = [
-                    _mm512_and_si512(_mm512_slli_epi16(vh, 4), top),
-                    _mm512_and_si512(_mm512_slli_epi16(vh, 2), top),
-                    _mm512_and_si512(vh, top),
-                    _mm512_and_si512(_mm512_srli_epi16(vh, 2), top),
-                ];
+                // SAFETY (both): `p` is a whole block.
+                let hi = unsafe { high_bits(p, j, h) };
                 let mut isum = [_mm512_setzero_si512(); N];
                 for pp in 0..2 {
                     let pair = 2 * h + pp;
-                    let v = unsafe { _mm512_loadu_si512(p.add(QL + 256 * j + 64 * pair) as *const _) };
-                    let w0 = _mm512_or_si512(_mm512_and_si512(v, nib), hi[2 * pp]);
-                    let w1 = _mm512_or_si512(_mm512_and_si512(_mm512_srli_epi16(v, 4), nib), hi[2 * pp + 1]);
+                    let (w0, w1) = unsafe { quad_pair(p, j, pair, (hi[2 * pp], hi[2 * pp + 1])) };
                     let at = 32 * j + 8 * pair;
                     for i in 0..N {
                         let q = &a[i][k].qs;

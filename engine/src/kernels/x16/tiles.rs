@@ -187,7 +187,6 @@ fn decode_q4k(b: &[u8], tiles: &mut [u32]) {
     assert!(b.len() >= ROWS * 144 && tiles.len() >= 8 * B_WORDS);
     let p = b.as_ptr();
     let nib = _mm512_set1_epi8(15);
-    let three = _mm512_set1_epi32(3);
     // SAFETY (loads): inside the 2304-byte block (see `q4k`'s layout).
     let (d, dmin, hi) = unsafe {
         (
@@ -197,16 +196,8 @@ fn decode_q4k(b: &[u8], tiles: &mut [u32]) {
         )
     };
     for j in 0..8 {
-        let lo = _mm512_cvtepu8_epi32(unsafe { _mm_loadu_si128(p.add(64 + 16 * j) as *const __m128i) });
-        let hij = _mm512_srlv_epi32(hi, _mm512_set1_epi32(4 * j as i32));
-        let sc = _mm512_or_si512(
-            _mm512_and_si512(lo, _mm512_set1_epi32(15)),
-            _mm512_slli_epi32(_mm512_and_si512(hij, three), 4),
-        );
-        let mn = _mm512_or_si512(
-            _mm512_srli_epi32(lo, 4),
-            _mm512_slli_epi32(_mm512_and_si512(_mm512_srli_epi32(hij, 2), three), 4),
-        );
+        // SAFETY: `p` is a whole block.
+        let (sc, mn) = unsafe { super::q4k::scale_min(p, hi, j) };
         let scale = _mm512_mul_ps(d, _mm512_cvtepi32_ps(sc));
         let offset = _mm512_mul_ps(dmin, _mm512_cvtepi32_ps(mn));
         let tile = &mut tiles[j * B_WORDS..][..B_WORDS];
@@ -223,8 +214,6 @@ fn decode_q4k(b: &[u8], tiles: &mut [u32]) {
 fn decode_q6k(b: &[u8], tiles: &mut [u32]) {
     assert!(b.len() >= ROWS * 210 && tiles.len() >= 8 * B_WORDS);
     let p = b.as_ptr();
-    let nib = _mm512_set1_epi8(15);
-    let top = _mm512_set1_epi8(0x30);
     // SAFETY (loads): inside the 3360-byte block (see `q6k`'s layout).
     let d = _mm512_cvtph_ps(unsafe { _mm256_loadu_si256(p as *const __m256i) });
     for j in 0..8 {
@@ -233,18 +222,11 @@ fn decode_q6k(b: &[u8], tiles: &mut [u32]) {
             let sc = _mm512_cvtepi8_epi32(unsafe { _mm_loadu_si128(p.add(32 + 16 * (2 * j + h)) as *const __m128i) });
             let scale = _mm512_mul_ps(d, _mm512_cvtepi32_ps(sc));
             let offset = _mm512_mul_ps(scale, _mm512_set1_ps(32.0));
-            let vh = unsafe { _mm512_loadu_si512(p.add(2336 + 128 * j + 64 * h) as *const _) };
-            let hi = [
-                _mm512_and_si512(_mm512_slli_epi16(vh, 4), top),
-                _mm512_and_si512(_mm512_slli_epi16(vh, 2), top),
-                _mm512_and_si512(vh, top),
-                _mm512_and_si512(_mm512_srli_epi16(vh, 2), top),
-            ];
+            // SAFETY (both): `p` is a whole block.
+            let hi = unsafe { super::q6k::high_bits(p, j, h) };
             for pp in 0..2 {
                 let pair = 2 * h + pp;
-                let v = unsafe { _mm512_loadu_si512(p.add(288 + 256 * j + 64 * pair) as *const _) };
-                let w0 = _mm512_or_si512(_mm512_and_si512(v, nib), hi[2 * pp]);
-                let w1 = _mm512_or_si512(_mm512_and_si512(_mm512_srli_epi16(v, 4), nib), hi[2 * pp + 1]);
+                let (w0, w1) = unsafe { super::q6k::quad_pair(p, j, pair, (hi[2 * pp], hi[2 * pp + 1])) };
                 emit_quad(w0, scale, offset, 2 * pair, tile);
                 emit_quad(w1, scale, offset, 2 * pair + 1, tile);
             }

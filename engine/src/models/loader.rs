@@ -94,7 +94,7 @@ pub fn load_gguf(path: &Path, opts: &LoadOptions) -> anyhow::Result<Box<dyn Mode
 /// read other metadata of the file too, such as its tokenizer, and open it once.
 pub fn load_gguf_file(mut file: GgufFile, path: &Path, opts: &LoadOptions) -> anyhow::Result<Box<dyn Model>> {
     if opts.weights.copy(file.file_bytes()) {
-        file.load_into_memory_repacking(&repack_expert);
+        file.load_into_memory_repacking(&repack_for_kernels);
     } else {
         // Map every weight page now, not as page faults in the middle of decode.
         file.prefault();
@@ -114,20 +114,72 @@ pub fn load_gguf_file(mut file: GgufFile, path: &Path, opts: &LoadOptions) -> an
     Ok(model)
 }
 
-/// Repacks a routed-expert stack (`blk.N.ffn_{gate,up,down}_exps.weight`) of Q4_K or Q6_K
-/// into the 16-row layout of the small-batch kernels (`kernels::x16`), in the copy made at
-/// load, when this CPU runs those kernels, the process computes in Fast precision and
-/// `HY_REPACK=0` is not set. Each expert's rows must be whole groups of 16. Returns whether
-/// it did.
-fn repack_expert(t: &GgufTensor, bytes: &mut [u8]) -> bool {
-    use crate::kernels::{precision, x16, Precision};
-    let [cols, rows_per_expert, _] = t.dims[..] else { return false };
-    let wanted = t.name.ends_with("_exps.weight") && x16::fits(t.ggml_type, rows_per_expert as usize, cols as usize);
-    if !(wanted && precision() == Precision::Fast && x16::enabled()) {
+/// Repacks a matrix of Q4_K or Q6_K into the 16-row layout of `kernels::x16`, in the copy
+/// made at load, when this CPU runs those kernels, the process computes in Fast precision
+/// outside llama.cpp-order mode and `HY_REPACK=0` is not set. Which matrices:
+/// - routed-expert stacks (`blk.N.ffn_{gate,up,down}_exps.weight`), always: their products
+///   have the few tokens a prompt gives each expert, where the layout is fastest;
+/// - on CPUs without AMX tiles, also the layer matrices the models use only through products
+///   (the attention projections, dense and shared-expert FFNs): with a prompt's rows the
+///   16-row kernels are ~3× the row-major ones there. With AMX, those products take the
+///   row-major tiles. Not the output head, which a prompt multiplies by its last row only
+///   and where the row-major Q6_K kernel streams faster at one row, nor the token embeddings
+///   (read by row).
+///
+/// Every row group must be whole (16 rows per expert or matrix). Returns whether it repacked.
+fn repack_for_kernels(t: &GgufTensor, bytes: &mut [u8]) -> bool {
+    use crate::kernels::{precision, quant::llama_order, x16, Precision};
+    if precision() != Precision::Fast || llama_order() || !x16::enabled() {
+        return false;
+    }
+    let (cols, rows, wanted) = match t.dims[..] {
+        [cols, rows, _] => (cols, rows, t.name.ends_with("_exps.weight")),
+        [cols, rows] => (cols, rows, products_only(&t.name) && !prompt_tiles()),
+        _ => return false,
+    };
+    if !(wanted && x16::fits(t.ggml_type, rows as usize, cols as usize)) {
         return false;
     }
     x16::repack_in_place(t.ggml_type, bytes, cols as usize);
     true
+}
+
+/// Whether the models use tensor `name` only as the weights of products (never by row or by
+/// its bytes; `attn_kv_b` is rearranged at load, `token_embd` read by row).
+fn products_only(name: &str) -> bool {
+    const LAYER: [&str; 13] = [
+        "attn_q",
+        "attn_k",
+        "attn_v",
+        "attn_output",
+        "attn_q_a",
+        "attn_q_b",
+        "attn_kv_a_mqa",
+        "ffn_gate",
+        "ffn_up",
+        "ffn_down",
+        "ffn_gate_shexp",
+        "ffn_up_shexp",
+        "ffn_down_shexp",
+    ];
+    fn layer_kind(name: &str) -> Option<&str> {
+        let (index, tail) = name.strip_prefix("blk.")?.split_once('.')?;
+        index.parse::<usize>().ok()?;
+        tail.strip_suffix(".weight")
+    }
+    layer_kind(name).is_some_and(|kind| LAYER.contains(&kind))
+}
+
+/// Whether a prompt's products with row-major weights run on AMX tiles here.
+fn prompt_tiles() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        crate::kernels::amx::available()
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        false
+    }
 }
 
 /// Loads an HF transformers folder (config.json + safetensors).
@@ -168,8 +220,8 @@ mod tests {
     use crate::models::weights::{GgufSource, WeightSource};
     use crate::GgmlType;
 
-    /// A Q4_K and a Q6_K expert stack (2 experts of 16 × 512 each), a Q8_0 one and a Q4_K
-    /// matrix that is not an expert.
+    /// A Q4_K and a Q6_K expert stack (2 experts of 16 × 512 each), a Q8_0 one, a Q4_K
+    /// attention matrix and Q4_K token embeddings.
     fn file_with_experts(dir: &Path) -> (PathBuf, Vec<u8>, Vec<u8>) {
         let random = |ty: GgmlType, seed| {
             let mut v = vec![0u8; ty.bytes_for(2 * 16 * 512).unwrap() as usize];
@@ -184,21 +236,36 @@ mod tests {
         w.add_tensor(WriterTensor::new("blk.1.ffn_down_exps.weight", dims.clone(), GgmlType::Q6_K, q6.clone()));
         w.add_tensor(WriterTensor::new("blk.1.ffn_gate_exps.weight", dims, GgmlType::Q8_0, q8));
         w.add_tensor(WriterTensor::new("blk.1.attn_q_a.weight", vec![512, 32], GgmlType::Q4_K, q4.clone()));
+        w.add_tensor(WriterTensor::new("token_embd.weight", vec![512, 32], GgmlType::Q4_K, q4.clone()));
         let path = dir.join("experts.gguf");
         std::fs::write(&path, w.to_bytes()).unwrap();
         (path, q4, q6)
     }
 
     #[test]
-    fn k_quant_expert_stacks_are_repacked_in_the_copy_and_compute_the_same() {
+    fn products_only_names_the_layer_matrices() {
+        for yes in ["blk.0.attn_output.weight", "blk.12.ffn_down_shexp.weight", "blk.3.attn_q_b.weight"] {
+            assert!(products_only(yes), "{yes}");
+        }
+        let no = ["token_embd.weight", "output.weight", "blk.0.attn_kv_b.weight", "blk.1.ffn_gate_inp.weight"];
+        for no in no.into_iter().chain(["blk.x.attn_q.weight"]) {
+            assert!(!products_only(no), "{no}");
+        }
+    }
+
+    #[test]
+    fn k_quant_matrices_are_repacked_in_the_copy_and_compute_the_same() {
         let dir = tempfile::tempdir().unwrap();
         let (path, q4, q6) = file_with_experts(dir.path());
         let mut file = GgufFile::open(&path).unwrap();
-        file.load_into_memory_repacking(&repack_expert);
+        file.load_into_memory_repacking(&repack_for_kernels);
         let src = GgufSource::new(Arc::new(file));
         let weight = |name: &str| src.weight(name).unwrap().unwrap();
         let other = weight("blk.1.attn_q_a.weight");
-        assert_eq!(other.ty, WeightType::Ggml(GgmlType::Q4_K), "only routed experts are repacked");
+        let dense = if x16::enabled() && !prompt_tiles() { WeightType::X16(GgmlType::Q4_K) } else { other.ty };
+        assert_eq!(other.ty, dense, "products-only matrices are repacked where no AMX tiles take them");
+        let embd = weight("token_embd.weight");
+        assert_eq!(embd.ty, WeightType::Ggml(GgmlType::Q4_K), "the token embeddings are read by row");
         let q8 = weight("blk.1.ffn_gate_exps.weight");
         assert_eq!(q8.ty, WeightType::Ggml(GgmlType::Q8_0), "only types with a 16-row layout");
         for (name, ty, plain) in

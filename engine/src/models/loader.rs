@@ -120,7 +120,8 @@ pub fn load_gguf_file(mut file: GgufFile, path: &Path, opts: &LoadOptions) -> an
 /// - routed-expert stacks (`blk.N.ffn_{gate,up,down}_exps.weight`), always: their products
 ///   have the few tokens a prompt gives each expert, where the layout is fastest;
 /// - on CPUs without AMX tiles, also the layer matrices the models use only through products
-///   (the attention projections, dense and shared-expert FFNs): with a prompt's rows the
+///   (the attention projections, MLA's per-head `attn_v_b`, dense and shared-expert FFNs;
+///   `attn_k_b` has 128 columns, less than a k-quant block): with a prompt's rows the
 ///   16-row kernels are ~3× the row-major ones there. With AMX, those products take the
 ///   row-major tiles. Not the output head, which a prompt multiplies by its last row only
 ///   and where the row-major Q6_K kernel streams faster at one row, nor the token embeddings
@@ -133,7 +134,10 @@ fn repack_for_kernels(t: &GgufTensor, bytes: &mut [u8]) -> bool {
         return false;
     }
     let (cols, rows, wanted) = match t.dims[..] {
-        [cols, rows, _] => (cols, rows, t.name.ends_with("_exps.weight")),
+        [cols, rows, _] => {
+            let per_head_values = t.name.ends_with(".attn_v_b.weight") && !prompt_tiles();
+            (cols, rows, t.name.ends_with("_exps.weight") || per_head_values)
+        }
         [cols, rows] => (cols, rows, products_only(&t.name) && !prompt_tiles()),
         _ => return false,
     };
@@ -220,8 +224,8 @@ mod tests {
     use crate::models::weights::{GgufSource, WeightSource};
     use crate::GgmlType;
 
-    /// A Q4_K and a Q6_K expert stack (2 experts of 16 × 512 each), a Q8_0 one, a Q4_K
-    /// attention matrix and Q4_K token embeddings.
+    /// A Q4_K and a Q6_K expert stack (2 experts of 16 × 512 each), a Q8_0 one, a Q6_K
+    /// per-head stack, a Q4_K attention matrix and Q4_K token embeddings.
     fn file_with_experts(dir: &Path) -> (PathBuf, Vec<u8>, Vec<u8>) {
         let random = |ty: GgmlType, seed| {
             let mut v = vec![0u8; ty.bytes_for(2 * 16 * 512).unwrap() as usize];
@@ -234,6 +238,7 @@ mod tests {
         let dims = vec![512, 16, 2];
         w.add_tensor(WriterTensor::new("blk.1.ffn_up_exps.weight", dims.clone(), GgmlType::Q4_K, q4.clone()));
         w.add_tensor(WriterTensor::new("blk.1.ffn_down_exps.weight", dims.clone(), GgmlType::Q6_K, q6.clone()));
+        w.add_tensor(WriterTensor::new("blk.1.attn_v_b.weight", dims.clone(), GgmlType::Q6_K, q6.clone()));
         w.add_tensor(WriterTensor::new("blk.1.ffn_gate_exps.weight", dims, GgmlType::Q8_0, q8));
         w.add_tensor(WriterTensor::new("blk.1.attn_q_a.weight", vec![512, 32], GgmlType::Q4_K, q4.clone()));
         w.add_tensor(WriterTensor::new("token_embd.weight", vec![512, 32], GgmlType::Q4_K, q4.clone()));
@@ -264,6 +269,9 @@ mod tests {
         let other = weight("blk.1.attn_q_a.weight");
         let dense = if x16::enabled() && !prompt_tiles() { WeightType::X16(GgmlType::Q4_K) } else { other.ty };
         assert_eq!(other.ty, dense, "products-only matrices are repacked where no AMX tiles take them");
+        let v_b = weight("blk.1.attn_v_b.weight");
+        let heads = if x16::enabled() && !prompt_tiles() { WeightType::X16(GgmlType::Q6_K) } else { v_b.ty };
+        assert_eq!(v_b.ty, heads, "MLA's per-head values are repacked where no AMX tiles take them");
         let embd = weight("token_embd.weight");
         assert_eq!(embd.ty, WeightType::Ggml(GgmlType::Q4_K), "the token embeddings are read by row");
         let q8 = weight("blk.1.ffn_gate_exps.weight");

@@ -247,6 +247,19 @@ mod tests {
         (path, q4, q6)
     }
 
+    /// The Q4_K expert stacks of the tiny DeepSeek fixture (16 experts of 64 × 256) are
+    /// repacked, so the Fast-precision model tests (`models_moe_fast`) run the 16-row kernels.
+    #[test]
+    fn the_fixture_experts_are_repacked() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../tests/fixtures/tiny-deepseek-v3/gguf/tiny-deepseek-v3-Q4_K_M.gguf");
+        let mut file = GgufFile::open(&path).unwrap();
+        file.load_into_memory_repacking(&repack_for_kernels);
+        let gate = file.tensor("blk.1.ffn_gate_exps.weight").unwrap();
+        assert_eq!(gate.ggml_type, GgmlType::Q4_K);
+        assert_eq!(file.is_repacked(gate), x16::enabled());
+    }
+
     #[test]
     fn products_only_names_the_layer_matrices() {
         for yes in ["blk.0.attn_output.weight", "blk.12.ffn_down_shexp.weight", "blk.3.attn_q_b.weight"] {

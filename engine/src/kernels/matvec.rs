@@ -104,9 +104,10 @@ impl Prepared<'_> {
         match (&self.act, ty) {
             (Act::F32(_), _) => true,
             (Act::Q8K(_), WeightType::Ggml(t)) => is_k_quant(t),
-            (Act::Q8K(_), WeightType::X16(_)) => true,
+            (Act::Q8K(_), WeightType::X16(t)) => is_k_quant(t),
+            (Act::Q8_0(_), WeightType::X16(t)) => is_small_block(t),
             #[cfg(target_arch = "x86_64")]
-            (Act::X16Tiles(_), WeightType::X16(_)) => true,
+            (Act::X16Tiles(_), WeightType::X16(t)) => is_k_quant(t),
             (Act::Q8_0(_), WeightType::Ggml(t)) => is_small_block(t),
             (Act::Bf16(_), WeightType::Fp8E4M3Block128) => true,
             #[cfg(target_arch = "x86_64")]
@@ -193,7 +194,8 @@ fn prepare_for<'x>(
     let _ = split;
     let act = match (p, ty) {
         (Precision::Fast, WeightType::Ggml(t)) if is_k_quant(t) => Act::Q8K(quantize_q8_k_rows(x, n)),
-        (Precision::Fast, WeightType::X16(_)) => Act::Q8K(quantize_q8_k_rows(x, n)),
+        (Precision::Fast, WeightType::X16(t)) if is_k_quant(t) => Act::Q8K(quantize_q8_k_rows(x, n)),
+        (Precision::Fast, WeightType::X16(_)) => Act::Q8_0(quantize_q8_0(x)),
         (Precision::Fast, WeightType::Ggml(t)) if is_small_block(t) => Act::Q8_0(quantize_q8_0(x)),
         (Precision::Fast, WeightType::Fp8E4M3Block128) if simd::fp8_bf16_enabled() => Act::Bf16(fp8::prepare_bf16(x)),
         _ => Act::F32(x),
@@ -215,7 +217,10 @@ pub fn runs_on_amx(isa: Isa, ty: WeightType, n: usize) -> bool {
 #[cfg(target_arch = "x86_64")]
 fn use_x16_tiles(isa: Isa, ty: WeightType, n: usize, p: Precision) -> bool {
     use super::x16::tiles;
-    matches!(ty, WeightType::X16(_)) && tiles_allowed(isa, p) && n >= tiles::min_rows() && tiles::available()
+    matches!(ty, WeightType::X16(GgmlType::Q4_K | GgmlType::Q6_K))
+        && tiles_allowed(isa, p)
+        && n >= tiles::min_rows()
+        && tiles::available()
 }
 
 /// What both AMX paths require: Fast precision, on the best ISA (VNNI), outside llama.cpp-order
@@ -322,29 +327,34 @@ pub fn matmul_rows(isa: Isa, w: &QMatrix, p: &Prepared, rows: Range<usize>, out:
     }
 }
 
-/// [`matmul_rows`] for weights of `t` repacked 16 rows at a time: whole groups with Q8_K
-/// activations on the small-batch kernels ([`super::x16`]); anything else (f32 activations,
+/// [`matmul_rows`] for weights of `t` repacked 16 rows at a time: whole groups with Q8_K (the
+/// k-quants) or Q8_0 (the 32-weight block types) activations on the small-batch kernels
+/// ([`super::x16`]), or with many rows on the tiles; anything else (f32 activations,
 /// another ISA, llama.cpp-order mode, a range that splits a group) on the rows unpacked back
 /// to the file's layout.
 fn x16_rows(isa: Isa, t: GgmlType, w: &QMatrix, p: &Prepared, rows: Range<usize>, out: &mut [f32]) {
     use super::x16::{self, ROWS};
     let rb = row_bytes(w);
-    if let Act::Q8K(a) = &p.act {
-        let whole = rows.start.is_multiple_of(ROWS) && rows.end.is_multiple_of(ROWS);
-        if whole && isa == Isa::Avx512Vnni && x16::supported() && !super::quant::llama_order() {
+    let whole = rows.start.is_multiple_of(ROWS) && rows.end.is_multiple_of(ROWS);
+    let kernels = whole && isa == Isa::Avx512Vnni && x16::supported() && !super::quant::llama_order();
+    let data = &w.data[rows.start * rb..rows.end * rb];
+    let (group, outs) = (ROWS * rb, ROWS * p.n);
+    match &p.act {
+        Act::Q8K(a) if kernels => {
             let acts: Vec<&[BlockQ8K]> = a.chunks_exact(w.cols / 256).take(p.n).collect();
-            let data = &w.data[rows.start * rb..rows.end * rb];
-            for (g, o) in data.chunks_exact(ROWS * rb).zip(out.chunks_exact_mut(ROWS * p.n)) {
-                x16::dot(t, g, &acts, o);
-            }
-            return;
+            let each = data.chunks_exact(group).zip(out.chunks_exact_mut(outs));
+            return each.for_each(|(g, o)| x16::dot(t, g, &acts, o));
         }
+        Act::Q8_0(a) if kernels => {
+            let acts: Vec<&[BlockQ8_0]> = a.chunks_exact(w.cols / 32).take(p.n).collect();
+            let each = data.chunks_exact(group).zip(out.chunks_exact_mut(outs));
+            return each.for_each(|(g, o)| x16::dot_small(t, g, &acts, o));
+        }
+        _ => {}
     }
     #[cfg(target_arch = "x86_64")]
     if let Act::X16Tiles(a) = &p.act {
-        let whole = rows.start.is_multiple_of(ROWS) && rows.end.is_multiple_of(ROWS);
         if whole {
-            let data = &w.data[rows.start * rb..rows.end * rb];
             return x16::tiles::matmul_rows(t, data, w.cols, a, out);
         }
         let x = a.to_f32();

@@ -34,8 +34,10 @@
 //! ([`WeightType::X16`], [`x16`]), when the model is copied into memory on an AVX-512 VNNI
 //! CPU in Fast precision: their products run on the 16-row VNNI kernels, which serve the few
 //! tokens a prompt gives each expert better than the row-major kernels and the tiles, and
-//! from 48 activation rows on the AMX bf16 tiles (`x16::tiles`). Exact precision and other
-//! ISAs unpack the rows they need.
+//! from 48 activation rows on the AMX bf16 tiles (`x16::tiles`). On CPUs without AMX the
+//! layer matrices used only in products, and Q4_0/Q5_0/Q8_0 too, take the layout (the
+//! loader decides, `models::loader`). Exact precision and other ISAs unpack the rows they
+//! need.
 //!
 //! Environment: `HY_ISA=scalar|avx2|avx512|avx512vnni` caps the instruction set ([`Isa::best`]);
 //! `HY_AMX=0` turns the AMX paths off and `HY_AMX_MIN=<rows>` moves the bf16 threshold;

@@ -114,18 +114,20 @@ pub fn load_gguf_file(mut file: GgufFile, path: &Path, opts: &LoadOptions) -> an
     Ok(model)
 }
 
-/// Repacks a matrix of Q4_K or Q6_K into the 16-row layout of `kernels::x16`, in the copy
-/// made at load, when this CPU runs those kernels, the process computes in Fast precision
-/// outside llama.cpp-order mode and `HY_REPACK=0` is not set. Which matrices:
-/// - routed-expert stacks (`blk.N.ffn_{gate,up,down}_exps.weight`), always: their products
-///   have the few tokens a prompt gives each expert, where the layout is fastest;
-/// - on CPUs without AMX tiles, also the layer matrices the models use only through products
-///   (the attention projections, MLA's per-head `attn_v_b`, dense and shared-expert FFNs;
-///   `attn_k_b` has 128 columns, less than a k-quant block): with a prompt's rows the
-///   16-row kernels are ~3× the row-major ones there. With AMX, those products take the
-///   row-major tiles. Not the output head, which a prompt multiplies by its last row only
-///   and where the row-major Q6_K kernel streams faster at one row, nor the token embeddings
-///   (read by row).
+/// Repacks a matrix of Q4_K, Q6_K, Q4_0, Q5_0 or Q8_0 into the 16-row layout of
+/// `kernels::x16`, in the copy made at load, when this CPU runs those kernels, the process
+/// computes in Fast precision outside llama.cpp-order mode and `HY_REPACK=0` is not set.
+/// Which matrices:
+/// - routed-expert stacks (`blk.N.ffn_{gate,up,down}_exps.weight`) of Q4_K and Q6_K, always:
+///   their products have the few tokens a prompt gives each expert, where the layout is
+///   fastest;
+/// - on CPUs without AMX tiles, also the 32-weight block types' expert stacks, MLA's
+///   per-head `attn_k_b`/`attn_v_b`, and the layer matrices the models use only through
+///   products (attention projections, dense and shared-expert FFNs): with a prompt's rows the
+///   16-row kernels are 3–4× the row-major ones there. With AMX, those products take the
+///   row-major tiles (and the 32-weight types' layout is not measured there yet). Not the
+///   output head, which a prompt multiplies by its last row only and where the row-major
+///   Q6_K kernel streams faster at one row, nor the token embeddings (read by row).
 ///
 /// Every row group must be whole (16 rows per expert or matrix). Returns whether it repacked.
 fn repack_for_kernels(t: &GgufTensor, bytes: &mut [u8]) -> bool {
@@ -133,12 +135,16 @@ fn repack_for_kernels(t: &GgufTensor, bytes: &mut [u8]) -> bool {
     if precision() != Precision::Fast || llama_order() || !x16::enabled() {
         return false;
     }
+    // The 32-weight block types' layout has been measured only on a CPU without AMX.
+    let tiles = prompt_tiles();
+    let small = x16::is_small(t.ggml_type);
     let (cols, rows, wanted) = match t.dims[..] {
         [cols, rows, _] => {
-            let per_head_values = t.name.ends_with(".attn_v_b.weight") && !prompt_tiles();
-            (cols, rows, t.name.ends_with("_exps.weight") || per_head_values)
+            let experts = t.name.ends_with("_exps.weight") && !(small && tiles);
+            let per_head = (t.name.ends_with(".attn_k_b.weight") || t.name.ends_with(".attn_v_b.weight")) && !tiles;
+            (cols, rows, experts || per_head)
         }
-        [cols, rows] => (cols, rows, products_only(&t.name) && !prompt_tiles()),
+        [cols, rows] => (cols, rows, products_only(&t.name) && !tiles),
         _ => return false,
     };
     if !(wanted && x16::fits(t.ggml_type, rows as usize, cols as usize)) {
@@ -226,7 +232,7 @@ mod tests {
 
     /// A Q4_K and a Q6_K expert stack (2 experts of 16 × 512 each), a Q8_0 one, a Q6_K
     /// per-head stack, a Q4_K attention matrix and Q4_K token embeddings.
-    fn file_with_experts(dir: &Path) -> (PathBuf, Vec<u8>, Vec<u8>) {
+    fn file_with_experts(dir: &Path) -> (PathBuf, Vec<u8>, Vec<u8>, Vec<u8>) {
         let random = |ty: GgmlType, seed| {
             let mut v = vec![0u8; ty.bytes_for(2 * 16 * 512).unwrap() as usize];
             crate::synth::fill_random(ty, &mut v, seed);
@@ -239,12 +245,12 @@ mod tests {
         w.add_tensor(WriterTensor::new("blk.1.ffn_up_exps.weight", dims.clone(), GgmlType::Q4_K, q4.clone()));
         w.add_tensor(WriterTensor::new("blk.1.ffn_down_exps.weight", dims.clone(), GgmlType::Q6_K, q6.clone()));
         w.add_tensor(WriterTensor::new("blk.1.attn_v_b.weight", dims.clone(), GgmlType::Q6_K, q6.clone()));
-        w.add_tensor(WriterTensor::new("blk.1.ffn_gate_exps.weight", dims, GgmlType::Q8_0, q8));
+        w.add_tensor(WriterTensor::new("blk.1.ffn_gate_exps.weight", dims, GgmlType::Q8_0, q8.clone()));
         w.add_tensor(WriterTensor::new("blk.1.attn_q_a.weight", vec![512, 32], GgmlType::Q4_K, q4.clone()));
         w.add_tensor(WriterTensor::new("token_embd.weight", vec![512, 32], GgmlType::Q4_K, q4.clone()));
         let path = dir.join("experts.gguf");
         std::fs::write(&path, w.to_bytes()).unwrap();
-        (path, q4, q6)
+        (path, q4, q6, q8)
     }
 
     /// The Q4_K expert stacks of the tiny DeepSeek fixture (16 experts of 64 × 256) are
@@ -274,7 +280,7 @@ mod tests {
     #[test]
     fn k_quant_matrices_are_repacked_in_the_copy_and_compute_the_same() {
         let dir = tempfile::tempdir().unwrap();
-        let (path, q4, q6) = file_with_experts(dir.path());
+        let (path, q4, q6, q8) = file_with_experts(dir.path());
         let mut file = GgufFile::open(&path).unwrap();
         file.load_into_memory_repacking(&repack_for_kernels);
         let src = GgufSource::new(Arc::new(file));
@@ -287,14 +293,15 @@ mod tests {
         assert_eq!(v_b.ty, heads, "MLA's per-head values are repacked where no AMX tiles take them");
         let embd = weight("token_embd.weight");
         assert_eq!(embd.ty, WeightType::Ggml(GgmlType::Q4_K), "the token embeddings are read by row");
-        let q8 = weight("blk.1.ffn_gate_exps.weight");
-        assert_eq!(q8.ty, WeightType::Ggml(GgmlType::Q8_0), "only types with a 16-row layout");
-        for (name, ty, plain) in
-            [("blk.1.ffn_up_exps.weight", GgmlType::Q4_K, q4), ("blk.1.ffn_down_exps.weight", GgmlType::Q6_K, q6)]
-        {
+        let stacks = [
+            ("blk.1.ffn_up_exps.weight", GgmlType::Q4_K, q4),
+            ("blk.1.ffn_down_exps.weight", GgmlType::Q6_K, q6),
+            ("blk.1.ffn_gate_exps.weight", GgmlType::Q8_0, q8),
+        ];
+        for (name, ty, plain) in stacks {
             let experts = weight(name);
-            if !x16::enabled() {
-                eprintln!("no repacking on this CPU");
+            if !x16::enabled() || (x16::is_small(ty) && prompt_tiles()) {
+                eprintln!("{ty:?}: no repacking on this CPU");
                 assert_eq!(experts.ty, WeightType::Ggml(ty));
                 continue;
             }

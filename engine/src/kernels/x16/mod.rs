@@ -1,5 +1,6 @@
-//! K-quant weights repacked 16 rows at a time (Q4_K and Q6_K, the types of a Q4_K_M file's
-//! routed experts), so one AVX-512 register holds the same four weights of 16 rows and
+//! Weights repacked 16 rows at a time (Q4_K and Q6_K, the types of a Q4_K_M file's routed
+//! experts; Q4_0, Q5_0 and Q8_0 in [`small`]), so one AVX-512 register holds the same four
+//! weights of 16 rows and
 //! `vpdpbusd` multiplies all 16 rows by one broadcast dword of an activation row: no
 //! horizontal sums, no per-row scale shuffles, and each weight register serves every
 //! activation row of a small batch (the few tokens of a prompt routed to one expert).
@@ -19,6 +20,11 @@
 //! 26.4 at 64, but 45.5 against 33.3 at 128 and 98.6 against 58.3 at 256 (Q6_K: 16.0 / 21.0 /
 //! 32.0 / 64.6 against 17.9 / 20.0 / 26.6 / 42.2). A prompt of more than ~3000 tokens gives
 //! DeepSeek-V3's experts 100 and more rows each, and there this layout is slower.
+//!
+//! The 32-weight block types on this 2-core AVX-512 VM (no AMX; `kernel_bench --mb 64
+//! --threads 2`, ms per 64 MB, 16-row layout against row-major): Q8_0 1.27 / 1.93 at 1 row,
+//! 1.71 / 3.45 at 4, 8.5 / 34.1 at 64; Q5_0 1.48 / 1.82, 2.69 / 3.77, 14.2 / 60.3; Q4_0
+//! 1.49 / 1.81, 2.57 / 3.97, 15.3 / 62.4.
 //!
 //! Groups follow each other (group g holds rows 16g..16g+16 and sits where those rows sat,
 //! in the same number of bytes), so a row range that starts and ends on multiples of 16 is
@@ -43,10 +49,11 @@ macro_rules! by_count {
 
 pub mod q4k;
 pub mod q6k;
+pub mod small;
 #[cfg(target_arch = "x86_64")]
 pub mod tiles;
 
-use super::quant::BlockQ8K;
+use super::quant::{BlockQ8K, BlockQ8_0};
 use crate::dtype::GgmlType;
 
 /// Rows per group.
@@ -56,12 +63,17 @@ pub const MAX_N: usize = 8;
 
 /// Whether `ty` has a 16-row layout.
 pub fn has_layout(ty: GgmlType) -> bool {
-    matches!(ty, GgmlType::Q4_K | GgmlType::Q6_K)
+    matches!(ty, GgmlType::Q4_K | GgmlType::Q6_K) || is_small(ty)
+}
+
+/// Whether `ty` is one of the 32-weight block types with a layout ([`small`]).
+pub fn is_small(ty: GgmlType) -> bool {
+    matches!(ty, GgmlType::Q4_0 | GgmlType::Q5_0 | GgmlType::Q8_0)
 }
 
 /// Whether a `rows × cols` matrix of `ty` can be repacked (whole groups of rows and blocks).
 pub fn fits(ty: GgmlType, rows: usize, cols: usize) -> bool {
-    has_layout(ty) && rows > 0 && rows.is_multiple_of(ROWS) && cols > 0 && cols.is_multiple_of(256)
+    has_layout(ty) && rows > 0 && rows.is_multiple_of(ROWS) && cols > 0 && cols.is_multiple_of(ty.block_size())
 }
 
 /// Whether routed experts are repacked when a model's weights are copied into memory: the
@@ -75,9 +87,9 @@ pub fn supported() -> bool {
     cfg!(target_arch = "x86_64") && super::simd::vnni_supported()
 }
 
-/// Bytes of one row's 256-weight block of `ty`.
-fn row_block(ty: GgmlType) -> usize {
-    ty.type_size()
+/// Bytes of one 16-row group of `cols` columns of `ty`.
+fn group_bytes(ty: GgmlType, cols: usize) -> usize {
+    cols / ty.block_size() * ROWS * ty.type_size()
 }
 
 /// Repacks rows of `ty` (row-major, `cols` weights each; a whole number of groups) into `out`
@@ -86,16 +98,16 @@ fn row_block(ty: GgmlType) -> usize {
 /// # Panics
 /// When `ty` has no 16-row layout or the length is not whole groups.
 pub fn repack(ty: GgmlType, src: &[u8], cols: usize, out: &mut [u8]) {
-    let (rb, blocks) = (row_block(ty), cols / 256);
-    let group_bytes = blocks * ROWS * rb;
     assert!(has_layout(ty), "repack: {ty:?} has no 16-row layout");
-    assert!(src.len().is_multiple_of(group_bytes) && src.len() == out.len(), "repack: not whole groups");
-    for (g, o) in src.chunks_exact(group_bytes).zip(out.chunks_exact_mut(group_bytes)) {
+    let (rb, blocks, gb) = (ty.type_size(), cols / ty.block_size(), group_bytes(ty, cols));
+    assert!(src.len().is_multiple_of(gb) && src.len() == out.len(), "repack: not whole groups");
+    for (g, o) in src.chunks_exact(gb).zip(out.chunks_exact_mut(gb)) {
         for (k, ob) in o.chunks_exact_mut(ROWS * rb).enumerate() {
             let row = |r: usize| &g[(r * blocks + k) * rb..][..rb];
             match ty {
                 GgmlType::Q4_K => q4k::repack_block(row, ob),
-                _ => q6k::repack_block(row, ob),
+                GgmlType::Q6_K => q6k::repack_block(row, ob),
+                _ => small::repack_block(ty, row, ob),
             }
         }
     }
@@ -104,8 +116,7 @@ pub fn repack(ty: GgmlType, src: &[u8], cols: usize, out: &mut [u8]) {
 /// [`repack`] in place, groups in parallel (rayon): for weights copied into memory at load.
 pub fn repack_in_place(ty: GgmlType, data: &mut [u8], cols: usize) {
     use rayon::prelude::*;
-    let group_bytes = cols / 256 * ROWS * row_block(ty);
-    data.par_chunks_mut(group_bytes).for_each(|g| {
+    data.par_chunks_mut(group_bytes(ty, cols)).for_each(|g| {
         let plain = g.to_vec();
         repack(ty, &plain, cols, g);
     });
@@ -113,48 +124,77 @@ pub fn repack_in_place(ty: GgmlType, data: &mut [u8], cols: usize) {
 
 /// The inverse of [`repack`]: rows of `ty` back from repacked groups.
 pub fn unpack(ty: GgmlType, src: &[u8], cols: usize, out: &mut [u8]) {
-    let (rb, blocks) = (row_block(ty), cols / 256);
-    let group_bytes = blocks * ROWS * rb;
     assert!(has_layout(ty), "unpack: {ty:?} has no 16-row layout");
-    assert!(src.len().is_multiple_of(group_bytes) && src.len() == out.len(), "unpack: not whole groups");
-    for (g, o) in src.chunks_exact(group_bytes).zip(out.chunks_exact_mut(group_bytes)) {
+    let (rb, blocks, gb) = (ty.type_size(), cols / ty.block_size(), group_bytes(ty, cols));
+    assert!(src.len().is_multiple_of(gb) && src.len() == out.len(), "unpack: not whole groups");
+    for (g, o) in src.chunks_exact(gb).zip(out.chunks_exact_mut(gb)) {
         for (k, b) in g.chunks_exact(ROWS * rb).enumerate() {
             for r in 0..ROWS {
                 let row = &mut o[(r * blocks + k) * rb..][..rb];
                 match ty {
                     GgmlType::Q4_K => q4k::unpack_row(b, r, row),
-                    _ => q6k::unpack_row(b, r, row),
+                    GgmlType::Q6_K => q6k::unpack_row(b, r, row),
+                    _ => small::unpack_row(ty, b, r, row),
                 }
             }
         }
     }
 }
 
-/// `out[r·n + i] = row r · acts[i]` for the 16 rows of one repacked group of `ty`
-/// (`cols / 256` blocks) and all `n = acts.len()` activation rows, taken [`MAX_N`] at a time
-/// over each block while it sits in L1.
+/// `out[r·n + i] = row r · acts[i]` for the 16 rows of one repacked group of a k-quant `ty`
+/// and all `n = acts.len()` Q8_K activation rows, taken [`MAX_N`] at a time over each block
+/// while it sits in L1.
 ///
 /// # Panics
-/// When [`supported`] is false, `ty` has no layout, or the lengths do not match.
+/// When [`supported`] is false, `ty` is not Q4_K or Q6_K, or the lengths do not match.
 pub fn dot(ty: GgmlType, group: &[u8], acts: &[&[BlockQ8K]], out: &mut [f32]) {
-    assert!(supported(), "x16::dot needs AVX-512 VNNI");
-    assert!(has_layout(ty), "x16::dot: {ty:?} has no 16-row layout");
-    let n = acts.len();
-    let block = ROWS * row_block(ty);
-    let blocks = group.len() / block;
-    assert!(group.len() == blocks * block && out.len() == ROWS * n);
-    assert!(acts.iter().all(|a| a.len() >= blocks));
-    let mut acc = [[0f32; ROWS]; MAX_N];
-    for (c, chunk) in acts.chunks(MAX_N).enumerate() {
-        let acc = &mut acc[..chunk.len()];
-        // SAFETY: VNNI (with AVX-512 F/BW/VL, AVX2, F16C) checked above; lengths checked.
+    assert!(matches!(ty, GgmlType::Q4_K | GgmlType::Q6_K), "x16::dot: {ty:?} is not a k-quant with a layout");
+    by_chunks(ty, group, acts, out, |chunk, acc| {
+        // SAFETY: VNNI (with AVX-512 F/BW/VL, AVX2, F16C) checked by `by_chunks`; lengths too.
         #[cfg(target_arch = "x86_64")]
         unsafe {
             match ty {
                 GgmlType::Q4_K => q4k::dot_chunk(group, chunk, acc),
                 _ => q6k::dot_chunk(group, chunk, acc),
             }
-        };
+        }
+    })
+}
+
+/// [`dot`] for the 32-weight block types (Q4_0, Q5_0, Q8_0) with Q8_0 activation rows.
+///
+/// # Panics
+/// As [`dot`], for a type that [`is_small`] does not name.
+pub fn dot_small(ty: GgmlType, group: &[u8], acts: &[&[BlockQ8_0]], out: &mut [f32]) {
+    assert!(is_small(ty), "x16::dot_small: {ty:?} is not a 32-weight block type with a layout");
+    by_chunks(ty, group, acts, out, |chunk, acc| {
+        // SAFETY: as in `dot`.
+        #[cfg(target_arch = "x86_64")]
+        unsafe {
+            small::dot_chunk(ty, group, chunk, acc)
+        }
+    })
+}
+
+/// Runs `kernel` over the activation rows [`MAX_N`] at a time and scatters its 16-row results
+/// into `out` (`16 × n`, row-major).
+fn by_chunks<A>(
+    ty: GgmlType,
+    group: &[u8],
+    acts: &[&[A]],
+    out: &mut [f32],
+    kernel: impl Fn(&[&[A]], &mut [[f32; ROWS]]),
+) {
+    assert!(supported(), "x16 kernels need AVX-512 VNNI");
+    let n = acts.len();
+    let block = ROWS * ty.type_size();
+    let blocks = group.len() / block;
+    assert!(group.len() == blocks * block && out.len() == ROWS * n);
+    assert!(acts.iter().all(|a| a.len() >= blocks));
+    let mut acc = [[0f32; ROWS]; MAX_N];
+    for (c, chunk) in acts.chunks(MAX_N).enumerate() {
+        let acc = &mut acc[..chunk.len()];
+        kernel(chunk, acc);
         for (i, a) in acc.iter().enumerate() {
             for (r, &v) in a.iter().enumerate() {
                 out[r * n + c * MAX_N + i] = v;
@@ -169,10 +209,10 @@ mod tests {
     use crate::kernels::quant::quantize_q8_k;
     use crate::kernels::scalar;
 
-    const TYPES: [GgmlType; 2] = [GgmlType::Q4_K, GgmlType::Q6_K];
+    const TYPES: [GgmlType; 5] = [GgmlType::Q4_K, GgmlType::Q6_K, GgmlType::Q4_0, GgmlType::Q5_0, GgmlType::Q8_0];
 
     fn random_rows(ty: GgmlType, rows: usize, cols: usize, seed: u64) -> Vec<u8> {
-        let mut data = vec![0u8; rows * cols / 256 * ty.type_size()];
+        let mut data = vec![0u8; rows * cols / ty.block_size() * ty.type_size()];
         crate::synth::fill_random(ty, &mut data, seed);
         data
     }
@@ -234,13 +274,50 @@ mod tests {
     }
 
     #[test]
+    fn small_block_products_match_the_scalar_reference() {
+        use crate::kernels::quant::quantize_q8_0;
+        if !supported() {
+            eprintln!("skipped: no AVX-512 VNNI");
+            return;
+        }
+        let (rows, cols) = (32, 160);
+        for ty in [GgmlType::Q4_0, GgmlType::Q5_0, GgmlType::Q8_0] {
+            let data = random_rows(ty, rows, cols, 9);
+            let mut packed = vec![0u8; data.len()];
+            repack(ty, &data, cols, &mut packed);
+            let rb = cols / 32 * ty.type_size();
+            for n in [1, 2, 5, 8, 11] {
+                let x = crate::kernels::tests::uniform(n * cols, 31 + n as u32);
+                let acts = quantize_q8_0(&x);
+                let act_rows: Vec<&[BlockQ8_0]> = acts.chunks_exact(cols / 32).collect();
+                for (g, group) in packed.chunks_exact(ROWS * rb).enumerate() {
+                    let mut out = vec![0f32; ROWS * n];
+                    dot_small(ty, group, &act_rows, &mut out);
+                    for r in 0..ROWS {
+                        let row = &data[(g * ROWS + r) * rb..][..rb];
+                        for (i, a) in act_rows.iter().enumerate() {
+                            let want = scalar::dot_s_row(ty, row, a);
+                            let got = out[r * n + i];
+                            assert!(
+                                (got - want).abs() <= 1e-4 * want.abs().max(1e-1),
+                                "{ty:?} n {n} row {} act {i}: {got} vs {want}",
+                                g * ROWS + r
+                            );
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
     fn products_match_the_scalar_reference_for_every_batch_size() {
         if !supported() {
             eprintln!("skipped: no AVX-512 VNNI");
             return;
         }
         let (rows, cols) = (32, 768);
-        for ty in TYPES {
+        for ty in [GgmlType::Q4_K, GgmlType::Q6_K] {
             let data = random_rows(ty, rows, cols, 5);
             let mut packed = vec![0u8; data.len()];
             repack(ty, &data, cols, &mut packed);

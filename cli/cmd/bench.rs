@@ -166,6 +166,9 @@ fn memory(args: MemoryArgs) -> anyhow::Result<i32> {
 struct MoeRow {
     model: String,
     quant: String,
+    /// How the experts are stored: `16-row` (repacked as the engine's loader repacks them) or
+    /// `row-major` (the file's layout).
+    layout: &'static str,
     batch: usize,
     threads: usize,
     nodes: usize,
@@ -210,8 +213,9 @@ fn moe(args: MoeArgs) -> anyhow::Result<i32> {
     let (hidden, n_ff) = (shape.hidden as usize, shape.moe_intermediate as usize);
     let layer_bytes = n_experts * fmt.expert_bytes(hidden, n_ff);
     let layers = args.layers.unwrap_or_else(|| default_layers(layer_bytes)).max(1);
+    let storage = if fmt.repacked(hidden, n_ff) { "16-row" } else { "row-major" };
     eprintln!(
-        "bench moe: {} experts × {} layers of {} ({:.1} GB, synthetic weights), {} threads on {} node(s)",
+        "bench moe: {} experts × {} layers of {} in the {storage} layout ({:.1} GB, synthetic weights), {} threads on {} node(s)",
         n_experts,
         layers,
         args.quant,
@@ -274,6 +278,7 @@ fn moe(args: MoeArgs) -> anyhow::Result<i32> {
         rows.push(MoeRow {
             model: shape.name.clone(),
             quant: args.quant.to_ascii_uppercase(),
+            layout: storage,
             batch,
             threads: pool.threads(),
             nodes: layout.nodes.len(),
@@ -471,6 +476,16 @@ impl ExpertFormat {
     fn row_bytes(self, cols: usize) -> usize {
         self.matrix_bytes(1, cols)
     }
+
+    /// Whether experts of this format are repacked 16 rows at a time, as the engine's loader
+    /// repacks routed experts (Q4_K and Q6_K on AVX-512 VNNI CPUs; the 32-weight block types
+    /// too where the CPU has no AMX tiles).
+    fn repacked(self, hidden: usize, n_ff: usize) -> bool {
+        let ExpertFormat::Ggml(t) = self else { return false };
+        let small_here = !x16::prompt_tiles();
+        let layout = !x16::is_small(t) || small_here;
+        layout && x16::enabled() && x16::fits(t, n_ff, hidden) && x16::fits(t, hidden, n_ff)
+    }
 }
 
 /// One MoE layer's expert weights in anonymous memory, first touched by the threads that will
@@ -500,10 +515,7 @@ impl LayerWeights {
         let anon =
             |n: usize| memmap2::MmapMut::map_anon(n).with_context(|| format!("allocating {n} bytes of expert weights"));
         let (mut gate, mut up, mut down) = (anon(n_experts * gu)?, anon(n_experts * gu)?, anon(n_experts * dn)?);
-        let repacked = match fmt {
-            ExpertFormat::Ggml(t) => x16::enabled() && x16::fits(t, n_ff, hidden) && x16::fits(t, hidden, n_ff),
-            ExpertFormat::Fp8 => false,
-        };
+        let repacked = fmt.repacked(hidden, n_ff);
         let bases = [
             (SyncPtr(gate.as_mut_ptr()), gu, n_ff, hidden),
             (SyncPtr(up.as_mut_ptr()), gu, n_ff, hidden),

@@ -136,7 +136,7 @@ fn repack_for_kernels(t: &GgufTensor, bytes: &mut [u8]) -> bool {
         return false;
     }
     // The 32-weight block types' layout has been measured only on a CPU without AMX.
-    let tiles = prompt_tiles();
+    let tiles = x16::prompt_tiles();
     let small = x16::is_small(t.ggml_type);
     let (cols, rows, wanted) = match t.dims[..] {
         [cols, rows, _] => {
@@ -178,18 +178,6 @@ fn products_only(name: &str) -> bool {
         tail.strip_suffix(".weight")
     }
     layer_kind(name).is_some_and(|kind| LAYER.contains(&kind))
-}
-
-/// Whether a prompt's products with row-major weights run on AMX tiles here.
-fn prompt_tiles() -> bool {
-    #[cfg(target_arch = "x86_64")]
-    {
-        crate::kernels::amx::available()
-    }
-    #[cfg(not(target_arch = "x86_64"))]
-    {
-        false
-    }
 }
 
 /// Loads an HF transformers folder (config.json + safetensors).
@@ -286,10 +274,10 @@ mod tests {
         let src = GgufSource::new(Arc::new(file));
         let weight = |name: &str| src.weight(name).unwrap().unwrap();
         let other = weight("blk.1.attn_q_a.weight");
-        let dense = if x16::enabled() && !prompt_tiles() { WeightType::X16(GgmlType::Q4_K) } else { other.ty };
+        let dense = if x16::enabled() && !x16::prompt_tiles() { WeightType::X16(GgmlType::Q4_K) } else { other.ty };
         assert_eq!(other.ty, dense, "products-only matrices are repacked where no AMX tiles take them");
         let v_b = weight("blk.1.attn_v_b.weight");
-        let heads = if x16::enabled() && !prompt_tiles() { WeightType::X16(GgmlType::Q6_K) } else { v_b.ty };
+        let heads = if x16::enabled() && !x16::prompt_tiles() { WeightType::X16(GgmlType::Q6_K) } else { v_b.ty };
         assert_eq!(v_b.ty, heads, "MLA's per-head values are repacked where no AMX tiles take them");
         let embd = weight("token_embd.weight");
         assert_eq!(embd.ty, WeightType::Ggml(GgmlType::Q4_K), "the token embeddings are read by row");
@@ -300,7 +288,7 @@ mod tests {
         ];
         for (name, ty, plain) in stacks {
             let experts = weight(name);
-            if !x16::enabled() || (x16::is_small(ty) && prompt_tiles()) {
+            if !x16::enabled() || (x16::is_small(ty) && x16::prompt_tiles()) {
                 eprintln!("{ty:?}: no repacking on this CPU");
                 assert_eq!(experts.ty, WeightType::Ggml(ty));
                 continue;

@@ -82,6 +82,19 @@ pub fn enabled() -> bool {
     supported() && std::env::var("HY_REPACK").map_or(true, |v| v != "0")
 }
 
+/// Whether a prompt's products with row-major weights run on AMX tiles here (the loader then
+/// repacks only the routed k-quant experts).
+pub fn prompt_tiles() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        super::amx::available()
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        false
+    }
+}
+
 /// Whether [`dot`] runs on this CPU (AVX-512 F/BW/VL and VNNI).
 pub fn supported() -> bool {
     cfg!(target_arch = "x86_64") && super::simd::vnni_supported()

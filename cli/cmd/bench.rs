@@ -90,8 +90,9 @@ pub struct MoeArgs {
     #[arg(long, default_value = "deepseek-v3")]
     pub synth: String,
     /// Expert weight format: q4_k, q8_0, q6_k, q5_k, q3_k, q2_k, fp8 (e4m3, 128×128 block scales).
-    /// Q4_K and Q6_K are repacked 16 rows at a time as the engine repacks them at load
-    /// (AVX-512 VNNI CPUs; `HY_REPACK=0` keeps the file layout).
+    /// Repacked 16 rows at a time where the engine's loader would repack them (Q4_K, Q6_K on
+    /// AVX-512 VNNI CPUs; without AMX also Q8_0, Q5_0, Q4_0; `HY_REPACK=0` keeps the file
+    /// layout).
     #[arg(long, default_value = "q4_k")]
     pub quant: String,
     /// Sequences decoded together; each step reads the experts any of them selects once.

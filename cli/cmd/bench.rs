@@ -479,13 +479,10 @@ impl ExpertFormat {
     }
 
     /// Whether experts of this format are repacked 16 rows at a time, as the engine's loader
-    /// repacks routed experts (Q4_K and Q6_K on AVX-512 VNNI CPUs; the 32-weight block types
-    /// too where the CPU has no AMX tiles).
+    /// repacks routed experts (`x16::repacks_experts`).
     fn repacked(self, hidden: usize, n_ff: usize) -> bool {
         let ExpertFormat::Ggml(t) = self else { return false };
-        let small_here = !x16::prompt_tiles();
-        let layout = !x16::is_small(t) || small_here;
-        layout && x16::enabled() && x16::fits(t, n_ff, hidden) && x16::fits(t, hidden, n_ff)
+        x16::repacks_experts(t) && x16::fits(t, n_ff, hidden) && x16::fits(t, hidden, n_ff)
     }
 }
 

@@ -135,16 +135,15 @@ fn repack_for_kernels(t: &GgufTensor, bytes: &mut [u8]) -> bool {
     if precision() != Precision::Fast || llama_order() || !x16::enabled() {
         return false;
     }
-    // The 32-weight block types' layout has been measured only on a CPU without AMX.
     let tiles = x16::prompt_tiles();
-    let small = x16::is_small(t.ggml_type);
+    let kind = layer_kind(&t.name).unwrap_or("");
     let (cols, rows, wanted) = match t.dims[..] {
         [cols, rows, _] => {
-            let experts = t.name.ends_with("_exps.weight") && !(small && tiles);
-            let per_head = (t.name.ends_with(".attn_k_b.weight") || t.name.ends_with(".attn_v_b.weight")) && !tiles;
+            let experts = kind.ends_with("_exps") && x16::repacks_experts(t.ggml_type);
+            let per_head = matches!(kind, "attn_k_b" | "attn_v_b") && !tiles;
             (cols, rows, experts || per_head)
         }
-        [cols, rows] => (cols, rows, products_only(&t.name) && !tiles),
+        [cols, rows] => (cols, rows, products_only(kind) && !tiles),
         _ => return false,
     };
     if !(wanted && x16::fits(t.ggml_type, rows as usize, cols as usize)) {
@@ -154,9 +153,16 @@ fn repack_for_kernels(t: &GgufTensor, bytes: &mut [u8]) -> bool {
     true
 }
 
-/// Whether the models use tensor `name` only as the weights of products (never by row or by
-/// its bytes; `attn_kv_b` is rearranged at load, `token_embd` read by row).
-fn products_only(name: &str) -> bool {
+/// `attn_q` for `blk.3.attn_q.weight`: the kind of a layer tensor (None for the others).
+fn layer_kind(name: &str) -> Option<&str> {
+    let (index, tail) = name.strip_prefix("blk.")?.split_once('.')?;
+    index.parse::<usize>().ok()?;
+    tail.strip_suffix(".weight")
+}
+
+/// Whether the models use layer tensors of `kind` (see [`layer_kind`]) only as the weights of
+/// products (never by row or by their bytes; `attn_kv_b` is rearranged at load).
+fn products_only(kind: &str) -> bool {
     const LAYER: [&str; 13] = [
         "attn_q",
         "attn_k",
@@ -172,12 +178,7 @@ fn products_only(name: &str) -> bool {
         "ffn_up_shexp",
         "ffn_down_shexp",
     ];
-    fn layer_kind(name: &str) -> Option<&str> {
-        let (index, tail) = name.strip_prefix("blk.")?.split_once('.')?;
-        index.parse::<usize>().ok()?;
-        tail.strip_suffix(".weight")
-    }
-    layer_kind(name).is_some_and(|kind| LAYER.contains(&kind))
+    LAYER.contains(&kind)
 }
 
 /// Loads an HF transformers folder (config.json + safetensors).
@@ -256,12 +257,13 @@ mod tests {
 
     #[test]
     fn products_only_names_the_layer_matrices() {
+        let kind = |name| layer_kind(name).unwrap_or("");
         for yes in ["blk.0.attn_output.weight", "blk.12.ffn_down_shexp.weight", "blk.3.attn_q_b.weight"] {
-            assert!(products_only(yes), "{yes}");
+            assert!(products_only(kind(yes)), "{yes}");
         }
         let no = ["token_embd.weight", "output.weight", "blk.0.attn_kv_b.weight", "blk.1.ffn_gate_inp.weight"];
         for no in no.into_iter().chain(["blk.x.attn_q.weight"]) {
-            assert!(!products_only(no), "{no}");
+            assert!(!products_only(kind(no)), "{no}");
         }
     }
 

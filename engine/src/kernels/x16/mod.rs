@@ -82,6 +82,14 @@ pub fn enabled() -> bool {
     supported() && std::env::var("HY_REPACK").map_or(true, |v| v != "0")
 }
 
+/// Whether routed experts of `ty` take the 16-row layout at load (`models::loader`; `hy bench
+/// moe` places its experts the same way): Q4_K and Q6_K wherever the kernels run; the
+/// 32-weight block types only where a prompt's products have no AMX tiles, because their
+/// layout has been measured only on such a CPU.
+pub fn repacks_experts(ty: GgmlType) -> bool {
+    enabled() && has_layout(ty) && (!is_small(ty) || !prompt_tiles())
+}
+
 /// Whether a prompt's products with row-major weights run on AMX tiles here (the loader then
 /// repacks only the routed k-quant experts).
 pub fn prompt_tiles() -> bool {
@@ -101,7 +109,7 @@ pub fn supported() -> bool {
 }
 
 /// Bytes of one 16-row group of `cols` columns of `ty`.
-fn group_bytes(ty: GgmlType, cols: usize) -> usize {
+pub(super) fn group_bytes(ty: GgmlType, cols: usize) -> usize {
     cols / ty.block_size() * ROWS * ty.type_size()
 }
 

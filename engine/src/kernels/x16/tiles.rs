@@ -110,8 +110,9 @@ thread_local! {
 /// The driver (the tile instructions or, in tests, their model).
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512bf16,avx512vnni,avx2,fma,f16c")]
 pub(crate) unsafe fn run<H: Tiles>(hw: &mut H, ty: GgmlType, data: &[u8], cols: usize, acts: &Acts, out: &mut [f32]) {
-    assert!(super::has_layout(ty) && cols.is_multiple_of(256) && acts.cols == cols);
-    let group_bytes = ROWS * cols / 256 * ty.type_size();
+    // `decode_group` decodes these two only (`matvec` sends no other type here).
+    assert!(matches!(ty, GgmlType::Q4_K | GgmlType::Q6_K) && cols.is_multiple_of(256) && acts.cols == cols);
+    let group_bytes = super::group_bytes(ty, cols);
     let groups = data.len() / group_bytes;
     let n = acts.n;
     assert!(data.len() == groups * group_bytes && out.len() == groups * ROWS * n);

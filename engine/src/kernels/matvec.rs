@@ -101,13 +101,15 @@ impl Prepared<'_> {
     /// Whether these activations can be used with weights of type `ty` (f32 activations suit
     /// every type; Q8_K ones suit the k-quants, Q8_0 ones the Q4_0 family).
     pub fn suits(&self, ty: WeightType) -> bool {
-        match (&self.act, ty) {
+        // The repacked layout's own tiles; everything else suits a repacked matrix as it suits
+        // the file's layout (`matmul_rows` unpacks what its 16-row kernels cannot take).
+        #[cfg(target_arch = "x86_64")]
+        if let Act::X16Tiles(_) = &self.act {
+            return matches!(ty, WeightType::X16(t) if is_k_quant(t));
+        }
+        match (&self.act, ty.unpacked()) {
             (Act::F32(_), _) => true,
             (Act::Q8K(_), WeightType::Ggml(t)) => is_k_quant(t),
-            (Act::Q8K(_), WeightType::X16(t)) => is_k_quant(t),
-            (Act::Q8_0(_), WeightType::X16(t)) => is_small_block(t),
-            #[cfg(target_arch = "x86_64")]
-            (Act::X16Tiles(_), WeightType::X16(t)) => is_k_quant(t),
             (Act::Q8_0(_), WeightType::Ggml(t)) => is_small_block(t),
             (Act::Bf16(_), WeightType::Fp8E4M3Block128) => true,
             #[cfg(target_arch = "x86_64")]
@@ -192,10 +194,8 @@ fn prepare_for<'x>(
     }
     #[cfg(not(target_arch = "x86_64"))]
     let _ = split;
-    let act = match (p, ty) {
+    let act = match (p, ty.unpacked()) {
         (Precision::Fast, WeightType::Ggml(t)) if is_k_quant(t) => Act::Q8K(quantize_q8_k_rows(x, n)),
-        (Precision::Fast, WeightType::X16(t)) if is_k_quant(t) => Act::Q8K(quantize_q8_k_rows(x, n)),
-        (Precision::Fast, WeightType::X16(_)) => Act::Q8_0(quantize_q8_0(x)),
         (Precision::Fast, WeightType::Ggml(t)) if is_small_block(t) => Act::Q8_0(quantize_q8_0(x)),
         (Precision::Fast, WeightType::Fp8E4M3Block128) if simd::fp8_bf16_enabled() => Act::Bf16(fp8::prepare_bf16(x)),
         _ => Act::F32(x),
@@ -548,9 +548,7 @@ pub fn dequantize_matrix(w: &QMatrix) -> Vec<f32> {
         WeightType::X16(t) => {
             let mut plain = vec![0u8; w.data.len()];
             super::x16::unpack(t, w.data, w.cols, &mut plain);
-            for (row, o) in plain.chunks_exact(rb).zip(out.chunks_exact_mut(w.cols)) {
-                super::dequant::dequantize_unchecked(t, row, o);
-            }
+            return dequantize_matrix(&QMatrix { ty: WeightType::Ggml(t), data: &plain, ..*w });
         }
         WeightType::Fp8E4M3Block128 => {
             let cb = w.cols.div_ceil(128);

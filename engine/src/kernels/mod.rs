@@ -88,8 +88,9 @@ pub enum WeightType {
     Ggml(GgmlType),
     /// float8 e4m3 weights with an f32 `scale_inv` per 128×128 block (DeepSeek FP8 release).
     Fp8E4M3Block128,
-    /// Q4_K or Q6_K rows repacked 16 at a time for the small-batch kernels ([`x16`]): routed
-    /// experts copied into memory, in Fast precision on AVX-512 VNNI CPUs. Same bytes per row.
+    /// Rows of a GGML type repacked 16 at a time for the 16-row kernels ([`x16`]: Q4_K, Q6_K,
+    /// Q4_0, Q5_0, Q8_0), as the loader repacks matrices copied into memory in Fast precision
+    /// on AVX-512 VNNI CPUs. Same bytes per row as the type.
     X16(GgmlType),
 }
 

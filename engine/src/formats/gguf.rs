@@ -332,30 +332,23 @@ impl GgufFile {
     /// `repack(tensor, bytes)` returns true has rewritten its bytes (same length) into a
     /// layout for the kernels; [`GgufFile::is_repacked`] then says so. A tensor of a shard that
     /// could not be copied keeps the file's layout.
-    pub fn load_into_memory_repacking(&mut self, repack: &(dyn Fn(&GgufTensor, &mut [u8]) -> bool + Sync)) -> u64 {
-        let done: Vec<std::sync::atomic::AtomicBool> =
-            self.tensors.iter().map(|_| std::sync::atomic::AtomicBool::new(false)).collect();
+    pub fn load_into_memory_repacking(&mut self, repack: &dyn Fn(&GgufTensor, &mut [u8]) -> bool) -> u64 {
+        let mut rewritten = vec![false; self.tensors.len()];
         let tensors = &self.tensors;
-        let edit = |shard: usize, bytes: &mut [u8]| {
-            for (t, d) in tensors.iter().zip(&done).filter(|(t, _)| t.shard == shard) {
-                let range = t.offset as usize..(t.offset + t.n_bytes) as usize;
-                if repack(t, &mut bytes[range]) {
-                    d.store(true, std::sync::atomic::Ordering::Relaxed);
-                }
+        let copies = super::copy_to_anonymous(&self.maps, &mut |shard, bytes| {
+            for (i, t) in tensors.iter().enumerate().filter(|(_, t)| t.shard == shard) {
+                rewritten[i] = repack(t, &mut bytes[t.offset as usize..(t.offset + t.n_bytes) as usize]);
             }
-        };
-        let copies = super::copy_to_anonymous(&self.maps, &edit);
+        });
         let mut copied = 0;
-        for (shard, (m, c)) in self.maps.iter_mut().zip(copies).enumerate() {
+        for (m, c) in self.maps.iter_mut().zip(&copies) {
             if let Some(c) = c {
                 copied += c.len() as u64;
-                *m = c;
-                for (i, t) in self.tensors.iter().enumerate() {
-                    if t.shard == shard && done[i].load(std::sync::atomic::Ordering::Relaxed) {
-                        self.repacked[i] = true;
-                    }
-                }
+                *m = c.clone();
             }
+        }
+        for ((done, t), r) in self.repacked.iter_mut().zip(&self.tensors).zip(rewritten) {
+            *done |= r && copies[t.shard].is_some();
         }
         copied
     }

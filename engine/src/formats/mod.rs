@@ -34,10 +34,11 @@ pub fn prefault(maps: &[Arc<memmap2::Mmap>]) -> u64 {
 /// faster than the page cache's 4 KB pages: one TLB entry per 2 MB instead of 512, and the
 /// hardware prefetchers, which stop at page boundaries, run on. Returns `None` for a map
 /// that could not be allocated (the caller keeps the file mapping). `edit(i, bytes)` may
-/// rewrite map `i`'s copy before it is made read-only (repacking weights for the kernels).
+/// rewrite map `i`'s copy before it is made read-only (repacking weights for the kernels);
+/// maps are copied one after the other, each in parallel chunks.
 pub fn copy_to_anonymous(
     maps: &[Arc<memmap2::Mmap>],
-    edit: &(dyn Fn(usize, &mut [u8]) + Sync),
+    edit: &mut dyn FnMut(usize, &mut [u8]),
 ) -> Vec<Option<Arc<memmap2::Mmap>>> {
     use rayon::prelude::*;
     const CHUNK: usize = 16 << 20;

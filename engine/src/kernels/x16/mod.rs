@@ -174,9 +174,11 @@ pub fn dot(ty: GgmlType, group: &[u8], acts: &[&[BlockQ8K]], out: &mut [f32]) {
         // SAFETY: VNNI (with AVX-512 F/BW/VL, AVX2, F16C) checked by `by_chunks`; lengths too.
         #[cfg(target_arch = "x86_64")]
         unsafe {
+            use q4k::dot_n as q4k_dot;
+            use q6k::dot_n as q6k_dot;
             match ty {
-                GgmlType::Q4_K => q4k::dot_chunk(group, chunk, acc),
-                _ => q6k::dot_chunk(group, chunk, acc),
+                GgmlType::Q4_K => by_count!(q4k_dot, chunk.len(), (group, chunk, acc)),
+                _ => by_count!(q6k_dot, chunk.len(), (group, chunk, acc)),
             }
         }
     })

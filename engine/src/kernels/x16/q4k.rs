@@ -15,7 +15,7 @@
 #[cfg(target_arch = "x86_64")]
 use std::arch::x86_64::*;
 
-use super::{MAX_N, ROWS};
+use super::ROWS;
 use crate::kernels::blocks::scale_min_k4;
 use crate::kernels::quant::BlockQ8K;
 
@@ -103,13 +103,6 @@ pub(super) fn unpack_row(b: &[u8], r: usize, out: &mut [u8]) {
     }
 }
 
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
-pub(super) unsafe fn dot_chunk(group: &[u8], a: &[&[BlockQ8K]], out: &mut [[f32; ROWS]]) {
-    // SAFETY: same features; N = a.len() = out.len() (1..=MAX_N).
-    unsafe { by_count!(dot_n, a.len(), (group, a, out)) }
-}
-
 /// Scale and min of sub-block `j` for the 16 rows of the repacked block at `p` (`hi`: its 16
 /// words of high bits), as i32 lanes.
 ///
@@ -136,7 +129,7 @@ pub(super) unsafe fn scale_min(p: *const u8, hi: __m512i, j: usize) -> (__m512i,
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
-unsafe fn dot_n<const N: usize>(group: &[u8], acts: &[&[BlockQ8K]], out: &mut [[f32; ROWS]]) {
+pub(super) unsafe fn dot_n<const N: usize>(group: &[u8], acts: &[&[BlockQ8K]], out: &mut [[f32; ROWS]]) {
     let nib = _mm512_set1_epi8(15);
     let pf = crate::kernels::simd::prefetch_distance();
     let mut total = [_mm512_setzero_ps(); N];

@@ -16,7 +16,7 @@
 #[cfg(target_arch = "x86_64")]
 use std::arch::x86_64::*;
 
-use super::{MAX_N, ROWS};
+use super::ROWS;
 use crate::kernels::quant::BlockQ8K;
 
 /// Bytes of one row's Q6_K block.
@@ -114,13 +114,6 @@ pub(super) fn unpack_row(b: &[u8], r: usize, out: &mut [u8]) {
     store_quants(&q, out);
 }
 
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
-pub(super) unsafe fn dot_chunk(group: &[u8], a: &[&[BlockQ8K]], out: &mut [[f32; ROWS]]) {
-    // SAFETY: same features; N = a.len() = out.len() (1..=MAX_N).
-    unsafe { by_count!(dot_n, a.len(), (group, a, out)) }
-}
-
 /// The high 2 bits of quads `4h + k` (k = 0..4) of the 32 weights `j` of the 16 rows of the
 /// repacked block at `p`, moved to bits 4..6 of each byte.
 ///
@@ -161,7 +154,7 @@ pub(super) unsafe fn quad_pair(p: *const u8, j: usize, pair: usize, hi: (__m512i
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
-unsafe fn dot_n<const N: usize>(group: &[u8], acts: &[&[BlockQ8K]], out: &mut [[f32; ROWS]]) {
+pub(super) unsafe fn dot_n<const N: usize>(group: &[u8], acts: &[&[BlockQ8K]], out: &mut [[f32; ROWS]]) {
     let low16 = _mm512_set1_epi32(0xFFFF);
     let pf = crate::kernels::simd::prefetch_distance();
     let mut total = [_mm512_setzero_ps(); N];

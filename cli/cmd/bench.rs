@@ -424,7 +424,7 @@ fn default_layers(layer_bytes: usize) -> usize {
     (avail / 4 / layer_bytes.max(1)).clamp(1, 4)
 }
 
-#[derive(Clone, Copy, PartialEq, Eq)]
+#[derive(Clone, Copy)]
 enum ExpertFormat {
     Ggml(GgmlType),
     Fp8,

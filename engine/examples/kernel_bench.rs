@@ -157,14 +157,13 @@ fn run(o: &Opts) {
 }
 
 fn bench_type(o: &Opts, name: &str, target: usize) {
+    // `Q4_K_X16` etc.: the type repacked 16 rows at a time (`kernels::x16`).
+    let (base, repacked) = name.strip_suffix("_X16").map_or((name, false), |b| (b, true));
     let (ty, wt) = if name == "FP8" {
         (None, WeightType::Fp8E4M3Block128)
-    } else if let Some(t) =
-        name.strip_suffix("_X16").and_then(|n| (0..64).filter_map(GgmlType::from_u32).find(|t| t.name() == n))
-    {
-        (Some(t), WeightType::X16(t))
     } else {
-        match (0..64).filter_map(GgmlType::from_u32).find(|t| t.name() == name) {
+        match (0..64).filter_map(GgmlType::from_u32).find(|t| t.name() == base) {
+            Some(t) if repacked => (Some(t), WeightType::X16(t)),
             Some(t) => (Some(t), WeightType::Ggml(t)),
             None => {
                 eprintln!("kernel_bench: unknown type {name}");
@@ -183,11 +182,11 @@ fn bench_type(o: &Opts, name: &str, target: usize) {
     let mut data = vec![0u8; rows * row_bytes];
     fill(ty, &mut data);
     if let WeightType::X16(t) = wt {
-        let plain = data.clone();
-        let group = 16 * row_bytes;
-        data.par_chunks_mut(group)
-            .zip(plain.par_chunks(group))
-            .for_each(|(o, p)| hy_engine::kernels::x16::repack(t, p, cols, o));
+        if !hy_engine::kernels::x16::fits(t, rows, cols) {
+            eprintln!("kernel_bench: {name} has no 16-row layout for {cols} columns");
+            return;
+        }
+        hy_engine::kernels::x16::repack_in_place(t, &mut data, cols);
     }
     let scales: Vec<u8> = (0..rows.div_ceil(128) * cols.div_ceil(128)).flat_map(|_| 0.01f32.to_le_bytes()).collect();
     let w = QMatrix { ty: wt, rows, cols, data: &data, block_scales: if ty.is_none() { &scales } else { &[] } };

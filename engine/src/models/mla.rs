@@ -104,11 +104,9 @@ impl HeadPass<'_> {
             }
             let p = kernels::prepare(self.k_b[hd].ty, d.nope, &q_nope, n);
             kernels::matmul_rows(isa, &self.k_b[hd], &p, 0..d.lora, &mut t[..d.lora * n]);
-            for i in 0..n {
-                let dst = &mut qq[(k * n + i) * width..][..width];
-                for (r, v) in dst[..d.lora].iter_mut().enumerate() {
-                    *v = t[r * n + i];
-                }
+            let head = &mut qq[k * n * width..(k + 1) * n * width];
+            transpose_into(&t[..d.lora * n], d.lora, n, head, width);
+            for (i, dst) in head.chunks_exact_mut(width).enumerate() {
                 dst[d.lora..].copy_from_slice(&self.q[(i * d.n_heads + hd) * d.q_head() + d.nope..][..d.rope]);
             }
         }
@@ -157,20 +155,44 @@ impl HeadPass<'_> {
         drop(attend_scope);
         let _project = crate::runtime::profile::scope("attn_heads.project (thread sum)");
         // Output projection per head.
+        let mut o = vec![0f32; n * d.v_head];
         for (k, hd) in heads.enumerate() {
             let c = &ctx[k * n * d.lora..(k + 1) * n * d.lora];
             let p = kernels::prepare(self.v_b[hd].ty, d.lora, c, n);
             kernels::matmul_rows(isa, &self.v_b[hd], &p, 0..d.v_head, &mut t[..d.v_head * n]);
-            for i in 0..n {
-                for r in 0..d.v_head {
-                    // SAFETY: head hd's slots belong to this call only (heads are split into
-                    // disjoint ranges); the index is inside `out`, which outlives the job.
-                    unsafe { *out.ptr().add((i * d.n_heads + hd) * d.v_head + r) = t[r * n + i] };
+            transpose_into(&t[..d.v_head * n], d.v_head, n, &mut o, d.v_head);
+            for (i, src) in o.chunks_exact(d.v_head).enumerate() {
+                // SAFETY: head hd's slots belong to this call only (heads are split into
+                // disjoint ranges); the range is inside `out`, which outlives the job.
+                let dst =
+                    unsafe { std::slice::from_raw_parts_mut(out.ptr().add((i * d.n_heads + hd) * d.v_head), d.v_head) };
+                dst.copy_from_slice(src);
+            }
+        }
+    }
+}
+
+/// Rows × n results of the kernels (`t[r·n + i]`) into n rows of `stride` values (`rows` of
+/// them written, `dst[i·stride + r]`), a block of [`TRANSPOSE_BLOCK`]² at a time: row by row,
+/// a prompt's thousand tokens put every read on another cache line.
+fn transpose_into(t: &[f32], rows: usize, n: usize, dst: &mut [f32], stride: usize) {
+    debug_assert!(t.len() == rows * n && dst.len() >= n * stride && rows <= stride);
+    for i0 in (0..n).step_by(TRANSPOSE_BLOCK) {
+        let i1 = (i0 + TRANSPOSE_BLOCK).min(n);
+        for r0 in (0..rows).step_by(TRANSPOSE_BLOCK) {
+            let r1 = (r0 + TRANSPOSE_BLOCK).min(rows);
+            for i in i0..i1 {
+                let d = &mut dst[i * stride + r0..i * stride + r1];
+                for (r, v) in (r0..r1).zip(d) {
+                    *v = t[r * n + i];
                 }
             }
         }
     }
 }
+
+/// Side of the blocks [`transpose_into`] moves: 32 × 32 f32 reads and writes stay in L1.
+const TRANSPOSE_BLOCK: usize = 32;
 
 /// Reused buffers of [`attend`].
 #[derive(Default)]
@@ -463,6 +485,23 @@ mod tests {
                 let want = naive(values, len, width, lora, 0.3, q);
                 for (a, b) in s.ctx[k * lora..(k + 1) * lora].iter().zip(&want) {
                     assert!((a - b).abs() < 1e-5, "head {k}: {a} vs {b}");
+                }
+            }
+        }
+    }
+
+    /// The blocked transpose puts every value where the plain loop puts it, for shapes that
+    /// are and are not multiples of the block, and leaves the rest of each row alone.
+    #[test]
+    fn transpose_into_equals_the_plain_transpose() {
+        for (rows, n, stride) in [(512, 70, 576), (128, 1, 128), (33, 64, 40), (64, 100, 64)] {
+            let t = uniform(rows * n, 9);
+            let mut got = vec![-1f32; n * stride];
+            transpose_into(&t, rows, n, &mut got, stride);
+            for i in 0..n {
+                for r in 0..stride {
+                    let want = if r < rows { t[r * n + i] } else { -1.0 };
+                    assert_eq!(got[i * stride + r], want, "{rows}×{n} row {i} col {r}");
                 }
             }
         }

@@ -190,7 +190,8 @@ fn predict(
 /// Fits the efficiencies to the decode measurements: the CPU bandwidth efficiency so that
 /// batch 1 (mostly streaming) matches, then the CPU compute efficiency so that the largest
 /// batch matches (larger batches reuse each weight read, and their arithmetic, which the
-/// speed model adds to the streaming time, grows). Fixed-point rounds, since the two
+/// speed model adds to the streaming time or, for matrices in the 16-row layout, overlaps
+/// with it, grows). Fixed-point rounds, since the two
 /// interact. Prefill is reported, not fitted: it is dominated by prompt attention.
 fn calibrate(
     base: &Efficiency,

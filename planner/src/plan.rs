@@ -839,8 +839,8 @@ fn decode_step(pl: &Placed, position: u64, n: u64) -> StepBreakdown {
     let cpu_bw = topo.cpu_bandwidth_gbps() * 1e9 * eff.cpu_bandwidth_efficiency;
     let cpu_flops = topo.cpu_tflops * 1e12 * eff.cpu_compute_efficiency;
     let cpu_expert_flops = 2.0 * (n * a.experts_per_token) as f64 * expert_params * cpu_moe_layers as f64;
-    // Streaming and arithmetic add up rather than overlap (as for the GPU below): the CPU
-    // kernels decode the weights they stream on the same cores, and a roofline maximum
+    // The experts' streaming and arithmetic add up rather than overlap (as for the GPU below):
+    // the CPU kernels decode the weights they stream on the same cores, and a roofline maximum
     // over-predicted the middle of a batch sweep (device, batch 1 / 4 / 16 calibrated at 1 and
     // 16: batch 4 +18% and +22% in two runs; the sum: +2% and +7%).
     let cpu_experts = cpu_expert_bytes / cpu_bw + cpu_expert_flops / cpu_flops;
@@ -854,6 +854,17 @@ fn decode_step(pl: &Placed, position: u64, n: u64) -> StepBreakdown {
     let attn_flops = attention_flops_per_position(spec) * (n * position) as f64;
     let dense_flops =
         2.0 * n as f64 * (spec.active_params() - expert_params * a.experts_per_token as f64 * a.moe_layers() as f64);
+    // The CPU's share of the attention path: its weights' streaming and its products, with
+    // `weights_share` of the path and `flops_share` of the arithmetic. Products of matrices in
+    // the 16-row layout overlap their streaming (a few tokens cost the kernels barely more
+    // than one: on the 2-core EPYC VM batch 4 streamed in the time of its bytes), row-major
+    // ones add to it (the Xeon, whose row-major matrices turn compute-bound at a few
+    // tokens); the prompt-length attention itself always adds.
+    let cpu_path_ms = |bytes: f64, flops_share: f64| {
+        let (stream, products) = (bytes / cpu_bw, dense_flops * flops_share / cpu_flops);
+        let matrices = if topo.cpu_layer_matrices_repacked { stream.max(products) } else { stream + products };
+        1e3 * (matrices + attn_flops * flops_share / cpu_flops)
+    };
     let mut out = StepBreakdown {
         cpu_experts_bound_ms,
         cpu_expert_bytes_per_step: cpu_expert_bytes as u64,
@@ -862,7 +873,7 @@ fn decode_step(pl: &Placed, position: u64, n: u64) -> StepBreakdown {
     match (mode, topo.gpus.iter().max_by_key(|g| g.vram_bytes)) {
         ("cpu", _) | (_, None) => {
             let bytes = path + kv_read;
-            out.cpu_other_ms = 1e3 * (bytes / cpu_bw + (attn_flops + dense_flops) / cpu_flops);
+            out.cpu_other_ms = cpu_path_ms(bytes, 1.0);
             out.cpu_experts_ms = 1e3 * cpu_experts;
             out.sync_ms = a.num_layers as f64 * eff.cpu_layer_overhead_us / 1e3;
             out.cpu_bytes_per_step = (bytes + cpu_expert_bytes) as u64;
@@ -882,7 +893,7 @@ fn decode_step(pl: &Placed, position: u64, n: u64) -> StepBreakdown {
                 + gpu_attn.layers as f64 * eff.gpu_layer_overhead_us / 1e3;
             let cpu_path = (path - gpu_path) + kv_read * (1.0 - on_gpu);
             if gpu_attn.layers < a.num_layers {
-                out.cpu_other_ms = 1e3 * (cpu_path / cpu_bw + (attn_flops + dense_flops) * (1.0 - on_gpu) / cpu_flops);
+                out.cpu_other_ms = cpu_path_ms(cpu_path, 1.0 - on_gpu);
             }
             out.cpu_experts_ms = 1e3 * cpu_experts;
             let pcie = g.pcie_gbps * 1e9 * eff.pcie_efficiency;
@@ -1111,6 +1122,7 @@ mod tests {
             bandwidth_measured: true,
             // Compute is made free so the hand-computed cases are pure bandwidth.
             cpu_tflops: 1e9,
+            cpu_layer_matrices_repacked: false,
             notes: vec![],
         }
     }
@@ -1132,6 +1144,26 @@ mod tests {
     #[test]
     fn default_bandwidth_efficiency_is_the_one_the_tests_use() {
         assert_eq!(Efficiency::default().cpu_bandwidth_efficiency, BW_EFF);
+    }
+
+    /// Products of the attention path's matrices add to their streaming when the matrices are
+    /// row-major and overlap it in the 16-row layout: with the arithmetic far longer than the
+    /// streaming, the two differ by exactly the streaming time.
+    #[test]
+    fn repacked_layer_matrices_overlap_their_products_with_streaming() {
+        let other = |repacked: bool, tflops: f64| {
+            let t = Topology { cpu_tflops: tflops, cpu_layer_matrices_repacked: repacked, ..topo(1, 64, 100.0, None) };
+            let p = place(&toy(100), "toy", &t, &opts(4096, 1));
+            assert_eq!(p.mode, "cpu");
+            p.predicted.step.cpu_other_ms
+        };
+        let stream_ms = 1e3 * (80e6 + 4096.0 * 2048.0) / (100e9 * BW_EFF);
+        let (row_major, repacked) = (other(false, 1e-6), other(true, 1e-6));
+        assert!(repacked > 10.0 * stream_ms, "arithmetic-bound: {repacked} vs {stream_ms}");
+        assert!(close(row_major - repacked, stream_ms), "{row_major} − {repacked} vs {stream_ms}");
+        // With free arithmetic both are the streaming alone.
+        assert!(close(other(true, 1e9), other(false, 1e9)));
+        assert!((other(true, 1e9) - stream_ms).abs() < 1e-6);
     }
 
     #[test]

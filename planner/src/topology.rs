@@ -45,6 +45,11 @@ pub struct Topology {
     pub bandwidth_measured: bool,
     /// Peak CPU TFLOP/s (cores × clock × FLOP/cycle from vector features).
     pub cpu_tflops: f64,
+    /// Whether the engine keeps the attention and dense matrices in its 16-row layout here
+    /// (AVX-512 VNNI without AMX: the loader repacks them, see `engine/src/kernels/x16`). Its
+    /// kernels cost barely more for a few tokens than for one, so a small batch's products of
+    /// those matrices hide under their streaming instead of adding to it.
+    pub cpu_layer_matrices_repacked: bool,
     /// Assumptions made for unknown values, one sentence each.
     pub notes: Vec<String>,
 }
@@ -100,8 +105,16 @@ pub fn topology(hw: &HardwareSpec, eff: &Efficiency) -> Topology {
         memory_total_bytes: hw.memory.total_bytes,
         theoretical_gbps: theoretical,
         cpu_tflops,
+        cpu_layer_matrices_repacked: layer_matrices_repacked(&hw.cpu.features),
         notes,
     }
+}
+
+/// The engine's rule for repacking layer matrices (`x16::prompt_tiles` false on a VNNI CPU):
+/// with usable AMX tiles they stay row-major, for the tiles to take prompts.
+fn layer_matrices_repacked(f: &crate::hardware::CpuFeatures) -> bool {
+    let amx = f.amx_tile && f.amx_bf16 && f.avx512_bf16 && f.amx_permitted != Some(false);
+    f.avx512f && f.avx512_vnni && f.avx512bw && f.avx512vl && !amx
 }
 
 /// channels × MT/s × 8 B over all sockets, from whatever the file states.
@@ -292,6 +305,20 @@ mod tests {
             }],
             measured: None,
         }
+    }
+
+    /// The engine's rule: AVX-512 VNNI without usable AMX repacks the layer matrices.
+    #[test]
+    fn layer_matrices_are_repacked_on_vnni_cpus_without_usable_amx() {
+        let avx512 = CpuFeatures { avx512f: true, avx512bw: true, avx512vl: true, ..Default::default() };
+        let vnni = CpuFeatures { avx512_vnni: true, avx512_bf16: true, ..avx512.clone() };
+        let amx = CpuFeatures { amx_tile: true, amx_int8: true, amx_bf16: true, ..vnni.clone() };
+        assert!(layer_matrices_repacked(&vnni), "EPYC-like");
+        assert!(!layer_matrices_repacked(&amx), "AMX takes the prompts");
+        assert!(!layer_matrices_repacked(&CpuFeatures { amx_permitted: Some(true), ..amx.clone() }));
+        assert!(layer_matrices_repacked(&CpuFeatures { amx_permitted: Some(false), ..amx }), "tiles refused");
+        assert!(!layer_matrices_repacked(&avx512), "no VNNI: no 16-row kernels");
+        assert!(!layer_matrices_repacked(&CpuFeatures { avx2: true, ..Default::default() }));
     }
 
     #[test]

@@ -31,8 +31,21 @@
 //! the same byte range as before.
 
 /// `$f::<N>(args…)` with N = `$n`, the activation rows of one kernel pass (1..=[`MAX_N`]):
-/// the kernels keep one accumulator per row in registers, so N is a constant.
+/// the kernels keep one accumulator per row in registers, so N is a constant. `$f<C>` calls
+/// `$f::<C, N>` (a kernel with one more constant ahead of N).
 macro_rules! by_count {
+    ($f:ident<$lead:tt>, $n:expr, ($($arg:expr),*)) => {
+        match $n {
+            1 => $f::<$lead, 1>($($arg),*),
+            2 => $f::<$lead, 2>($($arg),*),
+            3 => $f::<$lead, 3>($($arg),*),
+            4 => $f::<$lead, 4>($($arg),*),
+            5 => $f::<$lead, 5>($($arg),*),
+            6 => $f::<$lead, 6>($($arg),*),
+            7 => $f::<$lead, 7>($($arg),*),
+            _ => $f::<$lead, { MAX_N }>($($arg),*),
+        }
+    };
     ($f:ident, $n:expr, ($($arg:expr),*)) => {
         match $n {
             1 => $f::<1>($($arg),*),
@@ -222,6 +235,40 @@ fn by_chunks<A>(
             for (r, &v) in a.iter().enumerate() {
                 out[r * n + c * MAX_N + i] = v;
             }
+        }
+    }
+}
+
+/// Pieces the three kernels share: an activation row's quants and sums as broadcast
+/// `vpdpbusd`/`vpdpwssd` operands, and the per-row totals out.
+#[cfg(target_arch = "x86_64")]
+mod lanes {
+    use std::arch::x86_64::*;
+
+    use super::ROWS;
+
+    /// Activation quants `at .. at + 4` as one dword in every lane.
+    #[inline]
+    #[target_feature(enable = "avx512f")]
+    pub(super) fn quad(q: &[i8], at: usize) -> __m512i {
+        _mm512_set1_epi32(i32::from_le_bytes([q[at] as u8, q[at + 1] as u8, q[at + 2] as u8, q[at + 3] as u8]))
+    }
+
+    /// A Q8_K block's 16-weight sums `2j` and `2j + 1` as the i16 halves of every lane (the
+    /// two sub-blocks' sums for one `vpdpwssd`).
+    #[inline]
+    #[target_feature(enable = "avx512f")]
+    pub(super) fn sum_pair(bsums: &[i16; 16], j: usize) -> __m512i {
+        _mm512_set1_epi32((bsums[2 * j] as u16 as u32 | (bsums[2 * j + 1] as u16 as u32) << 16) as i32)
+    }
+
+    /// Each activation row's 16 row totals into `out`.
+    #[inline]
+    #[target_feature(enable = "avx512f")]
+    pub(super) fn store<const N: usize>(total: &[__m512; N], out: &mut [[f32; ROWS]]) {
+        for (t, o) in total.iter().zip(out) {
+            // SAFETY: `o` is 16 writable f32.
+            unsafe { _mm512_storeu_ps(o.as_mut_ptr(), *t) };
         }
     }
 }

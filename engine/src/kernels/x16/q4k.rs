@@ -15,8 +15,10 @@
 #[cfg(target_arch = "x86_64")]
 use std::arch::x86_64::*;
 
+#[cfg(target_arch = "x86_64")]
+use super::lanes;
 use super::ROWS;
-use crate::kernels::blocks::scale_min_k4;
+use crate::kernels::blocks::{unpack_q4_k, KBlock};
 use crate::kernels::quant::BlockQ8K;
 
 /// Bytes of one repacked block (16 rows, 256 weights each).
@@ -29,18 +31,22 @@ const QS: usize = 256;
 /// Block `k` of 16 rows (`row(r)` gives row r's 144-byte block) into one repacked block.
 pub(super) fn repack_block<'a>(row: impl Fn(usize) -> &'a [u8], ob: &mut [u8]) {
     ob[HI..QS].fill(0);
+    let mut k = KBlock::default();
     for r in 0..ROWS {
         let b = row(r);
         ob[2 * r..2 * r + 2].copy_from_slice(&b[0..2]);
         ob[32 + 2 * r..32 + 2 * r + 2].copy_from_slice(&b[2..4]);
+        unpack_q4_k(b, &mut k);
         let mut hi = 0u32;
         for j in 0..8 {
-            let (sc, m) = scale_min_k4(j, &b[4..16]);
+            // Sub-block j covers 16-weight groups 2j and 2j + 1, which share its scale and min.
+            let (sc, m) = (k.scales[2 * j] as u32, k.mins[2 * j] as u32);
             ob[LO + 16 * j + r] = (sc as u8 & 15) | ((m as u8 & 15) << 4);
-            hi |= ((sc as u32 >> 4) | ((m as u32 >> 4) << 2)) << (4 * j);
+            hi |= ((sc >> 4) | ((m >> 4) << 2)) << (4 * j);
         }
         ob[HI + 4 * r..HI + 4 * r + 4].copy_from_slice(&hi.to_le_bytes());
-        let q = quants(b);
+        // The 4-bit quants, 0..=15.
+        let q = k.q.map(|v| v as u8);
         for j in 0..8 {
             for p in 0..4 {
                 let at = 32 * j + 8 * p;
@@ -51,19 +57,6 @@ pub(super) fn repack_block<'a>(row: impl Fn(usize) -> &'a [u8], ob: &mut [u8]) {
             }
         }
     }
-}
-
-/// The 256 4-bit quants of a Q4_K block in weight order: chunk c of 32 bytes holds weights
-/// 64c..64c+32 in its low nibbles and the next 32 in its high nibbles.
-fn quants(b: &[u8]) -> [u8; 256] {
-    let mut q = [0u8; 256];
-    for (c, bytes) in b[16..144].chunks_exact(32).enumerate() {
-        for (i, &v) in bytes.iter().enumerate() {
-            q[64 * c + i] = v & 15;
-            q[64 * c + 32 + i] = v >> 4;
-        }
-    }
-    q
 }
 
 /// Row `r` of one repacked block as a Q4_K block.
@@ -103,6 +96,40 @@ pub(super) fn unpack_row(b: &[u8], r: usize, out: &mut [u8]) {
     }
 }
 
+/// The 16 rows' `d` and `dmin` (f32 lanes) and the words of their scales' and mins' high bits,
+/// of the repacked block at `p`.
+///
+/// # Safety
+/// `p` addresses a whole repacked block.
+#[cfg(target_arch = "x86_64")]
+#[inline]
+#[target_feature(enable = "avx512f,avx512bw,f16c")]
+pub(super) unsafe fn header(p: *const u8) -> (__m512, __m512, __m512i) {
+    // SAFETY: inside the block (see the layout).
+    unsafe {
+        (
+            _mm512_cvtph_ps(_mm256_loadu_si256(p as *const __m256i)),
+            _mm512_cvtph_ps(_mm256_loadu_si256(p.add(32) as *const __m256i)),
+            _mm512_loadu_si512(p.add(HI) as *const _),
+        )
+    }
+}
+
+/// Quads `2·pair` and `2·pair + 1` of sub-block `j` of the repacked block at `p` as bytes (the
+/// 4-bit quants, one row per 32-bit lane).
+///
+/// # Safety
+/// `p` addresses a whole repacked block.
+#[cfg(target_arch = "x86_64")]
+#[inline]
+#[target_feature(enable = "avx512f,avx512bw")]
+pub(super) unsafe fn quad_pair(p: *const u8, j: usize, pair: usize) -> (__m512i, __m512i) {
+    let nib = _mm512_set1_epi8(15);
+    // SAFETY: inside the block.
+    let v = unsafe { _mm512_loadu_si512(p.add(QS + 256 * j + 64 * pair) as *const _) };
+    (_mm512_and_si512(v, nib), _mm512_and_si512(_mm512_srli_epi16(v, 4), nib))
+}
+
 /// Scale and min of sub-block `j` for the 16 rows of the repacked block at `p` (`hi`: its 16
 /// words of high bits), as i32 lanes.
 ///
@@ -130,25 +157,14 @@ pub(super) unsafe fn scale_min(p: *const u8, hi: __m512i, j: usize) -> (__m512i,
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
 pub(super) unsafe fn dot_n<const N: usize>(group: &[u8], acts: &[&[BlockQ8K]], out: &mut [[f32; ROWS]]) {
-    let nib = _mm512_set1_epi8(15);
     let pf = crate::kernels::simd::prefetch_distance();
     let mut total = [_mm512_setzero_ps(); N];
     let a: [&[BlockQ8K]; N] = std::array::from_fn(|i| acts[i]);
     for (k, b) in group.chunks_exact(GROUP_BLOCK).enumerate() {
         let p = b.as_ptr();
-        if pf > 0 {
-            for line in (0..GROUP_BLOCK).step_by(64) {
-                _mm_prefetch::<_MM_HINT_T0>(p.wrapping_add(pf + line) as *const i8);
-            }
-        }
-        // SAFETY: `b` is GROUP_BLOCK bytes; every load below stays inside it.
-        let (d, dmin, hi) = unsafe {
-            (
-                _mm512_cvtph_ps(_mm256_loadu_si256(p as *const __m256i)),
-                _mm512_cvtph_ps(_mm256_loadu_si256(p.add(32) as *const __m256i)),
-                _mm512_loadu_si512(p.add(HI) as *const _),
-            )
-        };
+        crate::kernels::avx512::prefetch_block(b, pf);
+        // SAFETY: `b` is GROUP_BLOCK bytes, a whole block.
+        let (d, dmin, hi) = unsafe { header(p) };
         let mut fsum = [_mm512_setzero_ps(); N];
         let mut msum = [_mm512_setzero_si512(); N];
         for j in 0..8 {
@@ -159,25 +175,19 @@ pub(super) unsafe fn dot_n<const N: usize>(group: &[u8], acts: &[&[BlockQ8K]], o
             let mn2 = _mm512_or_si512(mn, _mm512_slli_epi32(mn, 16));
             let mut isum = [_mm512_setzero_si512(); N];
             for pair in 0..4 {
-                // SAFETY: inside the block.
-                let v = unsafe { _mm512_loadu_si512(p.add(QS + 256 * j + 64 * pair) as *const _) };
-                let w0 = _mm512_and_si512(v, nib);
-                let w1 = _mm512_and_si512(_mm512_srli_epi16(v, 4), nib);
+                // SAFETY: `p` is a whole block.
+                let (w0, w1) = unsafe { quad_pair(p, j, pair) };
                 let at = 32 * j + 8 * pair;
                 for i in 0..N {
                     let q = &a[i][k].qs;
-                    let x0 = i32::from_le_bytes([q[at] as u8, q[at + 1] as u8, q[at + 2] as u8, q[at + 3] as u8]);
-                    let x1 = i32::from_le_bytes([q[at + 4] as u8, q[at + 5] as u8, q[at + 6] as u8, q[at + 7] as u8]);
-                    isum[i] = _mm512_dpbusd_epi32(isum[i], w0, _mm512_set1_epi32(x0));
-                    isum[i] = _mm512_dpbusd_epi32(isum[i], w1, _mm512_set1_epi32(x1));
+                    isum[i] = _mm512_dpbusd_epi32(isum[i], w0, lanes::quad(q, at));
+                    isum[i] = _mm512_dpbusd_epi32(isum[i], w1, lanes::quad(q, at + 4));
                 }
             }
             let scf = _mm512_cvtepi32_ps(sc);
             for i in 0..N {
-                let bs = &a[i][k].bsums;
-                let pair = (bs[2 * j] as u16 as u32 | ((bs[2 * j + 1] as u16 as u32) << 16)) as i32;
                 fsum[i] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(isum[i]), scf, fsum[i]);
-                msum[i] = _mm512_dpwssd_epi32(msum[i], mn2, _mm512_set1_epi32(pair));
+                msum[i] = _mm512_dpwssd_epi32(msum[i], mn2, lanes::sum_pair(&a[i][k].bsums, j));
             }
         }
         for i in 0..N {
@@ -186,8 +196,5 @@ pub(super) unsafe fn dot_n<const N: usize>(group: &[u8], acts: &[&[BlockQ8K]], o
             total[i] = _mm512_fnmadd_ps(_mm512_mul_ps(dmin, da), _mm512_cvtepi32_ps(msum[i]), total[i]);
         }
     }
-    for i in 0..N {
-        // SAFETY: out[i] is 16 f32.
-        unsafe { _mm512_storeu_ps(out[i].as_mut_ptr(), total[i]) };
-    }
+    lanes::store(&total, out);
 }

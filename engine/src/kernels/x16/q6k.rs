@@ -16,7 +16,10 @@
 #[cfg(target_arch = "x86_64")]
 use std::arch::x86_64::*;
 
+#[cfg(target_arch = "x86_64")]
+use super::lanes;
 use super::ROWS;
+use crate::kernels::blocks::{unpack_q6_k, KBlock};
 use crate::kernels::quant::BlockQ8K;
 
 /// Bytes of one row's Q6_K block.
@@ -28,21 +31,12 @@ const SC: usize = 32;
 const QL: usize = 288;
 const QH: usize = 2336;
 
-/// The 256 unsigned 6-bit quants of a Q6_K block in weight order (llama.cpp's layout: per
-/// half of 128 weights, 64 bytes of low nibbles and 32 bytes of 2-bit pairs).
+/// The 256 unsigned 6-bit quants of a Q6_K block in weight order (the stored q, before the
+/// −32 offset that `unpack_q6_k` applies).
 fn quants(b: &[u8]) -> [u8; 256] {
-    let (ql, qh) = (&b[0..128], &b[128..192]);
-    let mut q = [0u8; 256];
-    for n in 0..2 {
-        let (ql, qh, q) = (&ql[64 * n..][..64], &qh[32 * n..][..32], &mut q[128 * n..][..128]);
-        for l in 0..32 {
-            q[l] = (ql[l] & 15) | ((qh[l] & 3) << 4);
-            q[l + 32] = (ql[l + 32] & 15) | (((qh[l] >> 2) & 3) << 4);
-            q[l + 64] = (ql[l] >> 4) | (((qh[l] >> 4) & 3) << 4);
-            q[l + 96] = (ql[l + 32] >> 4) | (((qh[l] >> 6) & 3) << 4);
-        }
-    }
-    q
+    let mut k = KBlock::default();
+    unpack_q6_k(b, &mut k);
+    k.q.map(|v| (v + 32) as u8)
 }
 
 /// The inverse of [`quants`] into a block's `ql` and `qh` bytes.
@@ -114,6 +108,18 @@ pub(super) fn unpack_row(b: &[u8], r: usize, out: &mut [u8]) {
     store_quants(&q, out);
 }
 
+/// The 16 rows' scales of 16-weight sub-block `s` of the repacked block at `p`, as i32 lanes.
+///
+/// # Safety
+/// `p` addresses a whole repacked block.
+#[cfg(target_arch = "x86_64")]
+#[inline]
+#[target_feature(enable = "avx512f")]
+pub(super) unsafe fn scales(p: *const u8, s: usize) -> __m512i {
+    // SAFETY: inside the block (see the layout).
+    _mm512_cvtepi8_epi32(unsafe { _mm_loadu_si128(p.add(SC + 16 * s) as *const __m128i) })
+}
+
 /// The high 2 bits of quads `4h + k` (k = 0..4) of the 32 weights `j` of the 16 rows of the
 /// repacked block at `p`, moved to bits 4..6 of each byte.
 ///
@@ -159,20 +165,13 @@ pub(super) unsafe fn dot_n<const N: usize>(group: &[u8], acts: &[&[BlockQ8K]], o
     let pf = crate::kernels::simd::prefetch_distance();
     let mut total = [_mm512_setzero_ps(); N];
     let a: [&[BlockQ8K]; N] = std::array::from_fn(|i| acts[i]);
-    let dword = |q: &[i8; 256], at: usize| {
-        _mm512_set1_epi32(i32::from_le_bytes([q[at] as u8, q[at + 1] as u8, q[at + 2] as u8, q[at + 3] as u8]))
-    };
     for (k, b) in group.chunks_exact(GROUP_BLOCK).enumerate() {
         let p = b.as_ptr();
-        if pf > 0 {
-            for line in (0..GROUP_BLOCK).step_by(64) {
-                _mm_prefetch::<_MM_HINT_T0>(p.wrapping_add(pf + line) as *const i8);
-            }
-        }
-        // SAFETY (all loads below): `b` is GROUP_BLOCK bytes and every offset stays inside it
-        // (see the layout).
+        crate::kernels::avx512::prefetch_block(b, pf);
+        // SAFETY (all loads below): `b` is GROUP_BLOCK bytes, a whole block, and every offset
+        // stays inside it (see the layout).
         let d = _mm512_cvtph_ps(unsafe { _mm256_loadu_si256(p as *const __m256i) });
-        let scale = |s: usize| _mm512_cvtepi8_epi32(unsafe { _mm_loadu_si128(p.add(SC + 16 * s) as *const __m128i) });
+        let scale = |s: usize| unsafe { scales(p, s) };
         let mut fsum = [_mm512_setzero_ps(); N];
         let mut osum = [_mm512_setzero_si512(); N];
         for j in 0..8 {
@@ -186,8 +185,8 @@ pub(super) unsafe fn dot_n<const N: usize>(group: &[u8], acts: &[&[BlockQ8K]], o
                     let at = 32 * j + 8 * pair;
                     for i in 0..N {
                         let q = &a[i][k].qs;
-                        isum[i] = _mm512_dpbusd_epi32(isum[i], w0, dword(q, at));
-                        isum[i] = _mm512_dpbusd_epi32(isum[i], w1, dword(q, at + 4));
+                        isum[i] = _mm512_dpbusd_epi32(isum[i], w0, lanes::quad(q, at));
+                        isum[i] = _mm512_dpbusd_epi32(isum[i], w1, lanes::quad(q, at + 4));
                     }
                 }
                 let sc = _mm512_cvtepi32_ps(scale(2 * j + h));
@@ -199,9 +198,7 @@ pub(super) unsafe fn dot_n<const N: usize>(group: &[u8], acts: &[&[BlockQ8K]], o
             // `vpdpwssd` (both scales as i16 halves of each lane).
             let pair = _mm512_or_si512(_mm512_and_si512(scale(2 * j), low16), _mm512_slli_epi32(scale(2 * j + 1), 16));
             for i in 0..N {
-                let bs = &a[i][k].bsums;
-                let sums = (bs[2 * j] as u16 as u32 | ((bs[2 * j + 1] as u16 as u32) << 16)) as i32;
-                osum[i] = _mm512_dpwssd_epi32(osum[i], pair, _mm512_set1_epi32(sums));
+                osum[i] = _mm512_dpwssd_epi32(osum[i], pair, lanes::sum_pair(&a[i][k].bsums, j));
             }
         }
         let k32 = _mm512_set1_ps(32.0);
@@ -211,10 +208,7 @@ pub(super) unsafe fn dot_n<const N: usize>(group: &[u8], acts: &[&[BlockQ8K]], o
             total[i] = _mm512_fmadd_ps(dd, net, total[i]);
         }
     }
-    for i in 0..N {
-        // SAFETY: out[i] is 16 f32.
-        unsafe { _mm512_storeu_ps(out[i].as_mut_ptr(), total[i]) };
-    }
+    lanes::store(&total, out);
 }
 
 #[cfg(test)]

@@ -17,8 +17,11 @@
 #[cfg(target_arch = "x86_64")]
 use std::arch::x86_64::*;
 
+#[cfg(target_arch = "x86_64")]
+use super::lanes;
 use super::{MAX_N, ROWS};
 use crate::dtype::GgmlType;
+use crate::kernels::blocks::{unpack_s, SBlock};
 use crate::kernels::quant::BlockQ8_0;
 
 /// Bytes of the scales of one repacked block.
@@ -35,28 +38,12 @@ fn offset(ty: GgmlType) -> f32 {
     }
 }
 
-/// The 32 unsigned quants of one block (Q8_0: q + 128).
+/// The 32 unsigned quants of one block: the stored nibbles (Q8_0: q + 128), before the offset
+/// that `unpack_s` takes off.
 fn quants(ty: GgmlType, b: &[u8]) -> [u8; 32] {
-    let mut q = [0u8; 32];
-    match ty {
-        GgmlType::Q8_0 => {
-            for (d, &s) in q.iter_mut().zip(&b[2..34]) {
-                *d = s ^ 0x80;
-            }
-        }
-        _ => {
-            let (qh, qs) = if ty == GgmlType::Q5_0 {
-                (u32::from_le_bytes([b[2], b[3], b[4], b[5]]), &b[6..22])
-            } else {
-                (0, &b[2..18])
-            };
-            for (i, &v) in qs.iter().enumerate() {
-                q[i] = (v & 15) | ((((qh >> i) & 1) as u8) << 4);
-                q[i + 16] = (v >> 4) | ((((qh >> (i + 16)) & 1) as u8) << 4);
-            }
-        }
-    }
-    q
+    let mut s = SBlock::default();
+    unpack_s(ty, b, &mut s);
+    s.q.map(|v| (v as i32 + offset(ty) as i32) as u8)
 }
 
 /// The inverse of [`quants`] into a block's quant bytes (after its d).
@@ -131,32 +118,11 @@ pub(super) unsafe fn dot_chunk(ty: GgmlType, group: &[u8], a: &[&[BlockQ8_0]], o
     // SAFETY (all arms): same features; N = a.len() = out.len() (1..=MAX_N).
     unsafe {
         match ty {
-            GgmlType::Q8_0 => by_count!(dot_n8, a.len(), (group, a, out)),
-            GgmlType::Q5_0 => by_count!(dot_n5, a.len(), (group, a, out)),
-            _ => by_count!(dot_n4, a.len(), (group, a, out)),
+            GgmlType::Q8_0 => by_count!(dot_n<8>, a.len(), (group, a, out)),
+            GgmlType::Q5_0 => by_count!(dot_n<5>, a.len(), (group, a, out)),
+            _ => by_count!(dot_n<4>, a.len(), (group, a, out)),
         }
     }
-}
-
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
-unsafe fn dot_n8<const N: usize>(group: &[u8], a: &[&[BlockQ8_0]], out: &mut [[f32; ROWS]]) {
-    // SAFETY: same features.
-    unsafe { dot_n::<8, N>(group, a, out) }
-}
-
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
-unsafe fn dot_n5<const N: usize>(group: &[u8], a: &[&[BlockQ8_0]], out: &mut [[f32; ROWS]]) {
-    // SAFETY: same features.
-    unsafe { dot_n::<5, N>(group, a, out) }
-}
-
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
-unsafe fn dot_n4<const N: usize>(group: &[u8], a: &[&[BlockQ8_0]], out: &mut [[f32; ROWS]]) {
-    // SAFETY: same features.
-    unsafe { dot_n::<4, N>(group, a, out) }
 }
 
 /// Quad `j` (weights `4j .. 4j + 4` of 16 rows, one row per lane) of the repacked block at
@@ -192,7 +158,6 @@ unsafe fn quad<const BITS: u32>(p: *const u8, j: usize) -> __m512i {
 }
 
 #[cfg(target_arch = "x86_64")]
-#[inline]
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
 unsafe fn dot_n<const BITS: u32, const N: usize>(group: &[u8], acts: &[&[BlockQ8_0]], out: &mut [[f32; ROWS]]) {
     let ty = match BITS {
@@ -213,10 +178,7 @@ unsafe fn dot_n<const BITS: u32, const N: usize>(group: &[u8], acts: &[&[BlockQ8
             // SAFETY: as above.
             let w = unsafe { quad::<BITS>(p, j) };
             for i in 0..N {
-                let q = &a[i][k].qs;
-                let x =
-                    i32::from_le_bytes([q[4 * j] as u8, q[4 * j + 1] as u8, q[4 * j + 2] as u8, q[4 * j + 3] as u8]);
-                isum[i] = _mm512_dpbusd_epi32(isum[i], w, _mm512_set1_epi32(x));
+                isum[i] = _mm512_dpbusd_epi32(isum[i], w, lanes::quad(&a[i][k].qs, 4 * j));
             }
         }
         for i in 0..N {
@@ -225,10 +187,7 @@ unsafe fn dot_n<const BITS: u32, const N: usize>(group: &[u8], acts: &[&[BlockQ8
             total[i] = _mm512_fnmadd_ps(d, _mm512_set1_ps(off * blk.s), total[i]);
         }
     }
-    for i in 0..N {
-        // SAFETY: out[i] is 16 f32.
-        unsafe { _mm512_storeu_ps(out[i].as_mut_ptr(), total[i]) };
-    }
+    lanes::store(&total, out);
 }
 
 #[cfg(test)]

@@ -205,25 +205,17 @@ fn emit_quad(quad: __m512i, scale: __m512, offset: __m512, q: usize, tile: &mut 
 fn decode_q4k(b: &[u8], tiles: &mut [u32]) {
     assert!(b.len() >= ROWS * 144 && tiles.len() >= 8 * B_WORDS);
     let p = b.as_ptr();
-    let nib = _mm512_set1_epi8(15);
-    // SAFETY (loads): inside the 2304-byte block (see `q4k`'s layout).
-    let (d, dmin, hi) = unsafe {
-        (
-            _mm512_cvtph_ps(_mm256_loadu_si256(p as *const __m256i)),
-            _mm512_cvtph_ps(_mm256_loadu_si256(p.add(32) as *const __m256i)),
-            _mm512_loadu_si512(p.add(192) as *const _),
-        )
-    };
+    // SAFETY (all three accessors): `p` is a whole 2304-byte block (asserted).
+    let (d, dmin, hi) = unsafe { super::q4k::header(p) };
     for j in 0..8 {
-        // SAFETY: `p` is a whole block.
         let (sc, mn) = unsafe { super::q4k::scale_min(p, hi, j) };
         let scale = _mm512_mul_ps(d, _mm512_cvtepi32_ps(sc));
         let offset = _mm512_mul_ps(dmin, _mm512_cvtepi32_ps(mn));
         let tile = &mut tiles[j * B_WORDS..][..B_WORDS];
         for pair in 0..4 {
-            let v = unsafe { _mm512_loadu_si512(p.add(256 + 256 * j + 64 * pair) as *const _) };
-            emit_quad(_mm512_and_si512(v, nib), scale, offset, 2 * pair, tile);
-            emit_quad(_mm512_and_si512(_mm512_srli_epi16(v, 4), nib), scale, offset, 2 * pair + 1, tile);
+            let (w0, w1) = unsafe { super::q4k::quad_pair(p, j, pair) };
+            emit_quad(w0, scale, offset, 2 * pair, tile);
+            emit_quad(w1, scale, offset, 2 * pair + 1, tile);
         }
     }
 }
@@ -233,15 +225,15 @@ fn decode_q4k(b: &[u8], tiles: &mut [u32]) {
 fn decode_q6k(b: &[u8], tiles: &mut [u32]) {
     assert!(b.len() >= ROWS * 210 && tiles.len() >= 8 * B_WORDS);
     let p = b.as_ptr();
-    // SAFETY (loads): inside the 3360-byte block (see `q6k`'s layout).
+    // SAFETY (the load and the three accessors): `p` is a whole 3360-byte block (asserted;
+    // `d` are its first 32 bytes, see `q6k`'s layout).
     let d = _mm512_cvtph_ps(unsafe { _mm256_loadu_si256(p as *const __m256i) });
     for j in 0..8 {
         let tile = &mut tiles[j * B_WORDS..][..B_WORDS];
         for h in 0..2 {
-            let sc = _mm512_cvtepi8_epi32(unsafe { _mm_loadu_si128(p.add(32 + 16 * (2 * j + h)) as *const __m128i) });
+            let sc = unsafe { super::q6k::scales(p, 2 * j + h) };
             let scale = _mm512_mul_ps(d, _mm512_cvtepi32_ps(sc));
             let offset = _mm512_mul_ps(scale, _mm512_set1_ps(32.0));
-            // SAFETY (both): `p` is a whole block.
             let hi = unsafe { super::q6k::high_bits(p, j, h) };
             for pp in 0..2 {
                 let pair = 2 * h + pp;

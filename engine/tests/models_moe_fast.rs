@@ -14,20 +14,15 @@ use hy_engine::models::moe::set_expert_pool;
 use hy_engine::runtime::pool::{Pool, ThreadLayout};
 use models_moe_support::*;
 
-fn nrmse(got: &[f32], want: &[f32]) -> f64 {
-    assert_eq!(got.len(), want.len());
-    let num: f64 = got.iter().zip(want).map(|(&a, &b)| (a as f64 - b as f64).powi(2)).sum();
-    let den: f64 = want.iter().map(|&b| (b as f64).powi(2)).sum();
-    (num / den.max(1e-30)).sqrt()
-}
-
 fn check(model: &str, source: &str, how: &str) {
     let path = source_path(model, source).unwrap_or_else(|| panic!("{model} {source} missing"));
     let m = load(Path::new(&path), &LoadOptions::default()).unwrap();
     for (i, p) in prompts(model).iter().enumerate() {
         let want = ref_logits(model, &format!("hf-dequant-{source}"), i);
         let limit = (1.5 * nrmse(&ref_logits(model, source, i), &want)).max(1e-2);
-        let err = nrmse(&all_logits(m.as_ref(), p), &want);
+        let got = all_logits(m.as_ref(), p);
+        assert_eq!(got.len(), want.len(), "{model} {source} prompt {i}: logits count");
+        let err = nrmse(&got, &want);
         assert!(err <= limit, "{model} {source} prompt {i}, {how}: nrmse {err:.3e} over {limit:.3e}");
     }
 }

@@ -382,31 +382,46 @@ mod tests {
         out
     }
 
+    /// Expert `o`'s three matrices of `ty`, in the 16-row layout when `x16`.
+    fn view(ty: GgmlType, o: &Owned, hidden: usize, n_ff: usize, x16: bool) -> ExpertMats<'_> {
+        let mat = |d, rows, cols| {
+            let q = QMatrix::new(ty, rows, cols, d).unwrap();
+            QMatrix { ty: if x16 { crate::kernels::WeightType::X16(ty) } else { q.ty }, ..q }
+        };
+        ExpertMats { gate: mat(&o.g, n_ff, hidden), up: mat(&o.u, n_ff, hidden), down: mat(&o.d, hidden, n_ff) }
+    }
+
+    /// The pass over `experts` on 1 and 3 threads and on `simulated` threads in 2 simulated
+    /// nodes equals `want` within 1e-4 of its largest value.
+    fn assert_pass_gives(
+        experts: &[ExpertMats],
+        x: &[f32],
+        routes: &[Vec<(usize, f32)>],
+        want: &[f32],
+        simulated: usize,
+        what: &str,
+    ) {
+        let scale = want.iter().fold(0f32, |m, v| m.max(v.abs()));
+        for layout in [ThreadLayout::unpinned(1), ThreadLayout::unpinned(3), ThreadLayout::simulated(simulated, 2)] {
+            let pool = Pool::new(layout.clone());
+            let mut got = vec![0f32; x.len()];
+            expert_pass(&pool, experts, x, routes, &mut got);
+            for (a, b) in got.iter().zip(want) {
+                assert!((a - b).abs() <= 1e-4 * scale.max(1e-6), "{what} {layout:?}: {a} vs {b}");
+            }
+        }
+    }
+
     #[test]
     fn pass_equals_per_token_reference_for_every_layout() {
         let (hidden, n_ff, n_exp) = (512, 256, 6);
         for ty in [GgmlType::Q4_K, GgmlType::Q8_0, GgmlType::Q6_K] {
             let owned = make(ty, hidden, n_ff, n_exp, 11);
-            let experts: Vec<ExpertMats> = owned
-                .iter()
-                .map(|o| ExpertMats {
-                    gate: QMatrix::new(ty, n_ff, hidden, &o.g).unwrap(),
-                    up: QMatrix::new(ty, n_ff, hidden, &o.u).unwrap(),
-                    down: QMatrix::new(ty, hidden, n_ff, &o.d).unwrap(),
-                })
-                .collect();
+            let experts: Vec<ExpertMats> = owned.iter().map(|o| view(ty, o, hidden, n_ff, false)).collect();
             let routes = vec![vec![(0, 0.5), (3, 1.5)], vec![(3, 0.25), (5, 1.0)], vec![(1, 2.0)]];
             let x: Vec<f32> = (0..routes.len() * hidden).map(|i| ((i * 37 % 101) as f32 - 50.0) / 25.0).collect();
             let want = reference(&experts, &x, &routes, hidden);
-            let scale = want.iter().fold(0f32, |m, v| m.max(v.abs()));
-            for layout in [ThreadLayout::unpinned(1), ThreadLayout::unpinned(3), ThreadLayout::simulated(4, 2)] {
-                let pool = Pool::new(layout.clone());
-                let mut got = vec![0f32; x.len()];
-                expert_pass(&pool, &experts, &x, &routes, &mut got);
-                for (a, b) in got.iter().zip(&want) {
-                    assert!((a - b).abs() <= 1e-4 * scale.max(1e-6), "{ty} {layout:?}: {a} vs {b}");
-                }
-            }
+            assert_pass_gives(&experts, &x, &routes, &want, 4, &ty.to_string());
         }
     }
 
@@ -415,20 +430,9 @@ mod tests {
     /// batches).
     #[test]
     fn repacked_experts_equal_the_reference_of_the_plain_ones() {
-        use crate::kernels::{x16, WeightType};
+        use crate::kernels::x16;
         if !x16::supported() {
             return eprintln!("skipped: no AVX-512 VNNI");
-        }
-        fn mat(ty: GgmlType, d: &[u8], rows: usize, cols: usize, x16: bool) -> QMatrix<'_> {
-            let q = QMatrix::new(ty, rows, cols, d).unwrap();
-            QMatrix { ty: if x16 { WeightType::X16(ty) } else { q.ty }, ..q }
-        }
-        fn view(ty: GgmlType, o: &Owned, hidden: usize, n_ff: usize, x16: bool) -> ExpertMats<'_> {
-            ExpertMats {
-                gate: mat(ty, &o.g, n_ff, hidden, x16),
-                up: mat(ty, &o.u, n_ff, hidden, x16),
-                down: mat(ty, &o.d, hidden, n_ff, x16),
-            }
         }
         let (hidden, n_ff, n_exp) = (512, 256, 4);
         for ty in [GgmlType::Q4_K, GgmlType::Q6_K] {
@@ -459,15 +463,7 @@ mod tests {
                 .collect();
             let x: Vec<f32> = (0..routes.len() * hidden).map(|i| ((i * 41 % 103) as f32 - 51.0) / 26.0).collect();
             let want = reference(&plain, &x, &routes, hidden);
-            let scale = want.iter().fold(0f32, |m, v| m.max(v.abs()));
-            for layout in [ThreadLayout::unpinned(1), ThreadLayout::unpinned(3), ThreadLayout::simulated(5, 2)] {
-                let pool = Pool::new(layout.clone());
-                let mut got = vec![0f32; x.len()];
-                expert_pass(&pool, &x16, &x, &routes, &mut got);
-                for (a, b) in got.iter().zip(&want) {
-                    assert!((a - b).abs() <= 1e-4 * scale.max(1e-6), "{ty:?} {layout:?}: {a} vs {b}");
-                }
-            }
+            assert_pass_gives(&x16, &x, &routes, &want, 5, &format!("{ty:?} repacked"));
         }
     }
 

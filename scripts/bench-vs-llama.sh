@@ -5,9 +5,10 @@
 #   scripts/bench-vs-llama.sh HY LLAMA_BENCH [THREADS] [DIR]
 #
 # HY: a release `hy` binary; LLAMA_BENCH: llama.cpp's llama-bench (CPU build). DIR (default
-# /tmp) needs ~30 GB free (a tmpfs such as /dev/shm writes the file in seconds). Alternates llama.cpp and hy three times (a shared machine's
-# bandwidth drifts; only ratios within a run mean anything), then runs the expert-pass and
-# memory benchmarks and the HY90 plan with the calibration this run measured.
+# /tmp) needs ~30 GB free (a tmpfs such as /dev/shm writes the file in seconds). Alternates
+# llama.cpp and hy three times (a shared machine's bandwidth drifts; only ratios within a run
+# mean anything), then runs the expert-pass and memory benchmarks and the HY90 plan with the
+# calibration this run measured.
 set -euo pipefail
 HY=${1:?usage: bench-vs-llama.sh HY LLAMA_BENCH [THREADS] [DIR]}
 LB=${2:?usage: bench-vs-llama.sh HY LLAMA_BENCH [THREADS] [DIR]}

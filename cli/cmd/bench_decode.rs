@@ -189,10 +189,10 @@ fn predict(
 
 /// Fits the efficiencies to the decode measurements: the CPU bandwidth efficiency so that
 /// batch 1 (mostly streaming) matches, then the CPU compute efficiency so that the largest
-/// batch matches (larger batches reuse each weight read, and their arithmetic, which the
-/// speed model adds to the streaming time or, for matrices in the 16-row layout, overlaps
-/// with it, grows). Fixed-point rounds, since the two
-/// interact. Prefill is reported, not fitted: it is dominated by prompt attention.
+/// batch matches (larger batches reuse each weight read, and their arithmetic grows: the
+/// speed model adds it to the streaming time or, for matrices in the 16-row layout, overlaps
+/// the two). Fixed-point rounds, since the two efficiencies interact. Prefill is reported,
+/// not fitted: it is dominated by prompt attention.
 fn calibrate(
     base: &Efficiency,
     measured: &[(usize, Measured)],

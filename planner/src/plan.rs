@@ -854,8 +854,8 @@ fn decode_step(pl: &Placed, position: u64, n: u64) -> StepBreakdown {
     let attn_flops = attention_flops_per_position(spec) * (n * position) as f64;
     let dense_flops =
         2.0 * n as f64 * (spec.active_params() - expert_params * a.experts_per_token as f64 * a.moe_layers() as f64);
-    // The CPU's share of the attention path: its weights' streaming and its products, with
-    // `weights_share` of the path and `flops_share` of the arithmetic. Products of matrices in
+    // The CPU's share of the attention path: the streaming of its `bytes` (weights and KV
+    // cache) and `flops_share` of the path's arithmetic. Products of matrices in
     // the 16-row layout overlap their streaming (a few tokens cost the kernels barely more
     // than one: on the 2-core EPYC VM batch 4 streamed in the time of its bytes), row-major
     // ones add to it (the Xeon, whose row-major matrices turn compute-bound at a few

@@ -267,8 +267,9 @@ const PREFETCH_UNITS: usize = 2;
 /// The driver. Per block of 64 weight rows and per 256 columns, the rows are decoded to bf16
 /// once (32 KB, in L1; the same rows' next units prefetched), then every 16 activation rows
 /// run over them: each B tile is loaded once for four A tiles (the four 16-row strips), so
-/// the activations stream from L2 once per 64 weight rows. The four C tiles of an activation group are kept in `acc` between
-/// blocks, or stay in the tiles when there is one group (a few tokens: experts, decode).
+/// the activations stream from L2 once per 64 weight rows. The four C tiles of an activation
+/// group are kept in `acc` between blocks, or stay in the tiles when there is one group (a
+/// few tokens: experts, decode).
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512bf16,avx2,fma,f16c")]
 unsafe fn run<H: Tiles>(hw: &mut H, t: GgmlType, data: &[u8], rb: usize, acts: &Acts, out: &mut [f32]) {
     assert!(suits(t), "amx: {t:?} is not a quantized type the tiles take");

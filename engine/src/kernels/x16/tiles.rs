@@ -250,8 +250,7 @@ mod tests {
     use super::*;
     use crate::kernels::amx::tests::Model;
 
-    /// The driver against f64 sums of the dequantized rows, on the tiles where the CPU has
-    /// them and on the software model everywhere (AVX512_BF16 needed for the decode).
+    /// Activations are rounded as `f32_to_bf16` rounds, and zero rows pad the last tile.
     #[test]
     fn packing_rounds_as_f32_to_bf16() {
         let (n, cols) = (3, 64);
@@ -264,6 +263,8 @@ mod tests {
         assert!(acts.rows[n * cols..].iter().all(|&b| b == 0));
     }
 
+    /// The driver against f64 sums of the dequantized rows, on the tiles where the CPU has
+    /// them and on the software model everywhere (AVX512_BF16 needed for the decode).
     #[test]
     fn products_match_the_dequantized_reference() {
         if !(super::super::supported() && crate::kernels::simd::bf16_supported()) {
